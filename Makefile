@@ -1,0 +1,37 @@
+# callbridge: `make run` installs and serves (echo bot on http://127.0.0.1:8000); `make test` installs and tests.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# pip warns about local index folders some machines configure; those lines are noise.
+QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU build 2.13.0 (see ../shared/testing.md); install it first so nothing
+# else pulls a different torch.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q "torch==2.13.0" 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q -e ".[test,bench]" 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -c "import app, codec, bots, torch, onnxruntime"
+	touch $@
+
+run: install
+	$(BIN)/python -m app
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+bench: install
+	$(BIN)/python bench/codec_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,293 @@
+"""The call runtime: inbound audio and control events in, outbound audio and messages out.
+
+A transport feeds a Call PCM frames (`push_audio`), DTMF digits and playback confirmations, and
+drains `next_outbound()`. The Call detects turns (app.turns), runs the bot one reply at a time, and
+cancels a reply the moment the caller starts speaking over it (barge-in). It owns no sockets and
+reads time only through the injected clock, so tests drive it with synthetic audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from app.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, log
+from app.registry import Session
+from app.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
+from app.vad import VadModel, VadStream
+from bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Message, Turn
+from codec import Rechunker, Resampler, resample
+
+logger = logging.getLogger("callbridge.call")
+
+OUTBOUND_FRAME_MS = 20
+
+
+class Outbox:
+    """The queue a transport drains. Audio can be dropped from it on barge-in; messages never are."""
+
+    def __init__(self) -> None:
+        self._items: deque[Outbound] = deque()
+        self._ready = asyncio.Event()
+
+    def put(self, item: Outbound) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    def drop_audio(self) -> int:
+        kept = [item for item in self._items if not isinstance(item, AudioOut | ReplyEnd)]
+        dropped = len(self._items) - len(kept)
+        self._items = deque(kept)
+        return dropped
+
+    def get_nowait(self) -> Outbound | None:
+        if not self._items:
+            self._ready.clear()
+            return None
+        return self._items.popleft()
+
+    async def get(self) -> Outbound:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class CallStats:
+    turns: int = 0
+    barge_ins: int = 0
+    bot_errors: int = 0
+    #: seconds from each turn's detected end to the bot's first audio being queued
+    reply_delays: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Job:
+    kind: str  # "greet" | "turn" | "dtmf"
+    payload: Any = None
+    detected_at: float = 0.0
+
+
+def to_int16(samples: np.ndarray) -> np.ndarray:
+    """Bot audio of any common layout (mono, (1, n), (n, 2), float or int16) to mono int16."""
+    samples = np.asarray(samples)
+    if samples.ndim == 2:
+        channel_axis = 0 if samples.shape[0] <= samples.shape[1] else 1
+        samples = samples.mean(axis=channel_axis) if samples.shape[channel_axis] > 1 else samples.reshape(-1)
+    if samples.dtype == np.int16:
+        return samples
+    if np.issubdtype(samples.dtype, np.floating):
+        return (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return np.clip(samples, -32768, 32767).astype(np.int16)
+
+
+class Call:
+    def __init__(
+        self,
+        session: Session,
+        bot: Bot,
+        vad: VadModel,
+        *,
+        inbound_rate: int,
+        outbound_rate: int,
+        turn_config: Callable[[int], TurnConfig],
+        barge_in: bool = True,
+        input_timeout: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session = session
+        self.bot = bot
+        self.inbound_rate = inbound_rate
+        self.outbound_rate = outbound_rate
+        self.vad_rate = 8000 if inbound_rate == 8000 else 16000
+        self.barge_in = barge_in
+        self.input_timeout = input_timeout
+        self.clock = clock
+        self.detector = TurnDetector(turn_config(self.vad_rate), VadStream(vad, self.vad_rate))
+        self._inbound_resampler = Resampler(inbound_rate, self.vad_rate) if inbound_rate != self.vad_rate else None
+        self.outbox = Outbox()
+        self.stats = CallStats()
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._reply: asyncio.Task[None] | None = None
+        self._reply_ids = itertools.count(1)
+        self._unheard: set[str] = set()
+        self._hangup_after: str | None = None
+        self.closed = False
+
+    @property
+    def id(self) -> str:
+        return self.session.id
+
+    @property
+    def bot_talking(self) -> bool:
+        """A reply is being produced, or its audio has not yet been heard by the caller."""
+        return (self._reply is not None and not self._reply.done()) or bool(self._unheard)
+
+    # -- inputs from the transport -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the bot worker and let the bot greet the caller."""
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name=f"call-{self.id}")
+            self._jobs.put_nowait(_Job("greet"))
+
+    def push_audio(self, pcm: np.ndarray) -> None:
+        """Caller audio: int16 mono at `inbound_rate`, any length."""
+        if self.closed:
+            return
+        if self._inbound_resampler is not None:
+            pcm = self._inbound_resampler.process(pcm)
+        for event in self.detector.push(pcm):
+            if isinstance(event, SpeechStarted):
+                self._on_speech_started()
+            else:
+                self._on_turn_ended(event)
+
+    def push_dtmf(self, digit: str) -> None:
+        self._jobs.put_nowait(_Job("dtmf", digit, self.clock()))
+
+    def playback_finished(self, reply_id: str) -> None:
+        """The transport reports that reply `reply_id` has been heard (or cleared) at the caller."""
+        if reply_id not in self._unheard:
+            return
+        self._unheard.discard(reply_id)
+        self.send(log("playback_finished"))
+        if self._hangup_after == reply_id:
+            self.outbox.put(Hangup())
+
+    async def next_outbound(self) -> Outbound:
+        return await self.outbox.get()
+
+    def send(self, message: ClientMessage) -> None:
+        self.outbox.put(message)
+
+    async def close(self) -> None:
+        """End the call: cancel the bot (its generator is closed) and stop the worker."""
+        self.closed = True
+        for task in (self._reply, self._worker):
+            if task is not None and not task.done():
+                task.cancel()
+        for task in (self._reply, self._worker):
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+
+    # -- turn events -------------------------------------------------------------------------------
+
+    def _on_speech_started(self) -> None:
+        self.send(log("started_talking"))
+        if self.barge_in and self.bot_talking:
+            self.interrupt()
+
+    def _on_turn_ended(self, event: TurnEnded) -> None:
+        self.stats.turns += 1
+        self.send(log("pause_detected"))
+        self._jobs.put_nowait(_Job("turn", event, self.clock()))
+
+    def interrupt(self) -> None:
+        """Barge-in: cancel the reply, drop its queued audio, tell the transport to flush playback."""
+        self.stats.barge_ins += 1
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+        self.outbox.drop_audio()
+        self.outbox.put(Flush())
+        self._unheard.clear()
+        self.send(log("barge_in"))
+        if self._hangup_after is not None:
+            self.outbox.put(Hangup())
+        logger.info("call %s: barge-in", self.id)
+
+    # -- the bot -------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            self._reply = asyncio.create_task(self._speak(job))
+            try:
+                await asyncio.wait([self._reply])
+            finally:
+                if not self._reply.done():
+                    self._reply.cancel()
+
+    def _outputs(self, job: _Job, inputs: tuple[Any, ...]) -> AsyncIterator[BotOutput]:
+        if job.kind == "greet":
+            return self.bot.greet()
+        if job.kind == "dtmf":
+            return self.bot.on_dtmf(job.payload)
+        audio = job.payload.audio
+        if self.bot.input_rate != self.vad_rate:
+            audio = resample(audio, self.vad_rate, self.bot.input_rate)
+        return self.bot.reply(Turn(audio=audio, sample_rate=self.bot.input_rate, inputs=inputs))
+
+    async def _speak(self, job: _Job) -> None:
+        inputs: tuple[Any, ...] = ()
+        if job.kind == "turn" and self.bot.wants_inputs:
+            if not self.session.has_fresh_input:
+                self.send(ClientMessage("send_input"))
+            inputs = await self.session.take_input(self.input_timeout)
+        reply_id = f"reply-{next(self._reply_ids)}"
+        chunker = Rechunker(self.outbound_rate, OUTBOUND_FRAME_MS)
+        resamplers: dict[int, Resampler] = {}
+        started = end_call = False
+        outputs = self._outputs(job, inputs)
+        try:
+            async for item in outputs:
+                if isinstance(item, tuple):
+                    item = Audio(samples=item[1], sample_rate=item[0])
+                if isinstance(item, Audio):
+                    if not started:
+                        started = True
+                        self.send(log("response_starting"))
+                        if job.kind == "turn":
+                            self.stats.reply_delays.append(self.clock() - job.detected_at)
+                    self._queue_audio(item, chunker, resamplers)
+                elif isinstance(item, AdditionalOutputs):
+                    self.session.publish_output(item.args)
+                    self.send(ClientMessage("fetch_output", list(item.args)))
+                elif isinstance(item, Message):
+                    self.send(ClientMessage(item.type, item.data))
+                elif isinstance(item, EndCall):
+                    end_call = True
+                    break
+                else:
+                    self.send(ClientMessage("warning", f"bot yielded an unsupported {type(item).__name__}"))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.stats.bot_errors += 1
+            logger.exception("call %s: bot raised during %s", self.id, job.kind)
+            self.send(ClientMessage("error", f"bot error: {type(exc).__name__}: {exc}"))
+        finally:
+            await outputs.aclose()
+        tail = chunker.flush()
+        if tail is not None:
+            self.outbox.put(AudioOut(tail))
+        if started:
+            self._unheard.add(reply_id)
+            self.outbox.put(ReplyEnd(reply_id))
+        if end_call:
+            if reply_id in self._unheard:
+                self._hangup_after = reply_id
+            else:
+                self.outbox.put(Hangup())
+
+    def _queue_audio(self, item: Audio, chunker: Rechunker, resamplers: dict[int, Resampler]) -> None:
+        samples = to_int16(item.samples)
+        if item.sample_rate != self.outbound_rate:
+            if item.sample_rate not in resamplers:
+                resamplers[item.sample_rate] = Resampler(item.sample_rate, self.outbound_rate)
+            samples = resamplers[item.sample_rate].process(samples)
+        for frame in chunker.push(samples):
+            self.outbox.put(AudioOut(frame))

@@ -1,0 +1,71 @@
+"""What the call runtime hands to transports, and the seed's client message format.
+
+Client messages are `{"type": ..., "data": ...}` with type send_input, fetch_output, stopword,
+error, warning or log. Transports that speak to a browser send them as JSON; the Twilio transport
+only speaks Twilio's own protocol and logs them instead.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+ClientMessageType = Literal["send_input", "fetch_output", "stopword", "error", "warning", "log"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientMessage:
+    type: ClientMessageType
+    data: Any = None
+
+    def to_json(self) -> str:
+        return json.dumps({"type": self.type, "data": jsonable(self.data)})
+
+
+@dataclass(frozen=True, slots=True)
+class AudioOut:
+    """One 20 ms frame of the bot's speech, int16 at the transport's outbound rate."""
+
+    samples: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Barge-in: drop whatever is queued for playback (Twilio: send `clear`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEnd:
+    """The audio of reply `reply_id` ends here; report `Call.playback_finished(reply_id)` once it is heard."""
+
+    reply_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Hangup:
+    """End the call now: everything the bot said has been heard."""
+
+
+Outbound = AudioOut | ClientMessage | Flush | ReplyEnd | Hangup
+
+
+def jsonable(value: Any) -> Any:
+    """Turn bot outputs (numpy arrays and scalars, tuples, anything else) into JSON-encodable values."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return str(value)
+
+
+def log(data: str) -> ClientMessage:
+    return ClientMessage("log", data)

@@ -1,0 +1,76 @@
+"""Service settings, read from the environment and `.env` (pydantic-settings).
+
+Every field here is listed in `.env.example`; an invalid value stops start-up with a message that
+names the variable (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """Raised when the environment holds an invalid setting; the message names each bad variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- server -------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    public_url: str = ""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    bot: str = "echo"
+    concurrency_limit: int = Field(100, ge=1)
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+
+    # --- Twilio -------------------------------------------------------------------------------------
+    twilio_auth_token: str = ""
+    twilio_account_sid: str = ""
+
+    # --- turn-taking --------------------------------------------------------------------------------
+    vad_backend: Literal["onnx", "torch"] = "onnx"
+    vad_enter_threshold: float = Field(0.5, gt=0, lt=1)
+    vad_exit_threshold: float = Field(0.35, gt=0, lt=1)
+    speech_start_ms: int = Field(192, ge=32, le=2000)
+    pause_ms: int = Field(512, ge=96, le=5000)
+    preroll_ms: int = Field(200, ge=0, le=2000)
+    max_turn_seconds: float = Field(30.0, gt=0.5, le=600)
+    barge_in: bool = True
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for local tests)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_hysteresis(self) -> Settings:
+        if self.vad_exit_threshold > self.vad_enter_threshold:
+            raise ValueError("VAD_EXIT_THRESHOLD must not exceed VAD_ENTER_THRESHOLD")
+        return self
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning pydantic's validation error into one readable line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            value = error.get("input")
+            shown = f" (got {value!r})" if not isinstance(value, dict) else ""
+            lines.append(f"{name}: {error['msg']}{shown}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,164 @@
+"""Streaming turn detection on Silero VAD windows (sans-I/O: audio in, events out).
+
+Decisions are made per 32 ms window and counted in samples, never in wall-clock time, so the same
+audio always gives the same turns. Speech starts after `speech_start_ms` of consecutive speech
+windows (entered at p >= enter; once a run has begun, p >= exit keeps it going). A turn ends after
+`pause_ms` of windows below the exit threshold, or when it reaches `max_turn_seconds`. The turn's
+audio starts `preroll_ms` before its first speech window and ends with its last speech window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from app.settings import Settings
+from app.vad import WINDOW_SAMPLES, VadStream
+
+
+@dataclass(frozen=True)
+class TurnConfig:
+    sample_rate: int
+    enter_threshold: float = 0.5
+    exit_threshold: float = 0.35
+    speech_start_ms: int = 192
+    pause_ms: int = 512
+    preroll_ms: int = 200
+    max_turn_seconds: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, sample_rate: int) -> TurnConfig:
+        return cls(
+            sample_rate=sample_rate,
+            enter_threshold=settings.vad_enter_threshold,
+            exit_threshold=settings.vad_exit_threshold,
+            speech_start_ms=settings.speech_start_ms,
+            pause_ms=settings.pause_ms,
+            preroll_ms=settings.preroll_ms,
+            max_turn_seconds=settings.max_turn_seconds,
+        )
+
+    @property
+    def window_samples(self) -> int:
+        return WINDOW_SAMPLES[self.sample_rate]
+
+    def windows(self, ms: float) -> int:
+        """How many whole windows cover `ms` milliseconds."""
+        return math.ceil(ms * self.sample_rate / 1000 / self.window_samples)
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """The caller has been speaking for `speech_start_ms`; `onset` is the first speech sample."""
+
+    onset: int
+    at: int
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    """A complete caller turn. Sample positions count from the start of the call's audio."""
+
+    audio: np.ndarray
+    reason: Literal["pause", "max_length"]
+    speech_end: int
+    at: int
+
+
+TurnEvent = SpeechStarted | TurnEnded
+
+
+class TurnDetector:
+    def __init__(self, config: TurnConfig, vad: VadStream) -> None:
+        if vad.window_samples != config.window_samples:
+            raise ValueError("VAD stream and turn config disagree on the sample rate")
+        self.config = config
+        self.vad = vad
+        self._start_windows = config.windows(config.speech_start_ms)
+        self._pause_windows = config.windows(config.pause_ms)
+        self._max_windows = config.windows(config.max_turn_seconds * 1000)
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._position = 0  # samples consumed into windows so far
+        self._recent: deque[np.ndarray] = deque(maxlen=config.windows(config.preroll_ms) + self._start_windows)
+        self._run = 0  # consecutive speech windows while not yet speaking
+        self._speaking = False
+        self._turn: list[np.ndarray] = []
+        self._turn_speech_windows = 0  # windows in _turn up to and including the last speech window
+        self._silence = 0
+        self._turn_windows = 0
+        self.last_probability = 0.0
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking
+
+    def push(self, pcm: np.ndarray) -> list[TurnEvent]:
+        """Feed int16 audio of any length at the config's rate; returns the events it completes."""
+        events: list[TurnEvent] = []
+        size = self.config.window_samples
+        buffer = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
+        offset = 0
+        while len(buffer) - offset >= size:
+            window = buffer[offset : offset + size]
+            offset += size
+            self._position += size
+            event = self._window(np.array(window, dtype=np.int16))
+            if event is not None:
+                events.append(event)
+        self._pending = np.array(buffer[offset:], dtype=np.int16)
+        return events
+
+    def _window(self, window: np.ndarray) -> TurnEvent | None:
+        cfg = self.config
+        p = self.vad.probability(window)
+        self.last_probability = p
+        if not self._speaking:
+            self._recent.append(window)
+            if p >= cfg.enter_threshold or (self._run and p >= cfg.exit_threshold):
+                self._run += 1
+            else:
+                self._run = 0
+            if self._run < self._start_windows:
+                return None
+            self._speaking = True
+            self._turn = list(self._recent)
+            self._turn_speech_windows = len(self._turn)
+            self._turn_windows = self._run
+            self._silence = 0
+            onset = self._position - self._run * cfg.window_samples
+            return SpeechStarted(onset=onset, at=self._position)
+
+        self._turn.append(window)
+        self._turn_windows += 1
+        if p >= cfg.exit_threshold:
+            self._silence = 0
+            self._turn_speech_windows = len(self._turn)
+        else:
+            self._silence += 1
+        if self._silence >= self._pause_windows:
+            return self._end("pause")
+        if self._turn_windows >= self._max_windows:
+            return self._end("max_length")
+        return None
+
+    def _end(self, reason: Literal["pause", "max_length"]) -> TurnEnded:
+        kept = self._turn if reason == "max_length" else self._turn[: self._turn_speech_windows]
+        trailing = len(self._turn) - len(kept)
+        audio = np.concatenate(kept)
+        speech_end = self._position - trailing * self.config.window_samples
+        self._speaking = False
+        self._turn = []
+        self._run = 0
+        self._recent.clear()
+        return TurnEnded(audio=audio, reason=reason, speech_end=speech_end, at=self._position)
+
+    def reset(self) -> None:
+        """Forget any speech in progress (the VAD's recurrent state is kept)."""
+        self._speaking = False
+        self._turn = []
+        self._run = 0
+        self._recent.clear()

@@ -1,0 +1,1 @@
+"""Conversational bots and the contract they implement."""

@@ -1,0 +1,92 @@
+"""The bot contract: what a conversational handler sees and what it may yield.
+
+A bot never sees wire formats or sample-rate plumbing. It declares the rate it wants the caller's
+audio at (`input_rate`), receives each turn as int16 numpy at that rate, and yields, as an async
+generator, any of:
+
+- `Audio` (or a FastRTC-style `(sample_rate, ndarray)` tuple): speech to play, at any rate, int16 or
+  float in [-1, 1]; the runtime resamples and paces it;
+- `AdditionalOutputs`: values for the client (`fetch_output`, `fetch_latest_output`, `output_stream`);
+- `Message`: a client message such as a `log` or `warning`;
+- `EndCall`: hang up once everything said so far has been heard.
+
+One bot object is made per call, so a bot may keep per-call state on `self`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Audio:
+    samples: np.ndarray
+    sample_rate: int
+
+
+class AdditionalOutputs:
+    """Extra values a turn produces for the client, like FastRTC's AdditionalOutputs."""
+
+    def __init__(self, *args: Any) -> None:
+        self.args = args
+
+    def __repr__(self) -> str:
+        return f"AdditionalOutputs{self.args!r}"
+
+
+@dataclass(frozen=True)
+class Message:
+    type: Literal["log", "warning", "error"]
+    data: Any
+
+
+@dataclass(frozen=True)
+class EndCall:
+    """Hang up after the audio yielded before this has played to the caller."""
+
+
+BotOutput = Audio | AdditionalOutputs | Message | EndCall | tuple[int, np.ndarray]
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What a bot may know about its call."""
+
+    call_id: str
+    transport: str
+    parameters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One caller turn: int16 mono audio at the bot's `input_rate`, and the inputs set for it."""
+
+    audio: np.ndarray
+    sample_rate: int
+    inputs: tuple[Any, ...] = ()
+
+
+class Bot:
+    """Base class for bots. Override `reply`; `greet` and `on_dtmf` say nothing unless overridden."""
+
+    input_rate: int = 16000
+    #: True when each turn needs additional inputs: the client is asked for them (`send_input`).
+    wants_inputs: bool = False
+
+    def __init__(self, call: CallInfo) -> None:
+        self.call = call
+
+    async def greet(self) -> AsyncIterator[BotOutput]:
+        return
+        yield  # pragma: no cover - makes this an async generator
+
+    def reply(self, turn: Turn) -> AsyncIterator[BotOutput]:
+        raise NotImplementedError
+
+    async def on_dtmf(self, digit: str) -> AsyncIterator[BotOutput]:
+        return
+        yield  # pragma: no cover

@@ -1,0 +1,41 @@
+"""Resolve the BOT setting to a factory that makes one bot per call.
+
+`BOT=echo` is the built-in echo bot; `BOT=package.module:attr` names a `Bot` subclass, or a plain
+FastRTC-style handler function (wrapped in `FunctionBot`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from functools import partial
+
+from bots.base import Bot, CallInfo
+from bots.echo import EchoBot
+from bots.function import FunctionBot
+
+BotFactory = Callable[[CallInfo], Bot]
+
+BUILT_IN: dict[str, BotFactory] = {"echo": EchoBot}
+
+
+class BotLoadError(Exception):
+    pass
+
+
+def load_bot(spec: str) -> BotFactory:
+    if spec in BUILT_IN:
+        return BUILT_IN[spec]
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise BotLoadError(f"BOT must be one of {sorted(BUILT_IN)} or 'package.module:attr', got {spec!r}")
+    try:
+        target = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise BotLoadError(f"cannot load BOT={spec!r}: {exc}") from exc
+    if inspect.isclass(target) and issubclass(target, Bot):
+        return target
+    if callable(target):
+        return partial(FunctionBot, fn=target)
+    raise BotLoadError(f"BOT={spec!r} is neither a Bot subclass nor a callable")

@@ -1,0 +1,57 @@
+"""Speech fixtures made at test time with espeak-ng and sox (no downloaded corpora).
+
+Generated WAVs are cached under tests/fixtures/generated/ (git-ignored), keyed by text, voice and rate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+
+CACHE = Path(__file__).parent / "fixtures" / "generated"
+
+
+def have_tools() -> bool:
+    return shutil.which("espeak-ng") is not None and shutil.which("sox") is not None
+
+
+def speech(text: str, sample_rate: int = 8000, voice: str = "en-us", speed: int = 160) -> np.ndarray:
+    """`text` spoken by espeak-ng, mono int16 at `sample_rate`, with leading/trailing silence trimmed."""
+    key = hashlib.sha1(f"{text}|{voice}|{speed}|{sample_rate}".encode()).hexdigest()[:16]
+    out = CACHE / f"{key}.wav"
+    if not out.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        raw = CACHE / f"{key}.raw.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True)
+        tmp = CACHE / f"{key}.tmp.wav"
+        subprocess.run(
+            ["sox", str(raw), "-r", str(sample_rate), "-c", "1", "-b", "16", str(tmp),
+             "silence", "1", "0.01", "0.5%", "reverse", "silence", "1", "0.01", "0.5%", "reverse"],
+            check=True,
+        )
+        raw.unlink()
+        tmp.rename(out)
+    return read_wav(out)
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path), "rb") as w:
+        assert w.getnchannels() == 1 and w.getsampwidth() == 2
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).copy()
+
+
+def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(np.asarray(samples, dtype=np.int16).tobytes())
+
+
+def silence(seconds: float, sample_rate: int) -> np.ndarray:
+    return np.zeros(round(seconds * sample_rate), dtype=np.int16)

@@ -1,0 +1,163 @@
+"""Turn detection on real Silero VAD with espeak-ng speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
+from app.vad import VadStream
+from tests.speech import silence, speech
+
+COMMAS = "Hello, this is a test call, with several commas, in one sentence, and it keeps going."
+SHORT = "Please call me back tomorrow morning."
+
+
+def detector(model, rate: int = 8000, **overrides) -> TurnDetector:
+    config = TurnConfig(sample_rate=rate, **overrides)
+    return TurnDetector(config, VadStream(model, rate))
+
+
+def feed(det: TurnDetector, audio: np.ndarray, chunk: int = 160) -> list:
+    events = []
+    for start in range(0, len(audio), chunk):
+        events += det.push(audio[start : start + chunk])
+    return events
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+@pytest.mark.parametrize("pause_ms", [500, 512, 700])
+def test_turn_ends_within_one_window_of_configured_silence(onnx_vad, rate, pause_ms):
+    lead = silence(0.5, rate)
+    said = speech(SHORT, rate)
+    audio = np.concatenate([lead, said, silence(2.0, rate)])
+    det = detector(onnx_vad, rate, pause_ms=pause_ms)
+    events = feed(det, audio)
+    ended = [e for e in events if isinstance(e, TurnEnded)]
+    assert len(ended) == 1
+    turn = ended[0]
+    window = det.config.window_samples
+    pause = pause_ms * rate // 1000
+    waited = turn.at - turn.speech_end
+    assert pause <= waited < pause + window
+    # The VAD's end of speech lies close to the true end of the spoken audio.
+    true_end = len(lead) + len(said)
+    assert abs(turn.speech_end - true_end) <= 4 * window
+
+
+def test_sentence_with_commas_is_one_turn(onnx_vad):
+    rate = 8000
+    said = speech(COMMAS, rate)
+    events = feed(detector(onnx_vad, rate), np.concatenate([silence(0.3, rate), said, silence(1.5, rate)]))
+    assert [type(e) for e in events] == [SpeechStarted, TurnEnded]
+    assert len(events[1].audio) >= 0.9 * len(said)
+
+
+def test_two_sentences_with_a_long_pause_are_two_turns(onnx_vad):
+    rate = 8000
+    audio = np.concatenate([speech(SHORT, rate), silence(1.0, rate), speech(SHORT, rate), silence(1.0, rate)])
+    events = feed(detector(onnx_vad, rate), audio)
+    assert [type(e) for e in events] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
+
+
+def test_preroll_is_in_the_turn_audio(onnx_vad):
+    rate = 8000
+    lead = silence(1.0, rate)
+    said = speech(SHORT, rate)
+    audio = np.concatenate([lead, said, silence(1.5, rate)])
+    det = detector(onnx_vad, rate, preroll_ms=200)
+    events = feed(det, audio)
+    started, ended = events
+    window = det.config.window_samples
+    preroll_windows = det.config.windows(200)
+    turn_start = started.onset - preroll_windows * window
+    # The turn audio is exactly the input from the pre-roll on, and starts before the speech does.
+    assert turn_start <= len(lead)
+    np.testing.assert_array_equal(ended.audio, audio[turn_start : ended.speech_end])
+    assert started.onset - turn_start == preroll_windows * window
+
+    no_preroll = feed(detector(onnx_vad, rate, preroll_ms=0), audio)
+    assert len(no_preroll[1].audio) == len(ended.audio) - preroll_windows * window
+
+
+def test_max_turn_length_forces_a_turn(onnx_vad):
+    rate = 8000
+    long_speech = np.concatenate([speech(COMMAS, rate)] * 2)
+    det = detector(onnx_vad, rate, max_turn_seconds=2.0)
+    events = feed(det, np.concatenate([long_speech, silence(1.0, rate)]))
+    forced = [e for e in events if isinstance(e, TurnEnded) and e.reason == "max_length"]
+    assert forced, "a turn longer than the maximum must be cut"
+    max_windows = det.config.windows(2000)
+    started = next(e for e in events if isinstance(e, SpeechStarted))
+    assert forced[0].at - started.onset == max_windows * det.config.window_samples
+    assert isinstance(events[-1], TurnEnded) and events[-1].reason == "pause"
+
+
+def test_interleaved_calls_decide_as_each_alone(onnx_vad):
+    rate = 8000
+    a = np.concatenate([silence(0.2, rate), speech(SHORT, rate), silence(1.0, rate), speech(COMMAS, rate),
+                        silence(1.0, rate)])
+    b = np.concatenate([speech(COMMAS, rate), silence(0.7, rate), speech(SHORT, rate), silence(1.0, rate)])
+    alone_a = feed(detector(onnx_vad, rate), a)
+    alone_b = feed(detector(onnx_vad, rate), b)
+    da, db = detector(onnx_vad, rate), detector(onnx_vad, rate)
+    mixed_a, mixed_b = [], []
+    for start in range(0, max(len(a), len(b)), 160):
+        mixed_a += da.push(a[start : start + 160])
+        mixed_b += db.push(b[start : start + 160])
+    assert summary(mixed_a) == summary(alone_a)
+    assert summary(mixed_b) == summary(alone_b)
+    assert len(summary(alone_a)) == 4 and len(summary(alone_b)) == 4
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_onnx_and_torch_backends_make_the_same_decisions(onnx_vad, torch_vad, rate):
+    audio = np.concatenate([silence(0.3, rate), speech(COMMAS, rate), silence(0.8, rate), speech(SHORT, rate),
+                            silence(1.0, rate)])
+    via_onnx = summary(feed(detector(onnx_vad, rate), audio))
+    via_torch = summary(feed(detector(torch_vad, rate), audio))
+    assert via_onnx == via_torch
+    assert len(via_onnx) == 4
+
+
+def summary(events: list) -> list[tuple]:
+    return [
+        (type(e).__name__, e.onset, e.at) if isinstance(e, SpeechStarted) else
+        (type(e).__name__, e.reason, e.speech_end, e.at, len(e.audio))
+        for e in events
+    ]
+
+
+class ScriptedVad:
+    """Feeds the detector a chosen probability per window, to pin down the state machine's thresholds."""
+
+    window_samples = 256
+
+    def __init__(self, probabilities: list[float]) -> None:
+        self.probabilities = iter(probabilities)
+
+    def probability(self, window: np.ndarray) -> float:
+        return next(self.probabilities)
+
+
+def run_script(probabilities: list[float], **overrides) -> list:
+    det = TurnDetector(TurnConfig(sample_rate=8000, **overrides), ScriptedVad(probabilities))  # type: ignore[arg-type]
+    return det.push(np.zeros(256 * len(probabilities), dtype=np.int16))
+
+
+def test_hysteresis_keeps_a_turn_through_middling_probabilities():
+    # Start needs 6 windows (192 ms); then 0.4 (between exit 0.35 and enter 0.5) counts as speech.
+    events = run_script([0.9] * 6 + [0.4] * 30 + [0.1] * 16)
+    assert [type(e) for e in events] == [SpeechStarted, TurnEnded]
+    assert events[1].speech_end == 36 * 256
+
+
+def test_speech_start_needs_a_run_and_a_dip_resets_it():
+    assert run_script([0.9] * 5 + [0.1] + [0.9] * 5) == []
+    events = run_script([0.9] * 5 + [0.1] + [0.9] * 6)
+    assert [type(e) for e in events] == [SpeechStarted]
+    assert events[0].onset == 6 * 256
+
+
+def test_middling_probability_alone_does_not_start_speech():
+    assert run_script([0.45] * 40) == []
