@@ -19,6 +19,6 @@ async def readyz() -> tuple[dict, int]:
     from app.server import services
 
     state = services()
-    if state.ready and not state.draining:
-        return {"status": "ready"}, 200
+    if state.ready:
+        return {"status": "ready", "calls": state.registry.count()}, 200
     return {"status": "draining" if state.draining else "starting"}, 503

@@ -81,17 +81,25 @@ class Session:
         for queue in self._subscribers:
             queue.put_nowait(outputs)
 
-    async def output_stream(self) -> AsyncIterator[tuple[Any, ...]]:
-        """Each output published from now on, in order, until the call ends. Wakes on publish; no polling."""
+    def output_stream(self) -> AsyncIterator[tuple[Any, ...]]:
+        """Each output published from now on, in order, until the call ends. Wakes on publish; no polling.
+
+        The subscription starts when this is called, not at the first iteration, so nothing published
+        in between is missed."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
         if self.closed:
-            return
-        self._subscribers.append(queue)
+            queue.put_nowait(_END)
+        else:
+            self._subscribers.append(queue)
+        return self._drain(queue)
+
+    async def _drain(self, queue: asyncio.Queue[Any]) -> AsyncIterator[tuple[Any, ...]]:
         try:
             while (item := await queue.get()) is not _END:
                 yield item
         finally:
-            self._subscribers.remove(queue)
+            if queue in self._subscribers:
+                self._subscribers.remove(queue)
 
     def close(self) -> None:
         self.closed = True

@@ -10,23 +10,72 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass, field
+from functools import partial
 
 from quart import Quart, current_app
 
+from app.api import api
+from app.call import Call
 from app.health import health
+from app.registry import MemoryRegistry, RegistryError
 from app.settings import Settings
+from app.turns import TurnConfig
+from app.vad import VadModel, load_vad
+from bots.base import CallInfo
+from bots.loader import BotFactory, load_bot
 
 log = logging.getLogger("callbridge")
 
 
+class ServiceUnavailable(RegistryError):
+    """New calls are refused while the service starts or drains."""
+
+    code = "service_unavailable"
+
+
 @dataclass
 class Services:
-    """What the request handlers share: settings, and the state of the process."""
+    """What the request handlers share: settings, the registry, the VAD model, the bot factory."""
 
     settings: Settings
-    ready: bool = False
+    bot_factory: BotFactory
+    registry: MemoryRegistry
+    vad: VadModel | None = None
     draining: bool = False
-    background: set[asyncio.Task] = field(default_factory=set)
+    calls: dict[str, Call] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return self.vad is not None and not self.draining
+
+    def open_call(
+        self, call_id: str, transport: str, *, inbound_rate: int, outbound_rate: int,
+        parameters: dict[str, str] | None = None,
+    ) -> Call:
+        """Claim a registry slot and build the call's runtime; raises a RegistryError when refused."""
+        if not self.ready or self.vad is None:
+            raise ServiceUnavailable("the service is not accepting calls right now")
+        session = self.registry.open(call_id, transport)
+        try:
+            bot = self.bot_factory(CallInfo(call_id=call_id, transport=transport, parameters=parameters or {}))
+        except Exception:
+            self.registry.close(call_id)
+            raise
+        call = Call(
+            session, bot, self.vad, inbound_rate=inbound_rate, outbound_rate=outbound_rate,
+            turn_config=partial(TurnConfig.from_settings, self.settings), barge_in=self.settings.barge_in,
+            input_timeout=self.settings.input_timeout_seconds,
+        )
+        self.calls[call_id] = call
+        log.info("call %s started on %s", call_id, transport)
+        return call
+
+    async def end_call(self, call: Call) -> None:
+        """Stop the bot and free the call's slot; safe to call more than once."""
+        await call.close()
+        if self.calls.pop(call.id, None) is not None:
+            self.registry.close(call.id)
+            log.info("call %s ended: %d turns, %d barge-ins", call.id, call.stats.turns, call.stats.barge_ins)
 
 
 def services() -> Services:
@@ -36,18 +85,22 @@ def services() -> Services:
 
 def create_app(settings: Settings) -> Quart:
     app = Quart(__name__)
-    state = Services(settings=settings)
+    state = Services(
+        settings=settings, bot_factory=load_bot(settings.bot), registry=MemoryRegistry(settings.concurrency_limit)
+    )
     app.extensions["callbridge"] = state
     app.register_blueprint(health)
+    app.register_blueprint(api)
 
     @app.before_serving
     async def _start() -> None:
-        state.ready = True
-        log.info("ready: bot=%s limit=%d", settings.bot, settings.concurrency_limit)
+        state.vad = await asyncio.to_thread(load_vad, settings.vad_backend)
+        log.info("ready: bot=%s vad=%s limit=%d", settings.bot, settings.vad_backend, settings.concurrency_limit)
 
     @app.after_serving
     async def _stop() -> None:
-        state.ready = False
+        for call in list(state.calls.values()):
+            await state.end_call(call)
 
     return app
 

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     preroll_ms: int = Field(200, ge=0, le=2000)
     max_turn_seconds: float = Field(30.0, gt=0.5, le=600)
     barge_in: bool = True
+    input_timeout_seconds: float = Field(0.5, ge=0, le=30)
 
     @field_validator("log_level", mode="before")
     @classmethod
