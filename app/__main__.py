@@ -19,12 +19,29 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the HTTP/WebSocket API (the default command)")
     serve.add_argument("--host", help="override HOST")
     serve.add_argument("--port", type=int, help="override PORT")
+    call = commands.add_parser(
+        "call", help="simulate a Twilio phone call: play a WAV into /telephone/handler and record the reply",
+        description="Plays WAV into the Twilio handler in real time as Twilio would (webhook, connected, "
+        "start, media, dtmf, stop; marks echoed once heard; buffer emptied on clear), records the bot's "
+        "reply and prints what happened with timings.",
+    )
+    call.add_argument("wav", help="mono 16-bit WAV at 8, 16, 24 or 48 kHz: what the caller says")
+    call.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of callbridge (default %(default)s)")
+    call.add_argument("--out", help="write what the caller heard to this WAV (8 kHz)")
+    call.add_argument("--dtmf", default="", help="digits to press after speaking, e.g. 12#")
+    call.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the reply (default %(default)s)")
+    call.add_argument("--auth-token", default="", help="sign requests with this Twilio auth token")
+    call.add_argument("--public-url", default="", help="PUBLIC_URL the server validates signatures against")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "serve"
+    if command == "call":
+        from app.simulator import main as simulate
+
+        return simulate(args)
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
     try:
         settings = load_settings(**overrides)

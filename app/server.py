@@ -7,6 +7,7 @@ Everything a request handler needs lives on one `Services` object created here a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -19,10 +20,13 @@ from app.call import Call
 from app.health import health
 from app.registry import MemoryRegistry, RegistryError
 from app.settings import Settings
+from app.transports.browser import browser_ws
+from app.transports.twilio import telephone
 from app.turns import TurnConfig
 from app.vad import VadModel, load_vad
 from bots.base import CallInfo
 from bots.loader import BotFactory, load_bot
+from codec import SUPPORTED_RATES, Resampler
 
 log = logging.getLogger("callbridge")
 
@@ -91,9 +95,12 @@ def create_app(settings: Settings) -> Quart:
     app.extensions["callbridge"] = state
     app.register_blueprint(health)
     app.register_blueprint(api)
+    app.register_blueprint(telephone)
+    app.register_blueprint(browser_ws)
 
     @app.before_serving
     async def _start() -> None:
+        await asyncio.to_thread(prepare_resamplers)
         state.vad = await asyncio.to_thread(load_vad, settings.vad_backend)
         log.info("ready: bot=%s vad=%s limit=%d", settings.bot, settings.vad_backend, settings.concurrency_limit)
 
@@ -103,6 +110,12 @@ def create_app(settings: Settings) -> Quart:
             await state.end_call(call)
 
     return app
+
+
+def prepare_resamplers() -> None:
+    """Design every resampling filter at start-up: scipy.signal takes ~1.5 s to import, never mid-call."""
+    for source, target in itertools.permutations(SUPPORTED_RATES, 2):
+        Resampler(source, target)
 
 
 def configure_logging(level: str) -> None:
@@ -118,6 +131,8 @@ async def serve(settings: Settings) -> None:
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = None
     config.graceful_timeout = settings.shutdown_grace_seconds
+    # A hard cap well above MAX_MESSAGE_BYTES; the transports enforce the setting with a clear error.
+    config.websocket_max_message_size = settings.max_message_bytes * 4
     app = create_app(settings)
 
     stop = asyncio.Event()

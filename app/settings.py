@@ -27,10 +27,14 @@ class Settings(BaseSettings):
     bot: str = "echo"
     concurrency_limit: int = Field(100, ge=1)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    outbound_lead_ms: int = Field(60, ge=0, le=2000)
 
     # --- Twilio -------------------------------------------------------------------------------------
     twilio_auth_token: str = ""
     twilio_account_sid: str = ""
+    call_token_secret: str = ""
+    greeting: str = ""
 
     # --- turn-taking --------------------------------------------------------------------------------
     vad_backend: Literal["onnx", "torch"] = "onnx"

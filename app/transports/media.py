@@ -1,0 +1,148 @@
+"""What the µ-law WebSocket transports (Twilio and the browser's) share.
+
+- `read_message`: one JSON object from the socket, or a `ProtocolError` that says what was wrong and
+  which close code fits (1003 binary, 1007 malformed, 1009 too big, 1008 protocol order).
+- `decode_payload`: base64 µ-law to int16 PCM.
+- `PacedWriter`: drains a Call's outbox onto the socket, paced in real time with a small lead, so a
+  barge-in flush leaves almost nothing queued at the far end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from app.call import Call
+from app.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
+from codec import ulaw_decode, ulaw_encode
+
+logger = logging.getLogger("callbridge.transport")
+
+FRAME_SECONDS = 0.02
+
+# WebSocket close codes (RFC 6455).
+NORMAL = 1000
+UNSUPPORTED_DATA = 1003
+INVALID_PAYLOAD = 1007
+POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+TRY_AGAIN_LATER = 1013
+
+
+class ProtocolError(Exception):
+    """Bad input from the client: close the socket with `code` after saying why."""
+
+    def __init__(self, message: str, code: int = POLICY_VIOLATION) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_message(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
+    if isinstance(raw, bytes):
+        raise ProtocolError("binary frames are not part of this protocol; send JSON text", UNSUPPORTED_DATA)
+    if len(raw) > max_bytes:
+        raise ProtocolError(f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit", MESSAGE_TOO_BIG)
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        raise ProtocolError("message is not valid JSON", INVALID_PAYLOAD) from None
+    if not isinstance(message, dict):
+        raise ProtocolError("message must be a JSON object", INVALID_PAYLOAD)
+    if not isinstance(message.get("event"), str):
+        raise ProtocolError('message has no "event" string', INVALID_PAYLOAD)
+    return message
+
+
+def field(message: dict[str, Any], *path: str, kind: type = str) -> Any:
+    """message[path...] checked for presence and type; a ProtocolError names what is missing."""
+    value: Any = message
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            raise ProtocolError(f"{message['event']!r} message lacks {'.'.join(path)}", INVALID_PAYLOAD)
+        value = value[key]
+    if not isinstance(value, kind):
+        raise ProtocolError(f"{'.'.join(path)} must be a {kind.__name__}", INVALID_PAYLOAD)
+    return value
+
+
+def decode_payload(payload: str) -> np.ndarray:
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("media payload is not valid base64", INVALID_PAYLOAD) from None
+    return ulaw_decode(data)
+
+
+def encode_payload(samples: np.ndarray) -> str:
+    return base64.b64encode(ulaw_encode(samples)).decode("ascii")
+
+
+class PacedWriter:
+    """Sends a Call's outbound items in order, audio paced to real time plus `lead` seconds.
+
+    `play_end` estimates when the far end will have played everything sent so far. The transport
+    supplies how each kind of item goes on the wire: `send_audio(payload)`, `send_clear()`,
+    `on_reply_end(reply_id, play_end)`, `send_message(message)`.
+    """
+
+    def __init__(
+        self,
+        call: Call,
+        lead: float,
+        send_audio: Callable[[str], Awaitable[None]],
+        send_clear: Callable[[], Awaitable[None]],
+        on_reply_end: Callable[[str, float], Awaitable[None]],
+        send_message: Callable[[ClientMessage], Awaitable[None]],
+    ) -> None:
+        self.call = call
+        self.lead = lead
+        self.send_audio = send_audio
+        self.send_clear = send_clear
+        self.on_reply_end = on_reply_end
+        self.send_message = send_message
+        self.play_end = 0.0
+        self.frames_sent = 0
+
+    async def run(self) -> None:
+        """Returns when the call asks to hang up; raises if the socket fails."""
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self.call.next_outbound()
+            if isinstance(item, AudioOut):
+                now = loop.time()
+                self.play_end = max(self.play_end, now)
+                wait = self.play_end - self.lead - now
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                await self.send_audio(encode_payload(item.samples))
+                self.play_end += len(item.samples) / self.call.outbound_rate
+                self.frames_sent += 1
+            elif isinstance(item, ReplyEnd):
+                await self.on_reply_end(item.reply_id, self.play_end)
+            elif isinstance(item, Flush):
+                self.play_end = loop.time()
+                await self.send_clear()
+            elif isinstance(item, ClientMessage):
+                await self.send_message(item)
+            elif isinstance(item, Hangup):
+                return
+
+
+async def run_until_first_done(*coroutines: Awaitable[Any]) -> None:
+    """Run the reader and writer of a socket; when either ends (or fails), cancel the other."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        task.result()

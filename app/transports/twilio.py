@@ -1,0 +1,215 @@
+"""Twilio Media Streams: the TwiML webhook and the call's WebSocket.
+
+`POST /telephone/incoming` answers Twilio's webhook with `<Connect><Stream>` pointing at
+`/telephone/handler`, passing From, To and a per-call token as `<Parameter>`s (Twilio rejects query
+strings in the Stream URL). The token is an HMAC of the CallSid, so any replica can check it in
+`start` without shared state. On the socket only Twilio's own messages are sent: `media`, `mark`
+(the reply id, echoed back once the caller has heard the reply, or on `clear`) and `clear`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+
+from quart import Blueprint, Response, request, websocket
+from twilio.request_validator import RequestValidator
+from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
+
+from app.call import Call
+from app.messages import ClientMessage
+from app.registry import RegistryError
+from app.transports.media import (
+    INVALID_PAYLOAD,
+    NORMAL,
+    POLICY_VIOLATION,
+    TRY_AGAIN_LATER,
+    PacedWriter,
+    ProtocolError,
+    decode_payload,
+    field,
+    parse_message,
+    run_until_first_done,
+)
+
+logger = logging.getLogger("callbridge.twilio")
+
+telephone = Blueprint("telephone", __name__)
+
+HANDLER_PATH = "/telephone/handler"
+RATE = 8000
+
+
+def _services() -> Any:
+    from app.server import services
+
+    return services()
+
+
+def token_secret(settings: Any, _fallback: bytes = secrets.token_bytes(32)) -> bytes:
+    """CALL_TOKEN_SECRET, else TWILIO_AUTH_TOKEN, else a per-process secret (fine for one replica)."""
+    secret = settings.call_token_secret or settings.twilio_auth_token
+    return secret.encode() if secret else _fallback
+
+
+def call_token(secret: bytes, call_sid: str) -> str:
+    return hmac.new(secret, call_sid.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def public_base(scheme: str, host: str) -> str:
+    """The public https base: PUBLIC_URL when set, else what this request was addressed to."""
+    return _services().settings.public_url or f"{scheme}://{host}"
+
+
+def stream_url(base: str) -> str:
+    """The wss:// URL of the stream handler under a public base URL."""
+    parts = urlsplit(base)
+    return f"{'ws' if parts.scheme == 'http' else 'wss'}://{parts.netloc}{HANDLER_PATH}"
+
+
+def signature_valid(url: str, params: dict[str, str], headers: Any) -> bool:
+    token = _services().settings.twilio_auth_token
+    if not token:
+        return True
+    signature = headers.get("X-Twilio-Signature", "")
+    return bool(signature) and RequestValidator(token).validate(url, params, signature)
+
+
+@telephone.post("/telephone/incoming")
+async def incoming() -> Response | tuple[str, int]:
+    state = _services()
+    form = {key: value for key, value in (await request.form).items()}
+    base = public_base(request.scheme, request.host)
+    query = f"?{request.query_string.decode()}" if request.query_string else ""
+    if not signature_valid(base + request.path + query, form, request.headers):
+        logger.warning("webhook refused: bad or missing X-Twilio-Signature (from %s)", request.remote_addr)
+        return "invalid Twilio signature", 403
+    call_sid = form.get("CallSid", "")
+    if not call_sid:
+        return "CallSid is required", 422
+    response = VoiceResponse()
+    if not state.ready or state.registry.count() >= state.registry.limit:
+        logger.warning("webhook for %s rejected: %s", call_sid, "draining" if state.ready else "at capacity")
+        response.reject(reason="busy")
+        return Response(str(response), mimetype="text/xml")
+    if state.settings.greeting:
+        response.say(state.settings.greeting)
+    stream = Stream(url=stream_url(base))
+    stream.parameter(name="token", value=call_token(token_secret(state.settings), call_sid))
+    for name in ("From", "To"):
+        if form.get(name):
+            stream.parameter(name=name, value=form[name])
+    connect = Connect()
+    connect.append(stream)
+    response.append(connect)
+    logger.info("webhook: call %s from %s to %s", call_sid, form.get("From", "?"), form.get("To", "?"))
+    return Response(str(response), mimetype="text/xml")
+
+
+@telephone.websocket(HANDLER_PATH)
+async def handler() -> None:
+    await websocket.accept()
+    base = public_base("https" if websocket.scheme == "wss" else "http", websocket.host)
+    if not signature_valid(stream_url(base), {}, websocket.headers):
+        logger.warning("stream refused: bad or missing X-Twilio-Signature")
+        await websocket.close(POLICY_VIOLATION, "invalid Twilio signature")
+        return
+    await TwilioStream(_services()).run()
+
+
+class TwilioStream:
+    """One Media Streams socket: handshake, then reader and paced writer until stop or hang-up."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.stream_sid = ""
+        self._sid_json = '""'
+
+    async def run(self) -> None:
+        call: Call | None = None
+        try:
+            call = await self._handshake()
+            call.start()
+            writer = PacedWriter(
+                call, self.settings.outbound_lead_ms / 1000, self._send_media, self._send_clear,
+                self._send_mark, self._log_message,
+            )
+            await run_until_first_done(self._read(call), writer.run())
+            await websocket.close(NORMAL)
+        except ProtocolError as exc:
+            logger.warning("twilio stream %s: %s; closing with %d", self.stream_sid or "-", exc, exc.code)
+            await websocket.close(exc.code, str(exc)[:120])
+        except RegistryError as exc:
+            logger.warning("twilio stream %s refused: %s", self.stream_sid or "-", exc)
+            await websocket.send(json.dumps(exc.body()))
+            await websocket.close(TRY_AGAIN_LATER, exc.code)
+        finally:
+            if call is not None:
+                await self.state.end_call(call)
+
+    async def _receive(self) -> dict[str, Any]:
+        return parse_message(await websocket.receive(), self.settings.max_message_bytes)
+
+    async def _handshake(self) -> Call:
+        while True:
+            message = await self._receive()
+            event = message["event"]
+            if event == "connected":
+                continue
+            if event != "start":
+                raise ProtocolError(f"{event!r} before start")
+            self.stream_sid = field(message, "start", "streamSid")
+            self._sid_json = json.dumps(self.stream_sid)
+            call_sid = field(message, "start", "callSid")
+            params = message["start"].get("customParameters") or {}
+            if not isinstance(params, dict):
+                raise ProtocolError("start.customParameters must be an object", INVALID_PAYLOAD)
+            media_format = message["start"].get("mediaFormat") or {}
+            if media_format and (
+                media_format.get("encoding") != "audio/x-mulaw" or int(media_format.get("sampleRate", RATE)) != RATE
+            ):
+                raise ProtocolError(f"unsupported mediaFormat {media_format}", INVALID_PAYLOAD)
+            expected = call_token(token_secret(self.settings), call_sid)
+            if not hmac.compare_digest(str(params.get("token", "")), expected):
+                raise ProtocolError("invalid or missing call token (start the call through /telephone/incoming)")
+            parameters = {str(k): str(v) for k, v in params.items() if k != "token"}
+            parameters["CallSid"] = call_sid
+            return self.state.open_call(
+                self.stream_sid, "twilio", inbound_rate=RATE, outbound_rate=RATE, parameters=parameters
+            )
+
+    async def _read(self, call: Call) -> None:
+        while True:
+            message = await self._receive()
+            event = message["event"]
+            if event == "media":
+                call.push_audio(decode_payload(field(message, "media", "payload")))
+            elif event == "mark":
+                call.playback_finished(field(message, "mark", "name"))
+            elif event == "dtmf":
+                call.push_dtmf(field(message, "dtmf", "digit"))
+            elif event == "stop":
+                logger.info("twilio stream %s: stop", self.stream_sid)
+                return
+            elif event in ("connected", "start"):
+                raise ProtocolError(f"unexpected {event!r} after start")
+            else:
+                raise ProtocolError(f"unknown event {event!r}", INVALID_PAYLOAD)
+
+    async def _send_media(self, payload: str) -> None:
+        await websocket.send(f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{payload}"}}}}')
+
+    async def _send_clear(self) -> None:
+        await websocket.send(f'{{"event":"clear","streamSid":{self._sid_json}}}')
+
+    async def _send_mark(self, reply_id: str, play_end: float) -> None:
+        await websocket.send(json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": reply_id}}))
+
+    async def _log_message(self, message: ClientMessage) -> None:
+        logger.debug("twilio stream %s: %s %s", self.stream_sid, message.type, message.data)
