@@ -125,6 +125,7 @@ class Call:
         self._reply_ids = itertools.count(1)
         self._unheard: set[str] = set()
         self._hangup_after: str | None = None
+        self._talking = False  # the current reply has queued audio and is still producing
         self.closed = False
 
     @property
@@ -133,8 +134,8 @@ class Call:
 
     @property
     def bot_talking(self) -> bool:
-        """A reply is being produced, or its audio has not yet been heard by the caller."""
-        return (self._reply is not None and not self._reply.done()) or bool(self._unheard)
+        """The bot's audio is being produced, or has not yet been heard by the caller."""
+        return self._talking or bool(self._unheard)
 
     # -- inputs from the transport -------------------------------------------------------------------
 
@@ -248,7 +249,7 @@ class Call:
                     item = Audio(samples=item[1], sample_rate=item[0])
                 if isinstance(item, Audio):
                     if not started:
-                        started = True
+                        started = self._talking = True
                         self.send(log("response_starting"))
                         if job.kind == "turn":
                             self.stats.reply_delays.append(self.clock() - job.detected_at)
@@ -270,6 +271,7 @@ class Call:
             logger.exception("call %s: bot raised during %s", self.id, job.kind)
             self.send(ClientMessage("error", f"bot error: {type(exc).__name__}: {exc}"))
         finally:
+            self._talking = False
             await outputs.aclose()
         tail = chunker.flush()
         if tail is not None:

@@ -64,8 +64,8 @@ Step = Speak | Pause | WaitForReply | Dtmf
 @dataclass
 class CallReport:
     events: list[tuple[float, str, str]] = field(default_factory=list)
-    speech_ends: list[float] = field(default_factory=list)  # when each Speak's last frame was sent
-    speech_starts: list[float] = field(default_factory=list)  # when each Speak's first frame was sent
+    speech_ends: list[float] = field(default_factory=list)  # when each Speak's last sample was sent
+    speech_starts: list[float] = field(default_factory=list)  # when each Speak's first sample was captured
     reply_starts: list[float] = field(default_factory=list)  # first media of each reply received
     clears: list[float] = field(default_factory=list)
     marks_received: list[str] = field(default_factory=list)
@@ -290,7 +290,8 @@ class SimulatedCaller:
             next_tick += TICK
             t = self.now()
             if marker in ("first", "only"):
-                self.report.speech_starts.append(t)
+                # A frame carries the 20 ms captured before it is sent, as Twilio's do.
+                self.report.speech_starts.append(t - TICK)
             payload = base64.b64encode(ulaw_encode(frame)).decode()
             await ws.send(json.dumps({
                 "event": "media", "sequenceNumber": str(chunk + 1), "streamSid": self.stream_sid,

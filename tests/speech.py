@@ -55,3 +55,14 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
 
 def silence(seconds: float, sample_rate: int) -> np.ndarray:
     return np.zeros(round(seconds * sample_rate), dtype=np.int16)
+
+
+def peak_correlation(reply: np.ndarray, said: np.ndarray) -> float:
+    """Peak normalised cross-correlation of two signals at their best alignment (1.0: identical shape)."""
+    a = np.asarray(reply, dtype=np.float64)
+    b = np.asarray(said, dtype=np.float64)
+    if len(a) < len(b):
+        a, b = b, a
+    corr = np.correlate(a, b, mode="valid")
+    energy = np.sqrt(np.convolve(a * a, np.ones(len(b)), mode="valid")) * np.linalg.norm(b)
+    return float(np.max(np.abs(corr) / (energy + 1e-9)))

@@ -1,0 +1,78 @@
+"""Real callbridge servers (`python -m app`) on loopback, one per distinct configuration."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = int(env.get("PORT") or free_port())
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "INFO", **env}
+        full_env = {k: v.replace("{port}", str(self.port)) for k, v in full_env.items()}
+        self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full_env,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"server not ready:\n{log_path.read_text()}")
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.log.close()
+
+
+@pytest.fixture(scope="session")
+def server_factory(tmp_path_factory) -> Iterator[Callable[..., Server]]:
+    servers: dict[tuple, Server] = {}
+
+    def make(**env: str) -> Server:
+        key = tuple(sorted(env.items()))
+        if key not in servers:
+            log = tmp_path_factory.mktemp("server") / "server.log"
+            servers[key] = Server({k.upper(): str(v) for k, v in env.items()}, log)
+        return servers[key]
+
+    yield make
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def echo_server(server_factory) -> Server:
+    return server_factory(concurrency_limit=20)

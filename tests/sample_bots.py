@@ -1,0 +1,36 @@
+"""Bots the integration tests run inside a real server (BOT=tests.sample_bots:NAME)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bots.base import AdditionalOutputs, Audio, Bot, EndCall, Turn
+
+
+def tone(seconds: float, rate: int = 8000, hz: float = 440.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (np.sin(2 * np.pi * hz * t) * 8000).astype(np.int16)
+
+
+class KeypadBot(Bot):
+    """Answers digit d with a beep of (d + 1) * 100 ms; '#' says goodbye and hangs up."""
+
+    input_rate = 8000
+
+    async def on_dtmf(self, digit: str):
+        if digit == "#":
+            yield Audio(tone(0.5, hz=880), 8000)
+            yield EndCall()
+        elif digit.isdigit():
+            yield Audio(tone((int(digit) + 1) * 0.1), 8000)
+
+    async def reply(self, turn: Turn):
+        return
+        yield
+
+
+def labeller(audio: tuple[int, np.ndarray], label: str):
+    """A FastRTC-style handler with one additional input: echoes the turn and reports it with the label."""
+    rate, samples = audio
+    yield AdditionalOutputs({"label": label, "seconds": round(samples.shape[-1] / rate, 2)})
+    yield (rate, samples)
