@@ -50,7 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command == "serve":
         from app.server import configure_logging, serve
+        from bots.loader import BotLoadError, load_bot
 
+        try:
+            load_bot(settings.bot)
+        except BotLoadError as exc:
+            print(f"callbridge: invalid settings:\n  BOT: {exc}", file=sys.stderr)
+            return 2
         configure_logging(settings.log_level)
         asyncio.run(serve(settings))
         return 0

@@ -1,0 +1,91 @@
+"""Service-level behaviour on a real server: probes, settings errors, signals, inputs and outputs over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+
+from tests.integration.clients import browser_call
+from tests.integration.conftest import ROOT, Server
+from tests.speech import silence, speech
+
+RATE = 8000
+
+
+def test_probes(echo_server):
+    assert httpx.get(echo_server.url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(echo_server.url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=60)
+
+
+def test_invalid_settings_stop_startup_with_the_variable_named():
+    result = run_cli(PORT="not-a-port")
+    assert result.returncode == 2
+    assert "PORT" in result.stderr and "not-a-port" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_cli(VAD_EXIT_THRESHOLD="0.9")
+    assert result.returncode == 2 and "VAD_EXIT_THRESHOLD" in result.stderr
+    result = run_cli(BOT="no_such_module:thing")
+    assert result.returncode == 2 and "BOT" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_help_documents_the_commands():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "serve" in result.stdout and "call" in result.stdout
+    assert "--dtmf" in run_cli("call", "--help").stdout
+
+
+def test_sigterm_and_sigint_shut_down_cleanly(tmp_path):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        server = Server({}, tmp_path / f"{sig.name}.log")
+        server.process.send_signal(sig)
+        assert server.process.wait(20) == 0
+        server.log.close()
+        assert f"{sig.name} received" in server.logs()
+
+
+async def test_input_hook_and_sse_updates(server_factory):
+    server = server_factory(bot="tests.sample_bots:labeller")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        assert (await client.post("/input_hook", json={"webrtc_id": "nobody", "label": "x"})).status_code == 404
+        assert (await client.post("/input_hook", content=b"not json")).status_code == 422
+        assert (await client.post("/input_hook", json={"label": "no id"})).status_code == 422
+        assert (await client.get("/updates", params={"webrtc_id": "nobody"})).status_code == 404
+        assert (await client.get("/updates")).status_code == 422
+
+        said = speech("Hello, please label this turn.", RATE)
+        utterance = np.concatenate([said, silence(1.0, RATE)])
+        call = asyncio.create_task(browser_call(server.url, "sse-1", np.concatenate([silence(1.0, RATE), utterance,
+                                                                                       utterance]),
+                                                pace=0.02, until="never", timeout=12))
+        await asyncio.sleep(0.5)
+        response = await client.post("/input_hook", json={"webrtc_id": "sse-1", "label": "first"})
+        assert response.status_code == 200
+        outputs: list = []
+        async with client.stream("GET", "/updates", params={"webrtc_id": "sse-1"}) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    outputs.append(json.loads(line[6:]))
+                    if len(outputs) == 1:
+                        await client.post("/input_hook", json={"webrtc_id": "sse-1", "label": "second"})
+                    if len(outputs) == 2:
+                        break
+        result = await call
+    assert [o[0]["label"] for o in outputs] == ["first", "second"]
+    assert all(abs(o[0]["seconds"] - (len(said) / RATE + 0.2)) < 0.2 for o in outputs)
+    fetches = [m for m in result.messages if m["type"] == "fetch_output"]
+    assert [m["data"][0]["label"] for m in fetches] == ["first", "second"]
