@@ -20,8 +20,10 @@ from app.call import Call
 from app.health import health
 from app.registry import MemoryRegistry, RegistryError
 from app.settings import Settings
+from app.softphone import softphone
 from app.transports.browser import browser_ws
 from app.transports.twilio import telephone
+from app.transports.webrtc import webrtc
 from app.turns import TurnConfig
 from app.vad import VadModel, load_vad
 from bots.base import CallInfo
@@ -97,6 +99,9 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(api)
     app.register_blueprint(telephone)
     app.register_blueprint(browser_ws)
+    # The WebRTC blueprint closes its peer connections at shutdown, before the calls below are ended.
+    app.register_blueprint(webrtc)
+    app.register_blueprint(softphone)
 
     @app.before_serving
     async def _start() -> None:

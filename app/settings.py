@@ -8,12 +8,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class SettingsError(Exception):
     """Raised when the environment holds an invalid setting; the message names each bad variable."""
+
+
+class IceServer(BaseModel):
+    """One STUN or TURN server for WebRTC, as a browser's RTCIceServer spells it."""
+
+    urls: str | list[str]
+    username: str | None = None
+    credential: str | None = None
 
 
 class Settings(BaseSettings):
@@ -47,6 +55,13 @@ class Settings(BaseSettings):
     barge_in: bool = True
     input_timeout_seconds: float = Field(0.5, ge=0, le=30)
 
+    # --- WebRTC -------------------------------------------------------------------------------------
+    # No STUN server by default: the service never contacts a public server unless configured to.
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    webrtc_connect_timeout_seconds: float = Field(30.0, gt=0, le=600)
+    webrtc_max_call_seconds: float = Field(0.0, ge=0)
+    limit_status_code: int = 429
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
@@ -58,6 +73,13 @@ class Settings(BaseSettings):
         value = value.strip().rstrip("/")
         if value and not value.startswith(("https://", "http://")):
             raise ValueError("must start with https:// (or http:// for local tests)")
+        return value
+
+    @field_validator("limit_status_code")
+    @classmethod
+    def _check_limit_status_code(cls, value: int) -> int:
+        if value not in (429, 200):
+            raise ValueError("must be 429, or 200 for clients that cannot read error bodies")
         return value
 
     @model_validator(mode="after")

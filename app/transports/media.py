@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+from quart import websocket
 
 from app.call import Call
 from app.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
+from app.registry import RegistryError
 from codec import ulaw_decode, ulaw_encode
 
 logger = logging.getLogger("callbridge.transport")
@@ -33,6 +36,7 @@ UNSUPPORTED_DATA = 1003
 INVALID_PAYLOAD = 1007
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
 
@@ -146,3 +150,67 @@ async def run_until_first_done(*coroutines: Awaitable[Any]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
         task.result()
+
+
+class MediaSocket:
+    """One µ-law media socket's life: handshake, then reader and paced writer until stop or hang-up.
+
+    Subclasses say how their protocol opens a call (`handshake`), reads (`read`) and puts each outbound
+    item on the wire. Whatever goes wrong, the socket is closed with a fitting code and the call freed.
+    """
+
+    name = "socket"
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.label = "-"
+        self.call: Call | None = None
+
+    async def handshake(self) -> Call:
+        raise NotImplementedError
+
+    async def read(self, call: Call) -> None:
+        raise NotImplementedError
+
+    async def send_media(self, payload: str) -> None:
+        raise NotImplementedError
+
+    async def send_clear(self) -> None:
+        raise NotImplementedError
+
+    async def reply_end(self, reply_id: str, play_end: float) -> None:
+        raise NotImplementedError
+
+    async def send_message(self, message: ClientMessage) -> None:
+        raise NotImplementedError
+
+    async def report_error(self, error: ProtocolError) -> None:
+        """Tell the client what was wrong, where its protocol has a way to."""
+
+    async def receive(self) -> dict[str, Any]:
+        return parse_message(await websocket.receive(), self.settings.max_message_bytes)
+
+    async def run(self) -> None:
+        try:
+            self.call = await self.handshake()
+            self.call.start()
+            writer = PacedWriter(self.call, self.settings.outbound_lead_ms / 1000, self.send_media,
+                                 self.send_clear, self.reply_end, self.send_message)
+            await run_until_first_done(self.read(self.call), writer.run())
+            await websocket.close(NORMAL)
+        except ProtocolError as exc:
+            logger.warning("%s %s: %s; closing with %d", self.name, self.label, exc, exc.code)
+            await self.report_error(exc)
+            await websocket.close(exc.code, str(exc)[:120])
+        except RegistryError as exc:
+            logger.warning("%s %s refused: %s", self.name, self.label, exc)
+            await websocket.send(json.dumps(exc.body()))
+            await websocket.close(TRY_AGAIN_LATER, exc.code)
+        except Exception:
+            logger.exception("%s %s failed", self.name, self.label)
+            with contextlib.suppress(Exception):
+                await websocket.close(INTERNAL_ERROR, "internal error")
+        finally:
+            if self.call is not None:
+                await self.state.end_call(self.call)

@@ -23,19 +23,7 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from app.call import Call
 from app.messages import ClientMessage
-from app.registry import RegistryError
-from app.transports.media import (
-    INVALID_PAYLOAD,
-    NORMAL,
-    POLICY_VIOLATION,
-    TRY_AGAIN_LATER,
-    PacedWriter,
-    ProtocolError,
-    decode_payload,
-    field,
-    parse_message,
-    run_until_first_done,
-)
+from app.transports.media import INVALID_PAYLOAD, POLICY_VIOLATION, MediaSocket, ProtocolError, decode_payload, field
 
 logger = logging.getLogger("callbridge.twilio")
 
@@ -122,58 +110,32 @@ async def handler() -> None:
     await TwilioStream(_services()).run()
 
 
-class TwilioStream:
-    """One Media Streams socket: handshake, then reader and paced writer until stop or hang-up."""
+class TwilioStream(MediaSocket):
+    """One Media Streams socket. Only Twilio's own messages go out on it; client messages are logged."""
+
+    name = "twilio stream"
 
     def __init__(self, state: Any) -> None:
-        self.state = state
-        self.settings = state.settings
-        self.stream_sid = ""
+        super().__init__(state)
         self._sid_json = '""'
 
-    async def run(self) -> None:
-        call: Call | None = None
-        try:
-            call = await self._handshake()
-            call.start()
-            writer = PacedWriter(
-                call, self.settings.outbound_lead_ms / 1000, self._send_media, self._send_clear,
-                self._send_mark, self._log_message,
-            )
-            await run_until_first_done(self._read(call), writer.run())
-            await websocket.close(NORMAL)
-        except ProtocolError as exc:
-            logger.warning("twilio stream %s: %s; closing with %d", self.stream_sid or "-", exc, exc.code)
-            await websocket.close(exc.code, str(exc)[:120])
-        except RegistryError as exc:
-            logger.warning("twilio stream %s refused: %s", self.stream_sid or "-", exc)
-            await websocket.send(json.dumps(exc.body()))
-            await websocket.close(TRY_AGAIN_LATER, exc.code)
-        finally:
-            if call is not None:
-                await self.state.end_call(call)
-
-    async def _receive(self) -> dict[str, Any]:
-        return parse_message(await websocket.receive(), self.settings.max_message_bytes)
-
-    async def _handshake(self) -> Call:
+    async def handshake(self) -> Call:
         while True:
-            message = await self._receive()
+            message = await self.receive()
             event = message["event"]
             if event == "connected":
                 continue
             if event != "start":
                 raise ProtocolError(f"{event!r} before start")
-            self.stream_sid = field(message, "start", "streamSid")
-            self._sid_json = json.dumps(self.stream_sid)
+            self.label = field(message, "start", "streamSid")
+            self._sid_json = json.dumps(self.label)
             call_sid = field(message, "start", "callSid")
             params = message["start"].get("customParameters") or {}
             if not isinstance(params, dict):
                 raise ProtocolError("start.customParameters must be an object", INVALID_PAYLOAD)
             media_format = message["start"].get("mediaFormat") or {}
-            if media_format and (
-                media_format.get("encoding") != "audio/x-mulaw" or int(media_format.get("sampleRate", RATE)) != RATE
-            ):
+            encoding, rate = media_format.get("encoding", "audio/x-mulaw"), str(media_format.get("sampleRate", RATE))
+            if encoding != "audio/x-mulaw" or rate != str(RATE):
                 raise ProtocolError(f"unsupported mediaFormat {media_format}", INVALID_PAYLOAD)
             expected = call_token(token_secret(self.settings), call_sid)
             if not hmac.compare_digest(str(params.get("token", "")), expected):
@@ -181,12 +143,12 @@ class TwilioStream:
             parameters = {str(k): str(v) for k, v in params.items() if k != "token"}
             parameters["CallSid"] = call_sid
             return self.state.open_call(
-                self.stream_sid, "twilio", inbound_rate=RATE, outbound_rate=RATE, parameters=parameters
+                self.label, "twilio", inbound_rate=RATE, outbound_rate=RATE, parameters=parameters
             )
 
-    async def _read(self, call: Call) -> None:
+    async def read(self, call: Call) -> None:
         while True:
-            message = await self._receive()
+            message = await self.receive()
             event = message["event"]
             if event == "media":
                 call.push_audio(decode_payload(field(message, "media", "payload")))
@@ -195,21 +157,21 @@ class TwilioStream:
             elif event == "dtmf":
                 call.push_dtmf(field(message, "dtmf", "digit"))
             elif event == "stop":
-                logger.info("twilio stream %s: stop", self.stream_sid)
+                logger.info("twilio stream %s: stop", self.label)
                 return
             elif event in ("connected", "start"):
                 raise ProtocolError(f"unexpected {event!r} after start")
             else:
                 raise ProtocolError(f"unknown event {event!r}", INVALID_PAYLOAD)
 
-    async def _send_media(self, payload: str) -> None:
+    async def send_media(self, payload: str) -> None:
         await websocket.send(f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{payload}"}}}}')
 
-    async def _send_clear(self) -> None:
+    async def send_clear(self) -> None:
         await websocket.send(f'{{"event":"clear","streamSid":{self._sid_json}}}')
 
-    async def _send_mark(self, reply_id: str, play_end: float) -> None:
-        await websocket.send(json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": reply_id}}))
+    async def reply_end(self, reply_id: str, play_end: float) -> None:
+        await websocket.send(json.dumps({"event": "mark", "streamSid": self.label, "mark": {"name": reply_id}}))
 
-    async def _log_message(self, message: ClientMessage) -> None:
-        logger.debug("twilio stream %s: %s %s", self.stream_sid, message.type, message.data)
+    async def send_message(self, message: ClientMessage) -> None:
+        logger.debug("twilio stream %s: %s %s", self.label, message.type, message.data)

@@ -1,0 +1,375 @@
+"""WebRTC (`POST /webrtc/offer`), the seed's contract: Opus audio both ways, JSON messages on a data channel.
+
+- Offer: `{"sdp", "type": "offer", "webrtc_id"}` -> `{"sdp", "type": "answer"}`. The mode comes from the
+  `mode` query parameter or body field: `send-receive` (default), `send` (the client only sends: the
+  server listens, the bot's audio is dropped) or `receive` (the client only receives: a bot that talks).
+- Trickled candidates go to the same route: `{"type": "ice-candidate", "webrtc_id", "candidate": {"candidate",
+  "sdpMid", "sdpMLineIndex"}}`; an empty candidate string means end-of-candidates.
+- Refusals: missing fields -> 422; duplicate id -> 409 `connection_already_exists`; over the limit ->
+  `LIMIT_STATUS_CODE` (429, or 200) with the concurrency body.
+
+aiortc decodes the browser's Opus to 48 kHz frames; they reach the Call as mono int16 at 48 kHz. The
+bot's audio leaves through `CallAudioTrack`, whose `recv()` aiortc calls once per 20 ms frame: that is
+where the Call's outbox is drained, so a barge-in flush takes effect at the very next frame. The client's
+data channel (any label) carries the Call's client messages. A peer that never connects, a connection
+that fails or closes, a bot that hangs up and the optional time limit all end the call the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import logging
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import av
+import numpy as np
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+from quart import Blueprint, Quart, current_app, request
+
+from app.call import Call
+from app.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd
+from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, RegistryError
+from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.server import Services
+
+logger = logging.getLogger("callbridge.webrtc")
+
+webrtc = Blueprint("webrtc", __name__)
+
+#: aiortc's Opus decoder yields 48 kHz; the bot's audio goes back at the same rate.
+RATE = 48000
+FRAME_SAMPLES = RATE // 50  # 20 ms
+TIME_BASE = fractions.Fraction(1, RATE)
+#: Client messages kept for a data channel that has not opened yet; the oldest go first.
+PENDING_MESSAGES = 256
+
+Mode = Literal["send-receive", "send", "receive"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+
+class OfferError(Exception):
+    """A request the route refuses: `status` and a message for the client."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _failed(error: str, status: int) -> tuple[dict[str, Any], int]:
+    return {"status": "failed", "meta": {"error": error}}, status
+
+
+def peers() -> dict[str, PeerCall]:
+    """The live WebRTC calls of the current app, by webrtc_id."""
+    return current_app.extensions["callbridge.webrtc"]
+
+
+@webrtc.record_once
+def _install(state: Any) -> None:
+    state.app.extensions["callbridge.webrtc"] = {}
+
+
+@webrtc.after_app_serving
+async def _close_peer_connections() -> None:
+    """Shutdown: close every peer connection first, which ends its call and frees its slot."""
+    await close_all(current_app)
+
+
+async def close_all(app: Quart) -> None:
+    calls: dict[str, PeerCall] = app.extensions["callbridge.webrtc"]
+    await asyncio.gather(*(peer.end("server shutting down") for peer in list(calls.values())))
+
+
+@webrtc.post("/webrtc/offer")
+async def offer() -> tuple[dict[str, Any], int]:
+    from app.server import services
+
+    body = await request.get_json(force=True, silent=True)
+    try:
+        if not isinstance(body, dict):
+            raise OfferError("body must be a JSON object")
+        call_id = body.get("webrtc_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise OfferError('body needs a non-empty string "webrtc_id"')
+        if body.get("type") == "ice-candidate":
+            await _add_candidate(call_id, body.get("candidate"))
+            return {"status": "success"}, 200
+        if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
+            raise OfferError('body needs "type": "offer" and an "sdp" string (or "type": "ice-candidate")')
+        mode = request.args.get("mode") or body.get("mode") or "send-receive"
+        if mode not in MODES:
+            raise OfferError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    except OfferError as exc:
+        return _failed(str(exc), exc.status)
+
+    state = services()
+    try:
+        call = state.open_call(call_id, "webrtc", inbound_rate=RATE, outbound_rate=RATE, parameters={"mode": mode})
+    except RegistryError as exc:
+        logger.warning("webrtc offer %s refused: %s", call_id, exc)
+        return exc.body(), _refusal_status(exc, state.settings)
+
+    peer = PeerCall(call, state, mode, peers())
+    try:
+        answer = await peer.answer(body["sdp"])
+    except Exception as exc:
+        logger.warning("webrtc offer %s: cannot answer: %s", call_id, exc)
+        await peer.end("offer refused")
+        return _failed(f"cannot answer this offer: {exc}", 400)
+    return {"sdp": answer.sdp, "type": answer.type}, 200
+
+
+def _refusal_status(exc: RegistryError, settings: Settings) -> int:
+    if isinstance(exc, ConcurrencyLimitReached):
+        return settings.limit_status_code
+    if isinstance(exc, ConnectionAlreadyExists):
+        return 409
+    return 503
+
+
+async def _add_candidate(call_id: str, candidate: Any) -> None:
+    """A trickled ICE candidate (the browser's RTCIceCandidate.toJSON()) for a call whose offer was sent."""
+    if not isinstance(candidate, dict) or not isinstance(candidate.get("candidate"), str):
+        raise OfferError('"candidate" must be an object with a "candidate" string')
+    peer = peers().get(call_id)
+    if peer is None:
+        raise OfferError(f"no WebRTC call with webrtc_id {call_id!r}: send the offer first", 404)
+    line = candidate["candidate"].strip()
+    if not line:
+        await peer.add_candidate(None)
+        return
+    try:
+        parsed = candidate_from_sdp(line.removeprefix("a=").removeprefix("candidate:"))
+    except (AssertionError, ValueError, IndexError):
+        raise OfferError(f"not an ICE candidate line: {line[:80]!r}") from None
+    parsed.sdpMid = candidate.get("sdpMid")
+    parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+    if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+        parsed.sdpMLineIndex = 0
+    await peer.add_candidate(parsed)
+
+
+class CallAudioTrack(MediaStreamTrack):
+    """The bot's voice: aiortc pulls one 20 ms frame per `recv()`, paced here in real time.
+
+    Each frame comes from `PeerCall.next_audio()`, which drains the Call's outbox up to the next audio
+    frame; silence goes out when nothing is queued, so the RTP stream keeps its clock.
+    """
+
+    kind = "audio"
+
+    def __init__(self, peer: PeerCall) -> None:
+        super().__init__()
+        self._peer = peer
+        self._start: float | None = None
+        self._pts = 0
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            delay = self._start + self._pts / RATE - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        samples = self._peer.next_audio()
+        if samples is None:
+            samples = np.zeros(FRAME_SAMPLES, np.int16)
+        elif len(samples) < FRAME_SAMPLES:  # a reply's last, short frame
+            samples = np.concatenate([samples, np.zeros(FRAME_SAMPLES - len(samples), np.int16)])
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = RATE
+        frame.time_base = TIME_BASE
+        frame.pts = self._pts
+        self._pts += frame.samples
+        return frame
+
+
+class PeerCall:
+    """One WebRTC call: the peer connection, its Call, and the data channel the client opened."""
+
+    def __init__(self, call: Call, state: Services, mode: Mode, registry: dict[str, PeerCall]) -> None:
+        self.call = call
+        self.state = state
+        self.mode = mode
+        self._registry = registry
+        registry[call.id] = self
+        self.settings = state.settings
+        ice_servers = [RTCIceServer(**server.model_dump()) for server in self.settings.ice_servers]
+        # Always an explicit configuration: aiortc's default adds a public STUN server.
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
+        self.track: CallAudioTrack | None = None
+        self.channel: RTCDataChannel | None = None
+        self._pending: deque[str] = deque(maxlen=PENDING_MESSAGES)
+        self._described = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ending: asyncio.Task[None] | None = None
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+        self._spawn(self._connect_timeout())
+
+    @property
+    def id(self) -> str:
+        return self.call.id
+
+    async def answer(self, sdp: str) -> RTCSessionDescription:
+        """Apply the client's offer and return the answer (aiortc gathers our candidates into it)."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        self._described.set()
+        audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
+        if not audio:
+            raise OfferError("the offer has no audio: add a microphone track or a recvonly audio transceiver")
+        if self.mode == "send":
+            audio[0].direction = "recvonly"
+        else:
+            self.track = CallAudioTrack(self)
+            self.pc.addTrack(self.track)
+            if self.mode == "receive":
+                audio[0].direction = "sendonly"
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription
+
+    async def add_candidate(self, candidate: Any) -> None:
+        """Add a trickled remote candidate once the offer is applied (a candidate can overtake its offer)."""
+        try:
+            await asyncio.wait_for(self._described.wait(), self.settings.webrtc_connect_timeout_seconds)
+        except TimeoutError:
+            raise OfferError("the offer for this candidate was never applied", 409) from None
+        await self.pc.addIceCandidate(candidate)
+
+    # -- inbound -----------------------------------------------------------------------------------
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio" and self.mode != "receive":
+            self._spawn(self._listen(track))
+
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        """Caller audio: whatever aiortc decodes (48 kHz s16 stereo from Opus) as mono int16 at 48 kHz."""
+        to_mono = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            for mono in to_mono.resample(frame):
+                self.call.push_audio(mono.to_ndarray().reshape(-1))
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if self.channel is not None:
+            return
+        self.channel = channel
+        if channel.readyState == "open":
+            self._flush_pending()
+        else:
+            channel.on("open", self._flush_pending)
+
+    # -- outbound ----------------------------------------------------------------------------------
+
+    def next_audio(self) -> np.ndarray | None:
+        """Handle the outbox up to its next audio frame and return that frame (None: nothing to play).
+
+        Called by the track each time a frame is due, so `ReplyEnd` is reached exactly when the reply's
+        last frame has gone to the encoder: that is when the caller has heard it."""
+        while (item := self.call.outbox.get_nowait()) is not None:
+            if isinstance(item, AudioOut):
+                return item.samples
+            self._handle(item)
+        return None
+
+    async def _drain_without_audio(self) -> None:
+        """Mode `send`: no audio goes back, but messages do and replies count as played at once."""
+        while True:
+            item = await self.call.next_outbound()
+            if not isinstance(item, AudioOut):
+                self._handle(item)
+
+    def _handle(self, item: Outbound) -> None:
+        if isinstance(item, ClientMessage):
+            self.send(item)
+        elif isinstance(item, ReplyEnd):
+            self.call.playback_finished(item.reply_id)
+        elif isinstance(item, Hangup):
+            self.end("the bot hung up")
+        elif isinstance(item, Flush):
+            pass  # the Call already dropped the queued audio; nothing is buffered past the outbox
+
+    def send(self, message: ClientMessage) -> None:
+        """A client message on the data channel, or kept until the channel opens."""
+        self._pending.append(message.to_json())
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if self.channel is None or self.channel.readyState != "open":
+            return
+        while self._pending:
+            self.channel.send(self._pending.popleft())
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    async def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        logger.info("webrtc %s: connection %s", self.id, state)
+        if state == "connected" and not self.call.closed:
+            self.call.start()
+            if self.mode == "send":
+                self._spawn(self._drain_without_audio())
+            if self.settings.webrtc_max_call_seconds:
+                self._spawn(self._time_limit(self.settings.webrtc_max_call_seconds))
+        elif state in ("failed", "closed"):
+            self.end(f"connection {state}")
+
+    async def _connect_timeout(self) -> None:
+        timeout = self.settings.webrtc_connect_timeout_seconds
+        await asyncio.sleep(timeout)
+        if self.pc.connectionState != "connected":
+            self.end(f"no connection within {timeout:g} s")
+
+    async def _time_limit(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.end(f"time limit of {seconds:g} s reached")
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def end(self, reason: str) -> asyncio.Task[None]:
+        """End the call once, whoever asks first: close the connection, stop the bot, free the slot.
+
+        The work runs in its own task, so a timer or the track can ask without cancelling itself."""
+        if self._ending is None:
+            logger.info("webrtc %s: ending: %s", self.id, reason)
+            self._ending = asyncio.ensure_future(self._close())
+        return self._ending
+
+    async def _close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.track is not None:
+            self.track.stop()
+        try:
+            with contextlib.suppress(Exception):
+                await self.pc.close()
+        finally:
+            await self.state.end_call(self.call)
+            if self._registry.get(self.id) is self:
+                del self._registry[self.id]
