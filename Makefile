@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# pip warns about local index folders some machines configure; those lines are noise.
-QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+# pip warns about local index folders some machines configure; those lines are noise. pip's own exit
+# status still decides (pipefail); grep finding nothing to print is not a failure.
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: install run test lint bench clean
 
