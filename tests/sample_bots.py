@@ -34,3 +34,20 @@ def labeller(audio: tuple[int, np.ndarray], label: str):
     rate, samples = audio
     yield AdditionalOutputs({"label": label, "seconds": round(samples.shape[-1] / rate, 2)})
     yield (rate, samples)
+
+
+class Monologue(Bot):
+    """Talks for a minute in 100 ms pieces; logs when its generator is closed."""
+
+    input_rate = 8000
+
+    async def reply(self, turn: Turn):
+        import asyncio
+        import logging
+
+        try:
+            for _ in range(600):
+                yield Audio(tone(0.1), 8000)
+                await asyncio.sleep(0.05)
+        finally:
+            logging.getLogger("callbridge.tests").info("monologue generator closed for %s", self.call.call_id)

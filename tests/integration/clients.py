@@ -39,8 +39,9 @@ class BrowserResult:
 
 
 async def browser_call(base_url: str, call_id: str, audio: np.ndarray, *, until: str = "playback_finished",
-                       timeout: float = 20.0, pace: float = 0.0) -> BrowserResult:
-    """One call over /websocket/offer: send `audio` (frames every `pace` s), collect until log `until`."""
+                       timeout: float = 20.0, pace: float = 0.0, drop: bool = False) -> BrowserResult:
+    """One call over /websocket/offer: send `audio` (frames every `pace` s), collect until log `until`,
+    then send `stop` (or, with `drop`, just close the socket as a crashed page would)."""
     result = BrowserResult()
     url = base_url.replace("http://", "ws://") + "/websocket/offer"
     async with connect(url, max_size=None) as ws:
@@ -66,6 +67,9 @@ async def browser_call(base_url: str, call_id: str, audio: np.ndarray, *, until:
                     await asyncio.sleep(pace)
             with contextlib.suppress(TimeoutError):  # `until` never came: the caller hangs up anyway
                 await asyncio.wait_for(receiver, timeout)
+            if drop:
+                await ws.close()
+                return result
             await ws.send(json.dumps({"event": "stop"}))
             await ws.wait_closed()
         except ConnectionClosed:

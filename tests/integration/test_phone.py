@@ -221,3 +221,31 @@ async def test_concurrency_limit_over_any_mix_of_sockets(server_factory):
     with pytest.raises(RuntimeError, match="rejected"):
         webhook(server.url)
     await asyncio.gather(*holders, return_exceptions=True)
+
+
+@pytest.mark.parametrize("transport", ["twilio", "websocket"])
+async def test_a_dropped_socket_ends_the_call_and_frees_everything(server_factory, transport):
+    server = server_factory(bot="tests.sample_bots:Monologue", concurrency_limit=1)
+    said = np.concatenate([speech(HELLO, RATE), silence(1.0, RATE)])
+    if transport == "twilio":
+        caller = SimulatedCaller(server.url, [Speak(said), WaitForReply("start"), Pause(0.5)],
+                                 hangup_when_done=False)
+        task = asyncio.create_task(caller.run())
+        while not caller.report.reply_starts:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        await caller.ws.close()  # no stop: the line just drops
+        await asyncio.gather(task, return_exceptions=True)
+        call_id = caller.stream_sid
+    else:
+        call_id = "dropper"
+        result = await browser_call(server.url, call_id, said, until="response_starting", timeout=10, drop=True)
+        assert result.logs[-1] == "response_starting"
+    for _ in range(50):
+        if f"monologue generator closed for {call_id}" in server.logs():
+            break
+        await asyncio.sleep(0.1)
+    assert f"monologue generator closed for {call_id}" in server.logs()
+    assert f"call {call_id} ended" in server.logs()
+    with urllib.request.urlopen(server.url + "/readyz") as response:
+        assert json.load(response)["calls"] == 0
