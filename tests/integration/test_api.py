@@ -89,3 +89,24 @@ async def test_input_hook_and_sse_updates(server_factory):
     assert all(abs(o[0]["seconds"] - (len(said) / RATE + 0.2)) < 0.2 for o in outputs)
     fetches = [m for m in result.messages if m["type"] == "fetch_output"]
     assert [m["data"][0]["label"] for m in fetches] == ["first", "second"]
+
+
+def test_call_simulator_cli_records_the_reply(echo_server, tmp_path):
+    from tests.speech import peak_correlation, read_wav, write_wav
+
+    said = speech("Testing the call simulator from the command line.", RATE)
+    wav, out = tmp_path / "said.wav", tmp_path / "reply.wav"
+    write_wav(wav, said, RATE)
+    result = run_cli("call", str(wav), "--url", echo_server.url, "--out", str(out), "--dtmf", "1#")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "end of speech -> first reply audio" in result.stdout
+    assert "marks echoed 1" in result.stdout and "closed with code 1000" in result.stdout
+    assert peak_correlation(read_wav(out), said) > 0.9
+
+
+def test_call_simulator_cli_reports_an_unreachable_server(tmp_path):
+    from tests.speech import write_wav
+
+    write_wav(tmp_path / "x.wav", silence(0.5, RATE), RATE)
+    result = run_cli("call", str(tmp_path / "x.wav"), "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2 and "cannot reach" in result.stdout and "Traceback" not in result.stderr
