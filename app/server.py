@@ -135,6 +135,7 @@ async def serve(settings: Settings) -> None:
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, printed once
     config.graceful_timeout = settings.shutdown_grace_seconds
     # A hard cap well above MAX_MESSAGE_BYTES; the transports enforce the setting with a clear error.
     config.websocket_max_message_size = settings.max_message_bytes * 4
