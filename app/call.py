@@ -22,7 +22,7 @@ import numpy as np
 from app.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, log
 from app.registry import Session
 from app.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
-from app.vad import VadModel, VadStream
+from app.vad import VAD_WINDOW_MS, VadBatcher
 from bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Message, Turn
 from codec import Rechunker, Resampler, resample
 
@@ -98,7 +98,7 @@ class Call:
         self,
         session: Session,
         bot: Bot,
-        vad: VadModel,
+        vad: VadBatcher,
         *,
         inbound_rate: int,
         outbound_rate: int,
@@ -115,7 +115,9 @@ class Call:
         self.barge_in = barge_in
         self.input_timeout = input_timeout
         self.clock = clock
-        self.detector = TurnDetector(turn_config(self.vad_rate), VadStream(vad, self.vad_rate))
+        self.detector = TurnDetector(turn_config(self.vad_rate))
+        self._windows = Rechunker(self.vad_rate, VAD_WINDOW_MS)
+        self._vad = vad.stream(self.vad_rate, self._on_window)
         self._inbound_resampler = Resampler(inbound_rate, self.vad_rate) if inbound_rate != self.vad_rate else None
         self.outbox = Outbox()
         self.stats = CallStats()
@@ -151,11 +153,16 @@ class Call:
             return
         if self._inbound_resampler is not None:
             pcm = self._inbound_resampler.process(pcm)
-        for event in self.detector.push(pcm):
-            if isinstance(event, SpeechStarted):
-                self._on_speech_started()
-            else:
-                self._on_turn_ended(event)
+        for window in self._windows.push(pcm):
+            self._vad.submit(window)
+
+    def _on_window(self, window: np.ndarray, probability: float) -> None:
+        """A VAD result, in order: advance the turn state machine."""
+        event = self.detector.step(window, probability)
+        if isinstance(event, SpeechStarted):
+            self._on_speech_started()
+        elif isinstance(event, TurnEnded):
+            self._on_turn_ended(event)
 
     def push_dtmf(self, digit: str) -> None:
         self._jobs.put_nowait(_Job("dtmf", digit, self.clock()))
@@ -178,6 +185,7 @@ class Call:
     async def close(self) -> None:
         """End the call: cancel the bot (its generator is closed) and stop the worker."""
         self.closed = True
+        self._vad.close()
         for task in (self._reply, self._worker):
             if task is not None and not task.done():
                 task.cancel()

@@ -25,7 +25,7 @@ from app.transports.browser import browser_ws
 from app.transports.twilio import telephone
 from app.transports.webrtc import webrtc
 from app.turns import TurnConfig
-from app.vad import VadModel, load_vad
+from app.vad import VadBatcher, load_vad
 from bots.base import CallInfo
 from bots.loader import BotFactory, load_bot
 from codec import SUPPORTED_RATES, Resampler
@@ -46,7 +46,7 @@ class Services:
     settings: Settings
     bot_factory: BotFactory
     registry: MemoryRegistry
-    vad: VadModel | None = None
+    vad: VadBatcher | None = None
     draining: bool = False
     calls: dict[str, Call] = field(default_factory=dict)
 
@@ -106,13 +106,15 @@ def create_app(settings: Settings) -> Quart:
     @app.before_serving
     async def _start() -> None:
         await asyncio.to_thread(prepare_resamplers)
-        state.vad = await asyncio.to_thread(load_vad, settings.vad_backend)
+        state.vad = VadBatcher(await asyncio.to_thread(load_vad, settings.vad_backend))
         log.info("ready: bot=%s vad=%s limit=%d", settings.bot, settings.vad_backend, settings.concurrency_limit)
 
     @app.after_serving
     async def _stop() -> None:
         for call in list(state.calls.values()):
             await state.end_call(call)
+        if state.vad is not None:
+            await state.vad.close()
 
     return app
 

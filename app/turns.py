@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 
 from app.settings import Settings
-from app.vad import WINDOW_SAMPLES, VadStream
+from app.vad import WINDOW_SAMPLES
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,14 @@ TurnEvent = SpeechStarted | TurnEnded
 
 
 class TurnDetector:
-    def __init__(self, config: TurnConfig, vad: VadStream) -> None:
-        if vad.window_samples != config.window_samples:
-            raise ValueError("VAD stream and turn config disagree on the sample rate")
+    """The turn state machine: one (window, speech probability) at a time in, turn events out."""
+
+    def __init__(self, config: TurnConfig) -> None:
         self.config = config
-        self.vad = vad
         self._start_windows = config.windows(config.speech_start_ms)
         self._pause_windows = config.windows(config.pause_ms)
         self._max_windows = config.windows(config.max_turn_seconds * 1000)
-        self._pending = np.zeros(0, dtype=np.int16)
-        self._position = 0  # samples consumed into windows so far
+        self._position = 0  # samples of audio stepped through so far
         self._recent: deque[np.ndarray] = deque(maxlen=config.windows(config.preroll_ms) + self._start_windows)
         self._run = 0  # consecutive speech windows while not yet speaking
         self._speaking = False
@@ -90,32 +88,21 @@ class TurnDetector:
         self._turn_speech_windows = 0  # windows in _turn up to and including the last speech window
         self._silence = 0
         self._turn_windows = 0
-        self.last_probability = 0.0
 
     @property
     def speaking(self) -> bool:
         return self._speaking
 
-    def push(self, pcm: np.ndarray) -> list[TurnEvent]:
-        """Feed int16 audio of any length at the config's rate; returns the events it completes."""
-        events: list[TurnEvent] = []
-        size = self.config.window_samples
-        buffer = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
-        offset = 0
-        while len(buffer) - offset >= size:
-            window = buffer[offset : offset + size]
-            offset += size
-            self._position += size
-            event = self._window(np.array(window, dtype=np.int16))
-            if event is not None:
-                events.append(event)
-        self._pending = np.array(buffer[offset:], dtype=np.int16)
-        return events
+    @property
+    def position(self) -> int:
+        return self._position
 
-    def _window(self, window: np.ndarray) -> TurnEvent | None:
+    def step(self, window: np.ndarray, p: float) -> TurnEvent | None:
+        """Advance by one VAD window (int16, `config.window_samples` long) whose speech probability is p."""
         cfg = self.config
-        p = self.vad.probability(window)
-        self.last_probability = p
+        if len(window) != cfg.window_samples:
+            raise ValueError(f"windows must be {cfg.window_samples} samples, got {len(window)}")
+        self._position += cfg.window_samples
         if not self._speaking:
             self._recent.append(window)
             if p >= cfg.enter_threshold or (self._run and p >= cfg.exit_threshold):
@@ -155,10 +142,3 @@ class TurnDetector:
         self._run = 0
         self._recent.clear()
         return TurnEnded(audio=audio, reason=reason, speech_end=speech_end, at=self._position)
-
-    def reset(self) -> None:
-        """Forget any speech in progress (the VAD's recurrent state is kept)."""
-        self._speaking = False
-        self._turn = []
-        self._run = 0
-        self._recent.clear()

@@ -8,17 +8,25 @@ calls can be batched into one inference later without changing callers.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import logging
+import time
 import warnings
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
 
+logger = logging.getLogger("callbridge.vad")
+
 WINDOW_SAMPLES = {8000: 256, 16000: 512}
 CONTEXT_SAMPLES = {8000: 32, 16000: 64}
-WINDOW_SECONDS = 0.032
+VAD_WINDOW_MS = 32
 
 
 def model_file(name: str) -> Path:
@@ -144,3 +152,108 @@ class VadStream:
 
     def reset(self) -> None:
         self.state.reset()
+
+
+ProbabilityCallback = Callable[[np.ndarray, float], None]
+
+
+class BatchedVadStream:
+    """One call's VAD in the batcher: submitted windows come back, in order, with their probability."""
+
+    def __init__(self, batcher: VadBatcher, sample_rate: int, on_probability: ProbabilityCallback) -> None:
+        self.batcher = batcher
+        self.state = VadState(sample_rate)
+        self.window_samples = WINDOW_SAMPLES[sample_rate]
+        self.on_probability = on_probability
+        self.pending: deque[np.ndarray] = deque()
+        self.closed = False
+
+    def submit(self, window: np.ndarray) -> None:
+        if len(window) != self.window_samples:
+            raise ValueError(f"VAD window must be {self.window_samples} samples, got {len(window)}")
+        if not self.closed:
+            self.pending.append(window)
+            self.batcher.wake(self)
+
+    def close(self) -> None:
+        self.closed = True
+        self.pending.clear()
+
+
+class VadBatcher:
+    """Runs the next window of every call as one batched inference, off the event loop.
+
+    A stream's windows depend on each other through its recurrent state, so a batch holds at most one
+    window per stream; the rest wait for the next batch. Batches run in one worker thread (onnxruntime
+    releases the GIL, so inference uses the other core while the event loop does I/O), and each
+    probability is handed back on the event loop. While a batch runs, the next one fills up: the busier
+    the service, the larger (and cheaper per call) the batches.
+    """
+
+    def __init__(self, model: VadModel) -> None:
+        self.model = model
+        self._waiting: dict[BatchedVadStream, None] = {}  # insertion-ordered set
+        self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+        self.batches = 0
+        self.windows = 0
+        self.infer_seconds = 0.0
+
+    def stream(self, sample_rate: int, on_probability: ProbabilityCallback) -> BatchedVadStream:
+        return BatchedVadStream(self, sample_rate, on_probability)
+
+    def wake(self, stream: BatchedVadStream) -> None:
+        self._waiting[stream] = None
+        if self._worker is None or self._wake is None or self._idle is None:
+            self._wake, self._idle = asyncio.Event(), asyncio.Event()
+            self._worker = asyncio.get_running_loop().create_task(self._run(), name="vad-batcher")
+        self._idle.clear()
+        self._wake.set()
+
+    async def idle(self) -> None:
+        """Wait until every submitted window has been answered."""
+        if self._idle is not None:
+            await self._idle.wait()
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        self._executor.shutdown(wait=False)
+
+    async def _run(self) -> None:
+        assert self._wake is not None and self._idle is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._waiting:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            by_rate: dict[int, list[tuple[BatchedVadStream, np.ndarray]]] = {}
+            streams = list(self._waiting)
+            self._waiting.clear()
+            for stream in streams:
+                if stream.closed or not stream.pending:
+                    continue
+                by_rate.setdefault(stream.state.sample_rate, []).append((stream, stream.pending.popleft()))
+                if stream.pending:
+                    self._waiting[stream] = None
+            for items in by_rate.values():
+                windows = np.stack([window for _, window in items]).astype(np.float32) * (1.0 / 32768.0)
+                states = [stream.state for stream, _ in items]
+                started = time.perf_counter()
+                probabilities = await loop.run_in_executor(self._executor, self.model.infer, windows, states)
+                self.infer_seconds += time.perf_counter() - started
+                self.batches += 1
+                self.windows += len(items)
+                for (stream, window), p in zip(items, probabilities, strict=True):
+                    if stream.closed:
+                        continue
+                    try:
+                        stream.on_probability(window, float(p))
+                    except Exception:
+                        logger.exception("VAD result handler failed")

@@ -194,7 +194,8 @@ class CallAudioTrack(MediaStreamTrack):
             samples = np.zeros(FRAME_SAMPLES, np.int16)
         elif len(samples) < FRAME_SAMPLES:  # a reply's last, short frame
             samples = np.concatenate([samples, np.zeros(FRAME_SAMPLES - len(samples), np.int16)])
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        # Stereo, both channels the same: aiortc's Opus encoder takes stereo as it is, but mixes mono up at -3 dB.
+        frame = av.AudioFrame.from_ndarray(np.repeat(samples, 2).reshape(1, -1), format="s16", layout="stereo")
         frame.sample_rate = RATE
         frame.time_base = TIME_BASE
         frame.pts = self._pts

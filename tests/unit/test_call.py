@@ -13,6 +13,7 @@ from app.call import Call
 from app.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
 from app.registry import MemoryRegistry
 from app.turns import TurnConfig
+from app.vad import VadBatcher
 from bots.base import AdditionalOutputs, Audio, Bot, CallInfo, EndCall, Turn
 from bots.echo import EchoBot
 from bots.function import FunctionBot
@@ -24,6 +25,13 @@ HELLO = "Hello there, how are you today?"
 AGAIN = "Tell me more about the weather."
 
 
+@pytest.fixture
+async def batcher(onnx_vad):
+    batcher = VadBatcher(onnx_vad)
+    yield batcher
+    await batcher.close()
+
+
 def make_call(bot_factory=EchoBot, *, barge_in: bool = True, vad, registry=None, call_id="c1", **kw) -> Call:
     registry = registry or MemoryRegistry(10)
     session = registry.open(call_id, "test")
@@ -32,8 +40,10 @@ def make_call(bot_factory=EchoBot, *, barge_in: bool = True, vad, registry=None,
                 turn_config=partial(TurnConfig, **kw), barge_in=barge_in)
 
 
-async def settle() -> None:
-    """Let the bot tasks run until nothing changes."""
+async def settle(call: Call | None = None) -> None:
+    """Let the VAD answer everything pushed, then the bot tasks run until nothing changes."""
+    if call is not None:
+        await call._vad.batcher.idle()
     for _ in range(50):
         await asyncio.sleep(0.001)
 
@@ -57,11 +67,11 @@ def audio_of(items: list) -> np.ndarray:
 async def push(call: Call, audio: np.ndarray) -> None:
     for start in range(0, len(audio), FRAME):
         call.push_audio(audio[start : start + FRAME])
-    await settle()
+    await settle(call)
 
 
-async def test_echo_reply_is_the_turn_and_playback_is_tracked(onnx_vad):
-    call = make_call(vad=onnx_vad)
+async def test_echo_reply_is_the_turn_and_playback_is_tracked(batcher):
+    call = make_call(vad=batcher)
     call.start()
     said = speech(HELLO, RATE)
     await push(call, np.concatenate([silence(0.4, RATE), said, silence(1.0, RATE)]))
@@ -101,8 +111,8 @@ class SlowTalker(Bot):
             self.closed.set()
 
 
-async def test_barge_in_cancels_reply_within_one_window_of_speech_start(onnx_vad):
-    call = make_call(SlowTalker, vad=onnx_vad)
+async def test_barge_in_cancels_reply_within_one_window_of_speech_start(batcher):
+    call = make_call(SlowTalker, vad=batcher)
     call.start()
     await push(call, np.concatenate([speech(HELLO, RATE), silence(0.8, RATE)]))
     assert "response_starting" in logs(take_all(call))
@@ -115,6 +125,7 @@ async def test_barge_in_cancels_reply_within_one_window_of_speech_start(onnx_vad
     started_at = flushed_at = None
     for start in range(0, len(interruption), window):
         call.push_audio(interruption[start : start + window])
+        await call._vad.batcher.idle()
         items = take_all(call)
         if started_at is None and "started_talking" in logs(items):
             started_at = start + window
@@ -138,8 +149,8 @@ async def test_barge_in_cancels_reply_within_one_window_of_speech_start(onnx_vad
     await call.close()
 
 
-async def test_without_barge_in_speech_during_reply_is_the_next_turn(onnx_vad):
-    call = make_call(SlowTalker, barge_in=False, vad=onnx_vad)
+async def test_without_barge_in_speech_during_reply_is_the_next_turn(batcher):
+    call = make_call(SlowTalker, barge_in=False, vad=batcher)
     call.start()
     await push(call, np.concatenate([speech(HELLO, RATE), silence(0.8, RATE), speech(AGAIN, RATE),
                                      silence(1.0, RATE)]))
@@ -162,7 +173,7 @@ def correlation(reply: np.ndarray, said: np.ndarray) -> float:
     return float(np.max(np.abs(corr)) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-9))
 
 
-async def test_set_input_reaches_the_next_turn_and_outputs_stream_in_order(onnx_vad):
+async def test_set_input_reaches_the_next_turn_and_outputs_stream_in_order(batcher):
     seen: list[tuple] = []
 
     def handler(audio, threshold):
@@ -170,7 +181,7 @@ async def test_set_input_reaches_the_next_turn_and_outputs_stream_in_order(onnx_
         yield AdditionalOutputs({"threshold": threshold}, "done")
 
     registry = MemoryRegistry(10)
-    call = make_call(lambda info: FunctionBot(info, handler, input_rate=8000), vad=onnx_vad, registry=registry)
+    call = make_call(lambda info: FunctionBot(info, handler, input_rate=8000), vad=batcher, registry=registry)
     call.start()
     stream = registry.output_stream("c1")
     registry.set_input("c1", 0.25)
@@ -187,12 +198,12 @@ async def test_set_input_reaches_the_next_turn_and_outputs_stream_in_order(onnx_
     await call.close()
 
 
-async def test_send_input_is_asked_when_no_fresh_input(onnx_vad):
+async def test_send_input_is_asked_when_no_fresh_input(batcher):
     def handler(audio, name):
         yield AdditionalOutputs(name)
 
     registry = MemoryRegistry(10)
-    call = make_call(lambda info: FunctionBot(info, handler, input_rate=8000), vad=onnx_vad, registry=registry)
+    call = make_call(lambda info: FunctionBot(info, handler, input_rate=8000), vad=batcher, registry=registry)
     call.input_timeout = 2.0
     call.start()
     await push(call, np.concatenate([speech(HELLO, RATE), silence(0.8, RATE)]))
@@ -220,8 +231,8 @@ class Flaky(EchoBot):
             yield item
 
 
-async def test_a_raising_bot_sends_error_and_the_next_turn_works(onnx_vad, caplog):
-    call = make_call(Flaky, vad=onnx_vad)
+async def test_a_raising_bot_sends_error_and_the_next_turn_works(batcher, caplog):
+    call = make_call(Flaky, vad=batcher)
     call.start()
     await push(call, np.concatenate([speech(HELLO, RATE), silence(0.8, RATE)]))
     items = take_all(call)
@@ -236,14 +247,14 @@ async def test_a_raising_bot_sends_error_and_the_next_turn_works(onnx_vad, caplo
     await call.close()
 
 
-async def test_sync_generator_bot_runs_off_the_event_loop(onnx_vad):
+async def test_sync_generator_bot_runs_off_the_event_loop(batcher):
     threads: list[str] = []
 
     def handler(audio):
         threads.append(threading.current_thread().name)
         yield (audio[0], audio[1][0, :400])
 
-    call = make_call(lambda info: FunctionBot(info, handler, input_rate=16000), vad=onnx_vad)
+    call = make_call(lambda info: FunctionBot(info, handler, input_rate=16000), vad=batcher)
     call.start()
     await push(call, np.concatenate([speech(HELLO, RATE), silence(0.8, RATE)]))
     items: list = []
@@ -278,8 +289,8 @@ class Receptionist(Bot):
         yield
 
 
-async def test_greeting_dtmf_and_hangup_after_last_words_are_heard(onnx_vad):
-    call = make_call(Receptionist, vad=onnx_vad)
+async def test_greeting_dtmf_and_hangup_after_last_words_are_heard(batcher):
+    call = make_call(Receptionist, vad=batcher)
     call.start()
     await settle()
     items = take_all(call)
@@ -298,8 +309,8 @@ async def test_greeting_dtmf_and_hangup_after_last_words_are_heard(onnx_vad):
 
 
 @pytest.mark.parametrize("barge_in", [True, False])
-async def test_close_cancels_a_running_reply(onnx_vad, barge_in):
-    call = make_call(SlowTalker, vad=onnx_vad, barge_in=barge_in)
+async def test_close_cancels_a_running_reply(batcher, barge_in):
+    call = make_call(SlowTalker, vad=batcher, barge_in=barge_in)
     call.start()
     await push(call, np.concatenate([speech(HELLO, RATE), silence(0.8, RATE)]))
     assert call._reply is not None and not call._reply.done()

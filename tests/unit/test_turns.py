@@ -6,19 +6,33 @@ import numpy as np
 import pytest
 
 from app.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
-from app.vad import VadStream
+from app.vad import VAD_WINDOW_MS, VadStream
+from codec import Rechunker
 from tests.speech import silence, speech
 
 COMMAS = "Hello, this is a test call, with several commas, in one sentence, and it keeps going."
 SHORT = "Please call me back tomorrow morning."
 
 
-def detector(model, rate: int = 8000, **overrides) -> TurnDetector:
-    config = TurnConfig(sample_rate=rate, **overrides)
-    return TurnDetector(config, VadStream(model, rate))
+class Turns:
+    """The call's inbound path without the event loop: 32 ms windows, one VAD stream, the state machine."""
+
+    def __init__(self, model, rate: int, **overrides) -> None:
+        self.config = TurnConfig(sample_rate=rate, **overrides)
+        self.machine = TurnDetector(self.config)
+        self.vad = VadStream(model, rate)
+        self.windows = Rechunker(rate, VAD_WINDOW_MS)
+
+    def push(self, pcm: np.ndarray) -> list:
+        steps = (self.machine.step(w, self.vad.probability(w)) for w in self.windows.push(pcm))
+        return [event for event in steps if event is not None]
 
 
-def feed(det: TurnDetector, audio: np.ndarray, chunk: int = 160) -> list:
+def detector(model, rate: int = 8000, **overrides) -> Turns:
+    return Turns(model, rate, **overrides)
+
+
+def feed(det: Turns, audio: np.ndarray, chunk: int = 160) -> list:
     events = []
     for start in range(0, len(audio), chunk):
         events += det.push(audio[start : start + chunk])
@@ -128,21 +142,11 @@ def summary(events: list) -> list[tuple]:
     ]
 
 
-class ScriptedVad:
-    """Feeds the detector a chosen probability per window, to pin down the state machine's thresholds."""
-
-    window_samples = 256
-
-    def __init__(self, probabilities: list[float]) -> None:
-        self.probabilities = iter(probabilities)
-
-    def probability(self, window: np.ndarray) -> float:
-        return next(self.probabilities)
-
-
 def run_script(probabilities: list[float], **overrides) -> list:
-    det = TurnDetector(TurnConfig(sample_rate=8000, **overrides), ScriptedVad(probabilities))  # type: ignore[arg-type]
-    return det.push(np.zeros(256 * len(probabilities), dtype=np.int16))
+    """The state machine fed chosen probabilities, to pin down its thresholds and run lengths."""
+    machine = TurnDetector(TurnConfig(sample_rate=8000, **overrides))
+    steps = (machine.step(np.zeros(256, np.int16), p) for p in probabilities)
+    return [event for event in steps if event is not None]
 
 
 def test_hysteresis_keeps_a_turn_through_middling_probabilities():

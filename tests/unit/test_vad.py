@@ -1,0 +1,87 @@
+"""The Silero VAD wrappers: per-call state, and batching across calls that changes no result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.vad import WINDOW_SAMPLES, VadBatcher, VadStream, model_file
+from tests.speech import speech
+
+
+def windows(audio: np.ndarray, rate: int) -> list[np.ndarray]:
+    size = WINDOW_SAMPLES[rate]
+    return [audio[i : i + size] for i in range(0, len(audio) - size + 1, size)]
+
+
+def test_models_come_from_the_installed_wheel():
+    assert model_file("silero_vad.onnx").stat().st_size > 100_000
+    assert model_file("silero_vad.jit").stat().st_size > 100_000
+
+
+def test_speech_scores_high_and_silence_low(onnx_vad):
+    stream = VadStream(onnx_vad, 8000)
+    probabilities = [stream.probability(w) for w in windows(speech("Good morning everybody.", 8000), 8000)]
+    assert max(probabilities) > 0.9
+    quiet = VadStream(onnx_vad, 8000)
+    assert max(quiet.probability(np.zeros(256, np.int16)) for _ in range(20)) < 0.1
+
+
+@pytest.mark.parametrize("backend", ["onnx_vad", "torch_vad"])
+async def test_batched_streams_match_each_stream_alone(backend, request):
+    model = request.getfixturevalue(backend)
+    sources = [
+        (8000, speech("Hello there, this is the first caller.", 8000)),
+        (8000, speech("A second caller says something else entirely.", 8000)),
+        (16000, speech("And a wideband browser caller joins in.", 16000)),
+    ]
+    alone = []
+    for rate, audio in sources:
+        stream = VadStream(model, rate)
+        alone.append([stream.probability(w) for w in windows(audio, rate)])
+
+    batcher = VadBatcher(model)
+    results: list[list[float]] = [[] for _ in sources]
+    streams = [batcher.stream(rate, lambda w, p, i=i: results[i].append(p)) for i, (rate, _) in enumerate(sources)]
+    per_source = [windows(audio, rate) for rate, audio in sources]
+    # Several windows per stream are queued before the batcher runs: their order and state must hold.
+    for step in range(0, max(len(w) for w in per_source), 3):
+        for stream, source_windows in zip(streams, per_source, strict=True):
+            for window in source_windows[step : step + 3]:
+                stream.submit(window)
+        await batcher.idle()
+    await batcher.close()
+    for got, expected in zip(results, alone, strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert batcher.windows == sum(len(w) for w in per_source)
+    assert batcher.batches < batcher.windows, "windows of different calls share inferences"
+
+
+async def test_a_failing_result_handler_does_not_stop_other_streams(onnx_vad):
+    batcher = VadBatcher(onnx_vad)
+    good: list[float] = []
+
+    def broken(window, p):
+        raise RuntimeError("handler bug")
+
+    bad_stream = batcher.stream(8000, broken)
+    good_stream = batcher.stream(8000, lambda w, p: good.append(p))
+    for _ in range(5):
+        bad_stream.submit(np.zeros(256, np.int16))
+        good_stream.submit(np.zeros(256, np.int16))
+    await batcher.idle()
+    await batcher.close()
+    assert len(good) == 5
+
+
+async def test_a_closed_stream_gets_no_more_results(onnx_vad):
+    batcher = VadBatcher(onnx_vad)
+    got: list[float] = []
+    stream = batcher.stream(8000, lambda w, p: got.append(p))
+    for _ in range(4):
+        stream.submit(np.zeros(256, np.int16))
+    stream.close()
+    stream.submit(np.zeros(256, np.int16))
+    await batcher.idle()
+    await batcher.close()
+    assert got == []
