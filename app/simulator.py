@@ -74,6 +74,7 @@ class CallReport:
     received_samples: int = 0
     stall_seconds: float = 0.0
     reply_seconds: float = 0.0
+    max_buffered_seconds: float = 0.0  # most audio ever waiting in the player: how far ahead the bot sends
     rejected: str = ""
     close_code: int | None = None
     close_reason: str = ""
@@ -202,6 +203,7 @@ class SimulatedCaller:
                         self.report.log(t, "reply_start")
                     self._buffer.append(samples)
                     self._buffered += len(samples)
+                    self.report.max_buffered_seconds = max(self.report.max_buffered_seconds, self._buffered / RATE)
                     self._received_total += len(samples)
                     self.report.received_samples += len(samples)
                 elif event == "mark":

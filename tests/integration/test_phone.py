@@ -39,6 +39,8 @@ async def test_echo_call_over_twilio(echo_server):
     # One mark after the reply, echoed back by the caller once heard.
     assert report.marks_received == report.marks_echoed and len(report.marks_echoed) == 1
     assert report.stall_seconds == 0
+    # Paced in real time with a small lead (60 ms by default), not sent as one blob.
+    assert report.max_buffered_seconds < 0.2
     latency = report.turn_latencies()[0]
     assert 0.512 <= latency < 2.0
     assert "ended: 1 turns" in echo_server.logs()
