@@ -23,7 +23,7 @@ from quart import websocket
 
 from app.call import Call
 from app.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
-from app.registry import RegistryError
+from app.registry import ConnectionAlreadyExists, RegistryError
 from codec import ulaw_decode, ulaw_encode
 
 logger = logging.getLogger("callbridge.transport")
@@ -206,7 +206,8 @@ class MediaSocket:
         except RegistryError as exc:
             logger.warning("%s %s refused: %s", self.name, self.label, exc)
             await websocket.send(json.dumps(exc.body()))
-            await websocket.close(TRY_AGAIN_LATER, exc.code)
+            code = POLICY_VIOLATION if isinstance(exc, ConnectionAlreadyExists) else TRY_AGAIN_LATER
+            await websocket.close(code, exc.code)
         except Exception:
             logger.exception("%s %s failed", self.name, self.label)
             with contextlib.suppress(Exception):

@@ -11,8 +11,9 @@
 aiortc decodes the browser's Opus to 48 kHz frames; they reach the Call as mono int16 at 48 kHz. The
 bot's audio leaves through `CallAudioTrack`, whose `recv()` aiortc calls once per 20 ms frame: that is
 where the Call's outbox is drained, so a barge-in flush takes effect at the very next frame. The client's
-data channel (any label) carries the Call's client messages. A peer that never connects, a connection
-that fails or closes, a bot that hangs up and the optional time limit all end the call the same way.
+data channel (any label) carries the Call's client messages, queued until it opens; what the client
+sends on it is not part of the contract and is ignored. A peer that never connects, a connection that
+fails or closes, a bot that hangs up, the optional time limit and shutdown all end the call the same way.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
-from quart import Blueprint, Quart, current_app, request
+from quart import Blueprint, current_app, request
 
 from app.call import Call
 from app.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd
@@ -57,6 +58,8 @@ FRAME_SAMPLES = RATE // 50  # 20 ms
 TIME_BASE = fractions.Fraction(1, RATE)
 #: Client messages kept for a data channel that has not opened yet; the oldest go first.
 PENDING_MESSAGES = 256
+#: When the bot hangs up, its last frames are still in flight and in the caller's jitter buffer.
+HANGUP_DELAY_SECONDS = 0.3
 
 Mode = Literal["send-receive", "send", "receive"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -86,13 +89,9 @@ def _install(state: Any) -> None:
 
 @webrtc.after_app_serving
 async def _close_peer_connections() -> None:
-    """Shutdown: close every peer connection first, which ends its call and frees its slot."""
-    await close_all(current_app)
-
-
-async def close_all(app: Quart) -> None:
-    calls: dict[str, PeerCall] = app.extensions["callbridge.webrtc"]
-    await asyncio.gather(*(peer.end("server shutting down") for peer in list(calls.values())))
+    """Shutdown: close every peer connection, which ends its call and frees its slot (nothing else would
+    tell the browser: without this it notices only when ICE consent expires, ~30 s later)."""
+    await asyncio.gather(*(peer.end("server shutting down") for peer in list(peers().values())))
 
 
 @webrtc.post("/webrtc/offer")
@@ -222,6 +221,7 @@ class PeerCall:
         self._described = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ending: asyncio.Task[None] | None = None
+        self._connected = False
         self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
@@ -254,7 +254,12 @@ class PeerCall:
             await asyncio.wait_for(self._described.wait(), self.settings.webrtc_connect_timeout_seconds)
         except TimeoutError:
             raise OfferError("the offer for this candidate was never applied", 409) from None
-        await self.pc.addIceCandidate(candidate)
+        if self._ending is not None:
+            raise OfferError(f"the call {self.id!r} has ended", 404)
+        try:
+            await self.pc.addIceCandidate(candidate)
+        except Exception as exc:
+            raise OfferError(f"cannot add this candidate: {exc}", 400) from None
 
     # -- inbound -----------------------------------------------------------------------------------
 
@@ -308,7 +313,7 @@ class PeerCall:
         elif isinstance(item, ReplyEnd):
             self.call.playback_finished(item.reply_id)
         elif isinstance(item, Hangup):
-            self.end("the bot hung up")
+            self._spawn(self._hang_up())
         elif isinstance(item, Flush):
             pass  # the Call already dropped the queued audio; nothing is buffered past the outbox
 
@@ -328,7 +333,8 @@ class PeerCall:
     async def _on_connection_state(self) -> None:
         state = self.pc.connectionState
         logger.info("webrtc %s: connection %s", self.id, state)
-        if state == "connected" and not self.call.closed:
+        if state == "connected" and not self._connected:
+            self._connected = True
             self.call.start()
             if self.mode == "send":
                 self._spawn(self._drain_without_audio())
@@ -337,10 +343,14 @@ class PeerCall:
         elif state in ("failed", "closed"):
             self.end(f"connection {state}")
 
+    async def _hang_up(self) -> None:
+        await asyncio.sleep(HANGUP_DELAY_SECONDS)
+        self.end("the bot hung up")
+
     async def _connect_timeout(self) -> None:
         timeout = self.settings.webrtc_connect_timeout_seconds
         await asyncio.sleep(timeout)
-        if self.pc.connectionState != "connected":
+        if not self._connected:
             self.end(f"no connection within {timeout:g} s")
 
     async def _time_limit(self, seconds: float) -> None:
@@ -359,6 +369,7 @@ class PeerCall:
         if self._ending is None:
             logger.info("webrtc %s: ending: %s", self.id, reason)
             self._ending = asyncio.ensure_future(self._close())
+            self._described.set()  # release candidates waiting for an offer that will never be applied
         return self._ending
 
     async def _close(self) -> None:

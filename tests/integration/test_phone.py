@@ -251,3 +251,14 @@ async def test_a_dropped_socket_ends_the_call_and_frees_everything(server_factor
     assert f"call {call_id} ended" in server.logs()
     with urllib.request.urlopen(server.url + "/readyz") as response:
         assert json.load(response)["calls"] == 0
+
+
+async def test_a_duplicate_browser_id_is_refused(echo_server):
+    url = echo_server.url.replace("http", "ws") + "/websocket/offer"
+    holder = asyncio.create_task(browser_call(echo_server.url, "twin", silence(0.1, RATE), until="never", timeout=2))
+    await asyncio.sleep(0.5)
+    received, code = await raw_exchange(url, [json.dumps({"event": "start", "websocket_id": "twin"})])
+    assert json.loads(received[0]) == {"status": "failed", "meta": {"error": "connection_already_exists"}}
+    assert code == 1008
+    result = await holder
+    assert result.close_code == 1000, "the first call with that id is untouched"
