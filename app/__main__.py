@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         except BotLoadError as exc:
             print(f"callbridge: invalid settings:\n  BOT: {exc}", file=sys.stderr)
             return 2
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         asyncio.run(serve(settings))
         return 0
     raise AssertionError(f"unhandled command {command}")

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -69,15 +69,34 @@ class CallStats:
     turns: int = 0
     barge_ins: int = 0
     bot_errors: int = 0
-    #: seconds from each turn's detected end to the bot's first audio being queued
-    reply_delays: list[float] = field(default_factory=list)
+    #: seconds from the end of each turn's speech to the bot's first audio being queued
+    turn_latencies: list[float] = field(default_factory=list)
+
+
+class CallObserver(Protocol):
+    """Where a Call reports what metrics count (app.metrics.Metrics implements it)."""
+
+    def barge_in(self) -> None: ...
+    def turn_answered(self, latency_seconds: float) -> None: ...
+    def bot_error(self) -> None: ...
+
+
+class _Unobserved:
+    def barge_in(self) -> None:
+        pass
+
+    def turn_answered(self, latency_seconds: float) -> None:
+        pass
+
+    def bot_error(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
 class _Job:
-    kind: str  # "greet" | "turn" | "dtmf"
+    kind: str  # "greet" | "turn" | "dtmf" | "farewell"
     payload: Any = None
-    detected_at: float = 0.0
+    speech_end_at: float = 0.0  # clock time the turn's last speech sample arrived
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
@@ -106,6 +125,7 @@ class Call:
         barge_in: bool = True,
         input_timeout: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        observer: CallObserver | None = None,
     ) -> None:
         self.session = session
         self.bot = bot
@@ -115,6 +135,7 @@ class Call:
         self.barge_in = barge_in
         self.input_timeout = input_timeout
         self.clock = clock
+        self.observer = observer or _Unobserved()
         self.detector = TurnDetector(turn_config(self.vad_rate))
         self._windows = Rechunker(self.vad_rate, VAD_WINDOW_MS)
         self._vad = vad.stream(self.vad_rate, self._on_window)
@@ -165,7 +186,15 @@ class Call:
             self._on_turn_ended(event)
 
     def push_dtmf(self, digit: str) -> None:
-        self._jobs.put_nowait(_Job("dtmf", digit, self.clock()))
+        self._jobs.put_nowait(_Job("dtmf", digit))
+
+    def say_goodbye(self) -> None:
+        """The service is draining: stop what the bot is saying, let it say goodbye, then hang up."""
+        if self.bot_talking:
+            self.interrupt()
+        while not self._jobs.empty():
+            self._jobs.get_nowait()
+        self._jobs.put_nowait(_Job("farewell"))
 
     def playback_finished(self, reply_id: str) -> None:
         """The transport reports that reply `reply_id` has been heard (or cleared) at the caller."""
@@ -203,11 +232,16 @@ class Call:
     def _on_turn_ended(self, event: TurnEnded) -> None:
         self.stats.turns += 1
         self.send(log("pause_detected"))
-        self._jobs.put_nowait(_Job("turn", event, self.clock()))
+        speech_end_at = self.clock() - (event.at - event.speech_end) / self.vad_rate
+        logger.info("call %s: turn of %.2f s (%s)", self.id, len(event.audio) / self.vad_rate, event.reason,
+                    extra={"event": "turn", "call_id": self.id, "seconds": round(len(event.audio) / self.vad_rate, 3),
+                           "reason": event.reason})
+        self._jobs.put_nowait(_Job("turn", event, speech_end_at))
 
     def interrupt(self) -> None:
         """Barge-in: cancel the reply, drop its queued audio, tell the transport to flush playback."""
         self.stats.barge_ins += 1
+        self.observer.barge_in()
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
         self.outbox.drop_audio()
@@ -216,7 +250,7 @@ class Call:
         self.send(log("barge_in"))
         if self._hangup_after is not None:
             self.outbox.put(Hangup())
-        logger.info("call %s: barge-in", self.id)
+        logger.info("call %s: barge-in", self.id, extra={"event": "barge_in", "call_id": self.id})
 
     # -- the bot -------------------------------------------------------------------------------------
 
@@ -235,6 +269,8 @@ class Call:
             return self.bot.greet()
         if job.kind == "dtmf":
             return self.bot.on_dtmf(job.payload)
+        if job.kind == "farewell":
+            return self.bot.farewell()
         audio = job.payload.audio
         if self.bot.input_rate != self.vad_rate:
             audio = resample(audio, self.vad_rate, self.bot.input_rate)
@@ -249,7 +285,8 @@ class Call:
         reply_id = f"reply-{next(self._reply_ids)}"
         chunker = Rechunker(self.outbound_rate, OUTBOUND_FRAME_MS)
         resamplers: dict[int, Resampler] = {}
-        started = end_call = False
+        started = False
+        end_call = job.kind == "farewell"
         outputs = self._outputs(job, inputs)
         try:
             async for item in outputs:
@@ -260,7 +297,9 @@ class Call:
                         started = self._talking = True
                         self.send(log("response_starting"))
                         if job.kind == "turn":
-                            self.stats.reply_delays.append(self.clock() - job.detected_at)
+                            latency = self.clock() - job.speech_end_at
+                            self.stats.turn_latencies.append(latency)
+                            self.observer.turn_answered(latency)
                     self._queue_audio(item, chunker, resamplers)
                 elif isinstance(item, AdditionalOutputs):
                     self.session.publish_output(item.args)
@@ -276,7 +315,9 @@ class Call:
             raise
         except Exception as exc:
             self.stats.bot_errors += 1
-            logger.exception("call %s: bot raised during %s", self.id, job.kind)
+            self.observer.bot_error()
+            logger.exception("call %s: bot raised during %s", self.id, job.kind,
+                             extra={"event": "bot_error", "call_id": self.id, "error": repr(exc)})
             self.send(ClientMessage("error", f"bot error: {type(exc).__name__}: {exc}"))
         finally:
             self._talking = False

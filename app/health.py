@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quart import Blueprint
+from quart import Blueprint, Response
 
 health = Blueprint("health", __name__)
 
@@ -22,3 +22,12 @@ async def readyz() -> tuple[dict, int]:
     if state.ready:
         return {"status": "ready", "calls": state.registry.count()}, 200
     return {"status": "draining" if state.draining else "starting"}, 503
+
+
+@health.get("/metrics")
+async def metrics() -> Response:
+    """Prometheus text format."""
+    from app.metrics import CONTENT_TYPE
+    from app.server import services
+
+    return Response(services().metrics.render(), content_type=CONTENT_TYPE)

@@ -18,12 +18,12 @@ from quart import Quart, current_app
 from app.api import api
 from app.call import Call
 from app.health import health
-from app.registry import MemoryRegistry, RegistryError
+from app.logs import configure_logging
+from app.metrics import Metrics
+from app.registry import ConcurrencyLimitReached, MemoryRegistry, RegistryError
 from app.settings import Settings
-from app.softphone import softphone
 from app.transports.browser import browser_ws
 from app.transports.twilio import telephone
-from app.transports.webrtc import webrtc
 from app.turns import TurnConfig
 from app.vad import VadBatcher, load_vad
 from bots.base import CallInfo
@@ -31,6 +31,8 @@ from bots.loader import BotFactory, load_bot
 from codec import SUPPORTED_RATES, Resampler
 
 log = logging.getLogger("callbridge")
+
+__all__ = ["Services", "configure_logging", "create_app", "serve", "services"]
 
 
 class ServiceUnavailable(RegistryError):
@@ -41,11 +43,12 @@ class ServiceUnavailable(RegistryError):
 
 @dataclass
 class Services:
-    """What the request handlers share: settings, the registry, the VAD model, the bot factory."""
+    """What the request handlers share: settings, the registry, the VAD, the bot factory, metrics."""
 
     settings: Settings
     bot_factory: BotFactory
     registry: MemoryRegistry
+    metrics: Metrics = field(default_factory=Metrics)
     vad: VadBatcher | None = None
     draining: bool = False
     calls: dict[str, Call] = field(default_factory=dict)
@@ -61,7 +64,11 @@ class Services:
         """Claim a registry slot and build the call's runtime; raises a RegistryError when refused."""
         if not self.ready or self.vad is None:
             raise ServiceUnavailable("the service is not accepting calls right now")
-        session = self.registry.open(call_id, transport)
+        try:
+            session = self.registry.open(call_id, transport)
+        except ConcurrencyLimitReached:
+            self.metrics.rejections.inc()
+            raise
         try:
             bot = self.bot_factory(CallInfo(call_id=call_id, transport=transport, parameters=parameters or {}))
         except Exception:
@@ -70,10 +77,13 @@ class Services:
         call = Call(
             session, bot, self.vad, inbound_rate=inbound_rate, outbound_rate=outbound_rate,
             turn_config=partial(TurnConfig.from_settings, self.settings), barge_in=self.settings.barge_in,
-            input_timeout=self.settings.input_timeout_seconds,
+            input_timeout=self.settings.input_timeout_seconds, observer=self.metrics,
         )
         self.calls[call_id] = call
-        log.info("call %s started on %s", call_id, transport)
+        self.metrics.calls.labels(transport).inc()
+        self.metrics.calls_in_progress.labels(transport).inc()
+        log.info("call %s started on %s", call_id, transport,
+                 extra={"event": "call_start", "call_id": call_id, "transport": transport})
         return call
 
     async def end_call(self, call: Call) -> None:
@@ -81,7 +91,30 @@ class Services:
         await call.close()
         if self.calls.pop(call.id, None) is not None:
             self.registry.close(call.id)
-            log.info("call %s ended: %d turns, %d barge-ins", call.id, call.stats.turns, call.stats.barge_ins)
+            self.metrics.calls_in_progress.labels(call.session.transport).dec()
+            log.info("call %s ended: %d turns, %d barge-ins", call.id, call.stats.turns, call.stats.barge_ins,
+                     extra={"event": "call_end", "call_id": call.id, "transport": call.session.transport,
+                            "turns": call.stats.turns, "barge_ins": call.stats.barge_ins})
+
+    async def drain(self, grace_seconds: float, farewell_seconds: float = 5.0) -> None:
+        """Refuse new calls, let calls in progress finish for up to `grace_seconds`, then have the bot
+        say goodbye to those left (up to `farewell_seconds` more) and end whatever remains."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        log.info("draining: %d calls in progress, grace %.0f s", len(self.calls), grace_seconds,
+                 extra={"event": "drain", "calls": len(self.calls)})
+        deadline = loop.time() + grace_seconds
+        while self.calls and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if self.calls:
+            log.info("grace period over: saying goodbye to %d calls", len(self.calls))
+            for call in list(self.calls.values()):
+                call.say_goodbye()
+            deadline = loop.time() + farewell_seconds
+            while self.calls and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+        for call in list(self.calls.values()):
+            await self.end_call(call)
 
 
 def services() -> Services:
@@ -99,14 +132,14 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(api)
     app.register_blueprint(telephone)
     app.register_blueprint(browser_ws)
-    # The WebRTC blueprint closes its peer connections at shutdown, before the calls below are ended.
-    app.register_blueprint(webrtc)
-    app.register_blueprint(softphone)
 
     @app.before_serving
     async def _start() -> None:
+        if not settings.public_url:
+            log.warning("PUBLIC_URL is not set: Twilio stream URLs are built from each webhook's Host header")
         await asyncio.to_thread(prepare_resamplers)
-        state.vad = VadBatcher(await asyncio.to_thread(load_vad, settings.vad_backend))
+        model = await asyncio.to_thread(load_vad, settings.vad_backend)
+        state.vad = VadBatcher(model, on_batch=state.metrics.vad_batch)
         log.info("ready: bot=%s vad=%s limit=%d", settings.bot, settings.vad_backend, settings.concurrency_limit)
 
     @app.after_serving
@@ -125,12 +158,9 @@ def prepare_resamplers() -> None:
         Resampler(source, target)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 async def serve(settings: Settings) -> None:
-    """Serve the app on Hypercorn until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve on Hypercorn. SIGTERM drains (new calls refused, calls in progress finish within
+    SHUTDOWN_GRACE_SECONDS, then the bot says goodbye) and exits; a second signal stops at once."""
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
@@ -138,21 +168,28 @@ async def serve(settings: Settings) -> None:
     config.bind = [f"{settings.host}:{settings.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, printed once
-    config.graceful_timeout = settings.shutdown_grace_seconds
+    config.graceful_timeout = 5.0  # calls have drained by the time Hypercorn is asked to stop
     # A hard cap well above MAX_MESSAGE_BYTES; the transports enforce the setting with a clear error.
     config.websocket_max_message_size = settings.max_message_bytes * 4
     app = create_app(settings)
+    state: Services = app.extensions["callbridge"]
 
     stop = asyncio.Event()
+    drain: asyncio.Task[None] | None = None
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal drain
+        if drain is not None:
+            log.info("%s received again: stopping now", sig.name)
+            stop.set()
+            return
+        log.info("%s received: shutting down", sig.name)
+        drain = asyncio.create_task(state.drain(settings.shutdown_grace_seconds))
+        drain.add_done_callback(lambda _: stop.set())
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal, sig, stop, app)
+        loop.add_signal_handler(sig, on_signal, sig)
     log.info("serving on http://%s:%d", settings.host, settings.port)
     await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
     log.info("stopped")
-
-
-def _on_signal(sig: signal.Signals, stop: asyncio.Event, app: Quart) -> None:
-    log.info("%s received: shutting down", sig.name)
-    app.extensions["callbridge"].draining = True
-    stop.set()

@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     public_url: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
     bot: str = "echo"
     concurrency_limit: int = Field(100, ge=1)
     shutdown_grace_seconds: float = Field(30.0, ge=0)

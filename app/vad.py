@@ -190,8 +190,9 @@ class VadBatcher:
     the service, the larger (and cheaper per call) the batches.
     """
 
-    def __init__(self, model: VadModel) -> None:
+    def __init__(self, model: VadModel, on_batch: Callable[[float, int], None] | None = None) -> None:
         self.model = model
+        self.on_batch = on_batch  # (inference seconds, windows) per batch, for metrics
         self._waiting: dict[BatchedVadStream, None] = {}  # insertion-ordered set
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
@@ -247,7 +248,10 @@ class VadBatcher:
                 states = [stream.state for stream, _ in items]
                 started = time.perf_counter()
                 probabilities = await loop.run_in_executor(self._executor, self.model.infer, windows, states)
-                self.infer_seconds += time.perf_counter() - started
+                seconds = time.perf_counter() - started
+                self.infer_seconds += seconds
+                if self.on_batch is not None:
+                    self.on_batch(seconds, len(items))
                 self.batches += 1
                 self.windows += len(items)
                 for (stream, window), p in zip(items, probabilities, strict=True):

@@ -71,7 +71,7 @@ class Turn:
 
 
 class Bot:
-    """Base class for bots. Override `reply`; `greet` and `on_dtmf` say nothing unless overridden."""
+    """Base class for bots. Override `reply`; `greet`, `on_dtmf` and `farewell` say nothing unless overridden."""
 
     input_rate: int = 16000
     #: True when each turn needs additional inputs: the client is asked for them (`send_input`).
@@ -88,5 +88,10 @@ class Bot:
         raise NotImplementedError
 
     async def on_dtmf(self, digit: str) -> AsyncIterator[BotOutput]:
+        return
+        yield  # pragma: no cover
+
+    async def farewell(self) -> AsyncIterator[BotOutput]:
+        """What to say when the service shuts down under a call in progress; the call ends after it."""
         return
         yield  # pragma: no cover

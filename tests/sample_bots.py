@@ -51,3 +51,15 @@ class Monologue(Bot):
                 await asyncio.sleep(0.05)
         finally:
             logging.getLogger("callbridge.tests").info("monologue generator closed for %s", self.call.call_id)
+
+
+class PoliteEcho(Bot):
+    """Echoes turns; when the service drains, says a 400 ms goodbye before the call ends."""
+
+    input_rate = 8000
+
+    async def reply(self, turn: Turn):
+        yield Audio(turn.audio, turn.sample_rate)
+
+    async def farewell(self):
+        yield Audio(tone(0.4, hz=660), 8000)

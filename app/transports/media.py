@@ -200,7 +200,10 @@ class MediaSocket:
             await run_until_first_done(self.read(self.call), writer.run())
             await websocket.close(NORMAL)
         except ProtocolError as exc:
-            logger.warning("%s %s: %s; closing with %d", self.name, self.label, exc, exc.code)
+            self.state.metrics.errors.labels("protocol").inc()
+            logger.warning("%s %s: %s; closing with %d", self.name, self.label, exc, exc.code,
+                           extra={"event": "protocol_error", "call_id": self.label, "error": str(exc),
+                                  "code": exc.code})
             await self.report_error(exc)
             await websocket.close(exc.code, str(exc)[:120])
         except RegistryError as exc:
@@ -209,7 +212,9 @@ class MediaSocket:
             code = POLICY_VIOLATION if isinstance(exc, ConnectionAlreadyExists) else TRY_AGAIN_LATER
             await websocket.close(code, exc.code)
         except Exception:
-            logger.exception("%s %s failed", self.name, self.label)
+            self.state.metrics.errors.labels("internal").inc()
+            logger.exception("%s %s failed", self.name, self.label,
+                             extra={"event": "internal_error", "call_id": self.label})
             with contextlib.suppress(Exception):
                 await websocket.close(INTERNAL_ERROR, "internal error")
         finally:

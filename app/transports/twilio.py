@@ -75,6 +75,7 @@ async def incoming() -> Response | tuple[str, int]:
     base = public_base(request.scheme, request.host)
     query = f"?{request.query_string.decode()}" if request.query_string else ""
     if not signature_valid(base + request.path + query, form, request.headers):
+        state.metrics.errors.labels("signature").inc()
         logger.warning("webhook refused: bad or missing X-Twilio-Signature (from %s)", request.remote_addr)
         return "invalid Twilio signature", 403
     call_sid = form.get("CallSid", "")
@@ -82,6 +83,8 @@ async def incoming() -> Response | tuple[str, int]:
         return "CallSid is required", 422
     response = VoiceResponse()
     if not state.ready or state.registry.count() >= state.registry.limit:
+        if state.ready:
+            state.metrics.rejections.inc()
         logger.warning("webhook for %s rejected: %s", call_sid, "draining" if state.ready else "at capacity")
         response.reject(reason="busy")
         return Response(str(response), mimetype="text/xml")
@@ -104,6 +107,7 @@ async def handler() -> None:
     await websocket.accept()
     base = public_base("https" if websocket.scheme == "wss" else "http", websocket.host)
     if not signature_valid(stream_url(base), {}, websocket.headers):
+        _services().metrics.errors.labels("signature").inc()
         logger.warning("stream refused: bad or missing X-Twilio-Signature")
         await websocket.close(POLICY_VIOLATION, "invalid Twilio signature")
         return

@@ -1,0 +1,51 @@
+"""Prometheus metrics for one app (its own registry: no process-wide globals), served at /metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.calls_in_progress = Gauge("callbridge_calls_in_progress", "Calls in progress", ["transport"], registry=r)
+        self.calls = Counter("callbridge_calls", "Calls started", ["transport"], registry=r)
+        self.turn_latency = Histogram(
+            "callbridge_turn_latency_seconds", "End of the caller's speech to the bot's first audio", registry=r,
+            buckets=(0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0),
+        )
+        self.barge_ins = Counter("callbridge_barge_ins", "Replies cancelled because the caller spoke", registry=r)
+        self.vad_inference = Histogram(
+            "callbridge_vad_inference_seconds", "Time of one batched VAD inference", registry=r,
+            buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05),
+        )
+        self.vad_batch_size = Histogram(
+            "callbridge_vad_batch_windows", "Calls' windows in one VAD inference", registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.errors = Counter("callbridge_errors", "Errors by kind", ["kind"], registry=r)
+        self.rejections = Counter(
+            "callbridge_concurrency_rejections", "Calls refused at the concurrency limit", registry=r
+        )
+
+    # The Call's observer interface.
+    def barge_in(self) -> None:
+        self.barge_ins.inc()
+
+    def turn_answered(self, latency_seconds: float) -> None:
+        self.turn_latency.observe(latency_seconds)
+
+    def bot_error(self) -> None:
+        self.errors.labels("bot").inc()
+
+    # The VAD batcher's.
+    def vad_batch(self, seconds: float, windows: int) -> None:
+        self.vad_inference.observe(seconds)
+        self.vad_batch_size.observe(windows)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

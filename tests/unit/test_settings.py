@@ -1,0 +1,49 @@
+"""Settings: defaults, validation messages, and documentation that cannot drift from the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from app.settings import Settings, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = {name.upper() for name in Settings.model_fields}
+
+
+def test_defaults_are_safe_for_a_first_run(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # no .env here
+    settings = load_settings()
+    assert (settings.host, settings.port, settings.bot) == ("127.0.0.1", 8000, "echo")
+    assert 500 <= settings.pause_ms <= 800
+    assert settings.vad_exit_threshold < settings.vad_enter_threshold
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("PORT", "not-a-port"), ("PORT", "70000"), ("PAUSE_MS", "-5"), ("VAD_BACKEND", "tensorflow"),
+    ("PUBLIC_URL", "ftp://example.com"), ("LOG_FORMAT", "xml"), ("BARGE_IN", "maybe"),
+])
+def test_an_invalid_value_names_its_variable(monkeypatch, tmp_path, variable, value):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as error:
+        load_settings()
+    assert variable in str(error.value) and value in str(error.value)
+
+
+def test_env_example_lists_every_setting_with_a_comment():
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    listed = {}
+    for number, line in enumerate(lines):
+        if match := re.match(r"^([A-Z][A-Z0-9_]*)=", line):
+            listed[match.group(1)] = number
+    assert set(listed) == NAMES
+    for name, number in listed.items():
+        assert lines[number - 1].startswith("# "), f"{name} needs a one-line comment above it"
+
+
+def test_readme_settings_table_lists_every_setting():
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", (ROOT / "README.md").read_text(), re.MULTILINE))
+    assert documented == NAMES
