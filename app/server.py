@@ -22,8 +22,10 @@ from app.logs import configure_logging
 from app.metrics import Metrics
 from app.registry import ConcurrencyLimitReached, MemoryRegistry, RegistryError
 from app.settings import Settings
+from app.softphone import softphone
 from app.transports.browser import browser_ws
 from app.transports.twilio import telephone
+from app.transports.webrtc import webrtc
 from app.turns import TurnConfig
 from app.vad import VadBatcher, load_vad
 from bots.base import CallInfo
@@ -132,6 +134,10 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(api)
     app.register_blueprint(telephone)
     app.register_blueprint(browser_ws)
+    # Registered before `_stop` below: at shutdown it closes the peer connections still open, then the
+    # calls are ended.
+    app.register_blueprint(webrtc)
+    app.register_blueprint(softphone)
 
     @app.before_serving
     async def _start() -> None:

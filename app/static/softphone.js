@@ -8,6 +8,7 @@ const PHONE_RATE = 8000;
 const PHONE_FRAME = 160; // 20 ms at 8 kHz, as Twilio and the server frame it
 const PLAYBACK_LEAD = 0.06; // seconds of received phone audio buffered before it plays
 const METER_FLOOR_DB = -60;
+const METER_FALL_DB = 3; // per 50 ms tick: meters rise at once and fall smoothly, like a VU meter
 
 const TURN_LABELS = {
   idle: "Not in a call",
@@ -115,8 +116,8 @@ class Softphone {
     if (this.mic) this.mic.getTracks().forEach((track) => track.stop());
     if (this.audio) this.audio.close();
     this.ui.remoteAudio.srcObject = null;
-    this.ui.setMeter(this.ui.micMeter, -Infinity);
-    this.ui.setMeter(this.ui.botMeter, -Infinity);
+    this.ui.clearMeter(this.ui.micMeter);
+    this.ui.clearMeter(this.ui.botMeter);
     this.setTurnState("idle");
     this.status(`call ended: ${reason}`);
     this.note(`call ended: ${reason}`);
@@ -340,9 +341,16 @@ const ui = {
     if (!inCall) syncMode();
   },
   setMeter(meter, db) {
+    const shown = Number(meter.dataset.shown ?? -Infinity);
+    db = Math.max(db, shown - METER_FALL_DB);
+    meter.dataset.shown = Number.isFinite(db) && db > METER_FLOOR_DB ? db : -Infinity;
     const fraction = Number.isFinite(db) ? Math.max(0, Math.min(1, (db - METER_FLOOR_DB) / -METER_FLOOR_DB)) : 0;
     meter.querySelector(".fill").style.width = `${(fraction * 100).toFixed(1)}%`;
     meter.dataset.db = Number.isFinite(db) ? db.toFixed(1) : "-inf";
+  },
+  clearMeter(meter) {
+    delete meter.dataset.shown;
+    this.setMeter(meter, -Infinity);
   },
   addLog(seconds, type, text, kind) {
     const item = document.createElement("li");

@@ -11,6 +11,7 @@ import urllib.request
 
 import httpx
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.simulator import Pause, SimulatedCaller, Speak, WaitForReply, webhook
@@ -99,10 +100,8 @@ async def test_metrics_move_during_a_call(server_factory):
         holder = asyncio.create_task(SimulatedCaller(server.url, [Pause(2.0)]).run())
         await asyncio.sleep(1.0)
         with_call = metric_values((await client.get("/metrics")).text)
-        try:
-            webhook(server.url)
-        except RuntimeError:
-            pass
+        with pytest.raises(RuntimeError, match="rejected"):
+            webhook(server.url)  # over the limit of 1
         await holder
         after = metric_values((await client.get("/metrics")).text)
 

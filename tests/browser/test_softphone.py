@@ -1,0 +1,111 @@
+"""The softphone page in a real headless Chromium, over WebRTC and the µ-law WebSocket.
+
+The calls run in softphone_session.py inside `unshare -n` (a network namespace with only loopback), so
+neither WebRTC nor anything else can reach a real network. Outside CI the tests skip when Chromium,
+Playwright or unprivileged namespaces are missing; in CI (CI=true) they fail instead, since .ci/run
+installs what they need.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from codec import ulaw_encode
+from tests.browser.softphone_session import CHROMIUM, LABEL
+
+ROOT = Path(__file__).resolve().parents[2]
+TURN_ORDER = ["caller", "listening", "bot", "listening"]
+
+
+def missing_requirement() -> str | None:
+    if not Path(CHROMIUM).exists():
+        return f"{CHROMIUM} is missing: apt-get install -y chromium"
+    if importlib.util.find_spec("playwright") is None:
+        return "the playwright package is missing: pip install -e '.[test]'"
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return "unshare (util-linux) and ip (iproute2) are needed for a loopback-only network namespace"
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"cannot create a network namespace here: {probe.stderr.strip()}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def calls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """One softphone call per transport, made once for all the tests below."""
+    problem = missing_requirement()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    results = tmp_path_factory.mktemp("browser") / "results.json"
+    run = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "tests.browser.softphone_session", str(results)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert run.returncode == 0, f"browser session failed:\n{run.stdout[-5000:]}\n{run.stderr[-8000:]}"
+    return json.loads(results.read_text())["calls"]
+
+
+def assert_turn_states_in_order(states: list[str]) -> None:
+    """The page showed caller speaking, then listening, then bot speaking, then listening again."""
+    position = 0
+    for state in states:
+        if position < len(TURN_ORDER) and state == TURN_ORDER[position]:
+            position += 1
+    assert position == len(TURN_ORDER), states
+
+
+def assert_common(call: dict[str, Any]) -> None:
+    assert call["title"] == "callbridge softphone"
+    assert call["console"] == [], "the page logged errors"
+    logs = [m["data"] for m in call["messages"] if m["type"] == "log"]
+    assert logs == ["started_talking", "pause_detected", "response_starting", "playback_finished"], logs
+    assert_turn_states_in_order(call["states"])
+    assert call["turnStateText"] == "Listening"
+    # The fake microphone's speech reached the page's own input meter.
+    assert call["peakMicDb"] > -30
+    # The reply was heard: the page's analyser on the bot's audio saw speech-level signal. Before the
+    # reply the bot sends silence (or nothing), so this level can only come from the echoed turn.
+    assert call["peakBotDb"] > -30
+    # The bot's additional output (set through /input_hook) arrived and is shown.
+    assert call["inputHookStatus"] == 200
+    outputs = [m["data"] for m in call["messages"] if m["type"] == "fetch_output"]
+    assert len(outputs) == 1 and outputs[0][0]["label"] == LABEL
+    assert 2.5 < outputs[0][0]["seconds"] < 4.0, "the turn is the spoken sentence plus pre-roll"
+    assert len(call["outputsShown"]) == 1 and LABEL in call["outputsShown"][0]
+    assert Path(call["screenshot"]).stat().st_size > 10_000
+    assert call["serverEnded"], "the server did not end the call"
+
+
+def test_webrtc_call(calls):
+    call = calls["webrtc"]
+    assert_common(call)
+    # WebRTC's own statistics see the reply on the remote track while the bot speaks.
+    assert max(call["inboundLevels"]) > 0.1
+    # Closing the page ended the call on the server at once (no waiting for ICE consent to expire).
+    assert call["secondsToEnd"] < 5
+
+
+def test_websocket_call(calls):
+    call = calls["websocket"]
+    assert_common(call)
+    assert call["statusAfterHangUp"] == "call ended: you hung up"
+
+
+def test_page_ulaw_matches_the_codec(calls):
+    """The page's JavaScript µ-law encoder agrees with codec/ (audioop) on every 16-bit sample."""
+    page = np.frombuffer(base64.b64decode(calls["websocket"]["ulaw"]), np.uint8)
+    reference = np.frombuffer(ulaw_encode(np.arange(-32768, 32768, dtype=np.int16)), np.uint8)
+    assert np.array_equal(page, reference)

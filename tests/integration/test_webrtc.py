@@ -1,0 +1,382 @@
+"""WebRTC calls end to end: a real server on loopback and a pure-Python aiortc peer, both on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aioice.ice
+import av
+import httpx
+import numpy as np
+import pytest
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from codec import resample
+from tests.integration.webrtc_bots import GREETING_SECONDS
+from tests.speech import peak_correlation, silence, speech
+
+RATE = 48000
+FRAME = RATE // 50
+HELLO = "Hello, this is a test call, can you hear me?"
+STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman and his clever cat."
+INTERRUPT = "Wait, stop, I have a question."
+#: Puts this folder's sitecustomize on the server's path: its aioice offers 127.0.0.1 only (test code only).
+LOOPBACK_ICE = {"pythonpath": str(Path(__file__).parent / "loopback_ice")}
+
+
+@pytest.fixture(autouse=True)
+def _loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test's own peer gathers 127.0.0.1 only, so no packet leaves the loopback interface."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+@pytest.fixture(scope="module")
+def server(server_factory):
+    return server_factory(concurrency_limit=20, **LOOPBACK_ICE)
+
+
+class SpeechTrack(MediaStreamTrack):
+    """The caller's microphone: plays `script` (48 kHz int16) in real time, then silence, in 20 ms frames.
+
+    `script` may grow while the call runs (`say`), as a person speaks again."""
+
+    kind = "audio"
+
+    def __init__(self, samples: np.ndarray) -> None:
+        super().__init__()
+        self.script = samples
+        self.position = 0
+        self._start: float | None = None
+
+    def say(self, samples: np.ndarray) -> float:
+        """Queue `samples` right after what has been played; returns the loop time their playback starts."""
+        played = self.script[: self.position]
+        self.script = np.concatenate([played, np.zeros(self.position - len(played), np.int16), samples])
+        return asyncio.get_running_loop().time()
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            await asyncio.sleep(max(0.0, self._start + self.position / RATE - loop.time()))
+        chunk = self.script[self.position : self.position + FRAME]
+        chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), np.int16)])
+        # Stereo like Chromium's capture: aiortc's encoder would mix mono up at -3 dB.
+        frame = av.AudioFrame.from_ndarray(np.repeat(chunk, 2).reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate, frame.time_base, frame.pts = RATE, fractions.Fraction(1, RATE), self.position
+        self.position += FRAME
+        return frame
+
+
+@dataclass
+class Peer:
+    """A browser stand-in: an aiortc peer with a data channel, a microphone track and a recorder."""
+
+    url: str
+    call_id: str
+    mode: str = "send-receive"
+    pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
+    microphone: SpeechTrack = field(default_factory=lambda: SpeechTrack(np.zeros(0, np.int16)))
+    messages: list[tuple[float, Any]] = field(default_factory=list)
+    heard: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (arrival time, 48 kHz mono)
+    tracks: int = 0
+    _recorders: list[asyncio.Task[None]] = field(default_factory=list)
+    _waiters: list[tuple[Callable[[Any], bool], asyncio.Future[None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.channel = self.pc.createDataChannel("text")
+        self.channel.on("message", self._on_message)
+        self.pc.on("track", self._on_track)
+        if self.mode == "receive":
+            self.pc.addTransceiver("audio", direction="recvonly")
+        else:
+            self.pc.addTrack(self.microphone)
+
+    @property
+    def logs(self) -> list[str]:
+        return [data for _, message in self.messages if message["type"] == "log" for data in [message["data"]]]
+
+    @property
+    def reply(self) -> np.ndarray:
+        return self.heard_between(0.0, float("inf"))
+
+    def heard_between(self, start: float, end: float) -> np.ndarray:
+        frames = [samples for t, samples in self.heard if start <= t < end]
+        return np.concatenate(frames) if frames else np.zeros(0, np.int16)
+
+    def log_time(self, data: str) -> float:
+        return next(t for t, message in self.messages if message == {"type": "log", "data": data})
+
+    def _on_message(self, raw: str) -> None:
+        message = json.loads(raw)
+        self.messages.append((asyncio.get_running_loop().time(), message))
+        for predicate, future in self._waiters:
+            if not future.done() and predicate(message):
+                future.set_result(None)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        self.tracks += 1
+
+        async def record() -> None:
+            to_mono = av.AudioResampler(format="s16", layout="mono", rate=RATE)
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                now = asyncio.get_running_loop().time()
+                self.heard.extend((now, f.to_ndarray().reshape(-1)) for f in to_mono.resample(frame))
+
+        self._recorders.append(asyncio.ensure_future(record()))
+
+    async def offer_body(self) -> dict[str, Any]:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.call_id}
+
+    async def connect(self, **body: Any) -> None:
+        """Offer, apply the answer, and wait until the connection is up."""
+        async with httpx.AsyncClient() as http:
+            response = await http.post(f"{self.url}/webrtc/offer", json={**await self.offer_body(), **body})
+        assert response.status_code == 200, response.text
+        await self.pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+        await self.wait_connected()
+
+    async def wait_connected(self, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.pc.connectionState != "connected" or self.channel.readyState != "open":
+                await asyncio.sleep(0.02)
+
+    async def wait_for_log(self, data: str, *, count: int = 1, timeout: float = 20.0) -> None:
+        if self.logs.count(data) >= count:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((lambda m: m == {"type": "log", "data": data} and self.logs.count(data) >= count, future))
+        await asyncio.wait_for(future, timeout)
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+async def post_offer(url: str, body: Any, query: str = "") -> httpx.Response:
+    async with httpx.AsyncClient() as http:
+        return await http.post(f"{url}/webrtc/offer{query}", json=body)
+
+
+async def wait_for_log_line(server, text: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.logs():
+        assert time.monotonic() < deadline, f"{text!r} not in the server log:\n{server.logs()[-3000:]}"
+        await asyncio.sleep(0.05)
+
+
+def at_8k(samples: np.ndarray) -> np.ndarray:
+    """Correlating at 8 kHz is 36 times cheaper than at 48 kHz and just as telling for speech."""
+    return resample(samples, RATE, 8000)
+
+
+async def test_echo_call(server):
+    said = speech(HELLO, RATE)
+    peer = Peer(server.url, "webrtc-echo")
+    try:
+        await peer.connect()
+        peer.microphone.say(np.concatenate([silence(0.3, RATE), said]))
+        await peer.wait_for_log("playback_finished")
+        await asyncio.sleep(0.3)  # the last frames are still on their way through the jitter buffer
+    finally:
+        await peer.close()
+    logs = peer.logs
+    assert logs[:4] == ["started_talking", "pause_detected", "response_starting", "playback_finished"], logs
+    assert peer.tracks == 1
+    # The reply is the caller's own turn (with ~200 ms pre-roll), back through Opus twice.
+    reply = peer.reply
+    assert peak_correlation(at_8k(reply), at_8k(said)) > 0.8
+    # At the caller's own level: the bot's audio is not attenuated on its way out (e.g. by a mono upmix).
+    assert 0.8 < np.abs(reply.astype(np.int32)).max() / np.abs(said.astype(np.int32)).max() < 1.25
+    loud = np.flatnonzero(np.abs(reply.astype(np.int32)) > 500)
+    assert abs((loud[-1] - loud[0]) / RATE - len(said) / RATE) < 0.3
+    # Closing the page ends the call on the server and frees its slot.
+    await wait_for_log_line(server, "call webrtc-echo ended: 1 turns")
+
+
+async def test_barge_in_flushes_the_reply(server):
+    story, interrupt = speech(STORY, RATE), speech(INTERRUPT, RATE)
+    peer = Peer(server.url, "webrtc-barge-in")
+    try:
+        await peer.connect()
+        peer.microphone.say(story)
+        await peer.wait_for_log("response_starting")
+        await asyncio.sleep(1.0)
+        interrupted_at = peer.microphone.say(interrupt)
+        await peer.wait_for_log("response_starting", count=2)
+        await peer.wait_for_log("playback_finished")
+        await asyncio.sleep(0.3)
+    finally:
+        await peer.close()
+    barge_in_at = peer.log_time("barge_in")
+    second_reply_at = [t for t, m in peer.messages if m == {"type": "log", "data": "response_starting"}][1]
+    # The interruption is noticed within a few VAD windows of its onset (speech start needs 192 ms).
+    assert 0.19 <= barge_in_at - interrupted_at < 0.8, barge_in_at - interrupted_at
+    # The story was playing, and stopped at once: from barge-in (plus the way through the jitter buffer)
+    # to the second reply the caller hears silence, not the rest of the queued story.
+    assert np.abs(peer.heard_between(barge_in_at - 0.5, barge_in_at).astype(np.int32)).max() > 3000
+    assert np.abs(peer.heard_between(barge_in_at + 0.15, second_reply_at).astype(np.int32)).max() < 300
+    assert second_reply_at - barge_in_at > len(interrupt) / RATE  # the interruption was one whole turn
+    # The second reply is the interruption itself.
+    assert peak_correlation(at_8k(peer.heard_between(second_reply_at, float("inf"))), at_8k(interrupt)) > 0.8
+
+
+async def test_trickled_candidates_connect(server):
+    """Candidates sent one by one (as browsers trickle them) after an offer that carries none."""
+    peer = Peer(server.url, "webrtc-trickle")
+    try:
+        body = await peer.offer_body()
+        lines = body["sdp"].splitlines()
+        candidates = [line.removeprefix("a=") for line in lines if line.startswith("a=candidate:")]
+        kept = [line for line in lines if not line.startswith(("a=candidate:", "a=end-of-candidates"))]
+        body["sdp"] = "\r\n".join(kept) + "\r\n"
+        assert candidates
+        response = await post_offer(server.url, body)
+        assert response.status_code == 200, response.text
+        await peer.pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+        for candidate in [*candidates, ""]:
+            trickle = {"type": "ice-candidate", "webrtc_id": peer.call_id,
+                       "candidate": {"candidate": candidate, "sdpMid": "0", "sdpMLineIndex": 0}}
+            response = await post_offer(server.url, trickle)
+            assert response.json() == {"status": "success"}
+        await peer.wait_connected()
+        peer.microphone.say(speech(HELLO, RATE))
+        await peer.wait_for_log("pause_detected")
+    finally:
+        await peer.close()
+
+
+async def test_send_mode_listens_only(server):
+    peer = Peer(server.url, "webrtc-send", mode="send")
+    try:
+        await peer.connect(mode="send")
+        peer.microphone.say(speech(HELLO, RATE))
+        await peer.wait_for_log("playback_finished")
+    finally:
+        await peer.close()
+    assert peer.logs[:4] == ["started_talking", "pause_detected", "response_starting", "playback_finished"]
+    assert "a=recvonly" in peer.pc.remoteDescription.sdp
+    assert peer.tracks == 0 and not peer.heard
+
+
+async def test_receive_mode_bot_talks_first_then_hangs_up(server_factory):
+    server = server_factory(bot="tests.integration.webrtc_bots:GreetAndHangUp", **LOOPBACK_ICE)
+    peer = Peer(server.url, "webrtc-receive", mode="receive")
+    body = await peer.offer_body()
+    try:
+        response = await post_offer(server.url, body, "?mode=receive")  # mode in the query string
+        assert response.status_code == 200, response.text
+        await peer.pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+        await peer.wait_connected()
+        await peer.wait_for_log("playback_finished", timeout=5)
+        # After its last words the bot hangs up: the server closes the connection.
+        async with asyncio.timeout(5):
+            while peer.pc.connectionState == "connected":
+                await asyncio.sleep(0.02)
+        hung_up_at = asyncio.get_running_loop().time()
+    finally:
+        await peer.close()
+    assert "a=sendonly" in response.json()["sdp"]
+    assert peer.logs == ["response_starting", "playback_finished"]
+    # The whole greeting was heard before the hang-up: count the frames that carried the tone.
+    tone = peer.heard_between(0.0, hung_up_at)
+    loud_seconds = sum(len(f) for f in np.array_split(tone, max(1, len(tone) // FRAME))
+                       if np.abs(f.astype(np.int32)).max() > 3000) / RATE
+    assert GREETING_SECONDS - 0.05 <= loud_seconds <= GREETING_SECONDS + 0.1, loud_seconds
+    await wait_for_log_line(server, "webrtc webrtc-receive: ending: the bot hung up")
+    await wait_for_log_line(server, "call webrtc-receive ended")
+
+
+async def test_limit_and_duplicate_ids(server_factory):
+    server = server_factory(concurrency_limit=1, **LOOPBACK_ICE)
+    first = Peer(server.url, "webrtc-first")
+    try:
+        await first.connect()
+        duplicate = await post_offer(server.url, await Peer(server.url, "webrtc-first").offer_body())
+        assert duplicate.status_code == 409
+        assert duplicate.json() == {"status": "failed", "meta": {"error": "connection_already_exists"}}
+        over = await post_offer(server.url, await Peer(server.url, "webrtc-second").offer_body())
+        assert over.status_code == 429
+        assert over.json() == {"status": "failed", "meta": {"error": "concurrency_limit_reached", "limit": 1}}
+    finally:
+        await first.close()
+    await wait_for_log_line(server, "call webrtc-first ended")
+    again = Peer(server.url, "webrtc-second")
+    try:
+        await again.connect()
+    finally:
+        await again.close()
+
+
+async def test_bad_requests_get_clear_errors(server):
+    assert (await post_offer(server.url, {"sdp": "v=0", "type": "offer"})).status_code == 422
+    bad_mode = await post_offer(server.url, {"sdp": "v=0", "type": "offer", "webrtc_id": "x", "mode": "both"})
+    assert bad_mode.status_code == 422 and "mode must be one of" in bad_mode.json()["meta"]["error"]
+    unknown = await post_offer(server.url, {"type": "ice-candidate", "webrtc_id": "nobody",
+                                            "candidate": {"candidate": "", "sdpMid": "0"}})
+    assert unknown.status_code == 404
+    garbage = await post_offer(server.url, {"sdp": "not sdp", "type": "offer", "webrtc_id": "webrtc-garbage"})
+    assert garbage.status_code == 400 and "cannot answer" in garbage.json()["meta"]["error"]
+    # The refused offer freed its id at once.
+    peer = Peer(server.url, "webrtc-garbage")
+    try:
+        await peer.connect()
+    finally:
+        await peer.close()
+
+
+async def test_timeouts_and_status_200(server_factory):
+    """A peer that never connects loses its slot; a connected call ends at the time limit; 200 over the limit;
+    shutdown hangs up what is left. (This test stops its server.)"""
+    server = server_factory(concurrency_limit=1, limit_status_code=200, webrtc_connect_timeout_seconds=1,
+                            webrtc_max_call_seconds=1.5, shutdown_grace_seconds=0, **LOOPBACK_ICE)
+    silent = Peer(server.url, "webrtc-silent")
+    assert (await post_offer(server.url, await silent.offer_body())).status_code == 200
+    over = await post_offer(server.url, await Peer(server.url, "webrtc-over").offer_body())
+    assert over.status_code == 200 and over.json()["meta"]["error"] == "concurrency_limit_reached"
+    await silent.close()  # the answer is never applied: the server must give up by itself
+    await wait_for_log_line(server, "call webrtc-silent ended", timeout=5)
+    assert "webrtc webrtc-silent: ending: no connection within 1 s" in server.logs()
+
+    peer = Peer(server.url, "webrtc-limited")
+    try:
+        await peer.connect()
+        connected_at = time.monotonic()
+        async with asyncio.timeout(5):
+            while peer.pc.connectionState == "connected":
+                await asyncio.sleep(0.05)
+        assert time.monotonic() - connected_at >= 1.2
+    finally:
+        await peer.close()
+    await wait_for_log_line(server, "call webrtc-limited ended")
+    assert "webrtc webrtc-limited: ending: time limit of 1.5 s reached" in server.logs()
+
+    # SIGTERM with no grace period: the bot says goodbye (the echo bot: nothing) and hangs up, which closes
+    # the peer connection at once rather than leaving the browser to notice ~30 s later.
+    last = Peer(server.url, "webrtc-at-shutdown")
+    try:
+        await last.connect()
+        await asyncio.to_thread(server.stop)
+        async with asyncio.timeout(5):
+            while last.pc.connectionState == "connected":
+                await asyncio.sleep(0.05)
+    finally:
+        await last.close()
+    logs = server.logs()
+    assert "webrtc webrtc-at-shutdown: ending: the bot hung up" in logs
+    assert "call webrtc-at-shutdown ended" in logs
