@@ -42,7 +42,8 @@ async def test_echo_call_over_twilio(echo_server):
     # Paced in real time with a small lead (60 ms by default), not sent as one blob.
     assert report.max_buffered_seconds < 0.2
     latency = report.turn_latencies()[0]
-    assert 0.512 <= latency < 2.0
+    # PAUSE_MS=512 after the true end of speech, give or take Silero's hangover (see test_turns).
+    assert 0.512 - 0.064 <= latency < 2.0
     assert "ended: 1 turns" in echo_server.logs()
 
 
