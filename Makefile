@@ -31,8 +31,12 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 
+# The codec bench, then callbridge and FastRTC side by side at increasing N (~20 min; FastRTC installs itself
+# into bench/work/). `make bench BENCH_ARGS=--quick` is a ~3 min smoke run written to bench/work/quick/.
+BENCH_ARGS ?=
 bench: install
 	$(BIN)/python bench/codec_bench.py
+	$(BIN)/python bench/run_bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
