@@ -48,6 +48,9 @@ class Outbox:
         self._items = deque(kept)
         return dropped
 
+    def peek(self) -> Outbound | None:
+        return self._items[0] if self._items else None
+
     def get_nowait(self) -> Outbound | None:
         if not self._items:
             self._ready.clear()
@@ -272,9 +275,10 @@ class Call:
         if job.kind == "farewell":
             return self.bot.farewell()
         audio = job.payload.audio
-        if self.bot.input_rate != self.vad_rate:
-            audio = resample(audio, self.vad_rate, self.bot.input_rate)
-        return self.bot.reply(Turn(audio=audio, sample_rate=self.bot.input_rate, inputs=inputs))
+        rate = self.bot.input_rate or self.vad_rate
+        if rate != self.vad_rate:
+            audio = resample(audio, self.vad_rate, rate)
+        return self.bot.reply(Turn(audio=audio, sample_rate=rate, inputs=inputs))
 
     async def _speak(self, job: _Job) -> None:
         inputs: tuple[Any, ...] = ()

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     bot: str = "echo"
     concurrency_limit: int = Field(100, ge=1)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     outbound_lead_ms: int = Field(60, ge=0, le=2000)
 

@@ -73,7 +73,8 @@ class Turn:
 class Bot:
     """Base class for bots. Override `reply`; `greet`, `on_dtmf` and `farewell` say nothing unless overridden."""
 
-    input_rate: int = 16000
+    #: The rate the bot wants turns at; None takes the call's own (8 kHz phone, 16 kHz wideband) as is.
+    input_rate: int | None = 16000
     #: True when each turn needs additional inputs: the client is asked for them (`send_input`).
     wants_inputs: bool = False
 

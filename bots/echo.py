@@ -11,7 +11,7 @@ CHUNK_SECONDS = 0.1
 
 
 class EchoBot(Bot):
-    input_rate = 16000
+    input_rate = None  # the caller's own audio, at the call's own rate: nothing to resample
 
     async def reply(self, turn: Turn) -> AsyncIterator[BotOutput]:
         step = int(turn.sample_rate * CHUNK_SECONDS)
