@@ -1,0 +1,1 @@
+"""Benchmarks: the codec bench and the load harness that runs callbridge and FastRTC side by side."""
