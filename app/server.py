@@ -23,8 +23,11 @@ from app.metrics import Metrics
 from app.registry import ConcurrencyLimitReached, MemoryRegistry, RegistryError
 from app.settings import Settings
 from app.softphone import softphone
-from app.transports.browser import browser_ws
-from app.transports.twilio import telephone
+from app.transports.asgi import MediaSocketRoutes
+from app.transports.browser import OFFER_PATH
+from app.transports.browser import offer as browser_offer
+from app.transports.twilio import HANDLER_PATH, telephone
+from app.transports.twilio import handler as twilio_handler
 from app.transports.webrtc import webrtc
 from app.turns import TurnConfig
 from app.vad import VadBatcher, load_vad
@@ -133,11 +136,15 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(health)
     app.register_blueprint(api)
     app.register_blueprint(telephone)
-    app.register_blueprint(browser_ws)
     # Registered before `_stop` below: at shutdown it closes the peer connections still open, then the
     # calls are ended.
     app.register_blueprint(webrtc)
     app.register_blueprint(softphone)
+
+    # The two µ-law media sockets bypass Quart's websocket layer (see app.transports.asgi).
+    app.asgi_app = MediaSocketRoutes(  # type: ignore[method-assign]
+        app.asgi_app, state, {HANDLER_PATH: twilio_handler, OFFER_PATH: browser_offer}
+    )
 
     @app.before_serving
     async def _start() -> None:

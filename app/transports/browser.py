@@ -13,25 +13,22 @@ import asyncio
 import logging
 from typing import Any
 
-from quart import Blueprint, websocket
-
 from app.call import Call
 from app.messages import ClientMessage
+from app.transports.asgi import RawWebSocket
 from app.transports.media import INVALID_PAYLOAD, MediaSocket, ProtocolError, decode_payload, field
 
 logger = logging.getLogger("callbridge.browser")
 
-browser_ws = Blueprint("browser_ws", __name__)
-
 RATE = 8000
 
 
-@browser_ws.websocket("/websocket/offer")
-async def offer() -> None:
-    from app.server import services
+OFFER_PATH = "/websocket/offer"
 
-    await websocket.accept()
-    stream = BrowserStream(services())
+
+async def offer(state: Any, ws: RawWebSocket) -> None:
+    """WS /websocket/offer (routed by app.transports.asgi)."""
+    stream = BrowserStream(state, ws)
     try:
         await stream.run()
     finally:
@@ -41,8 +38,8 @@ async def offer() -> None:
 class BrowserStream(MediaSocket):
     name = "browser socket"
 
-    def __init__(self, state: Any) -> None:
-        super().__init__(state)
+    def __init__(self, state: Any, ws: RawWebSocket) -> None:
+        super().__init__(state, ws)
         self._timers: list[asyncio.TimerHandle] = []
 
     async def handshake(self) -> Call:
@@ -61,7 +58,7 @@ class BrowserStream(MediaSocket):
             if event == "media":
                 call.push_audio(decode_payload(field(message, "media", "payload")))
             elif event == "ping":
-                await websocket.send('{"event":"pong"}')
+                await self.ws.send('{"event":"pong"}')
             elif event == "stop":
                 return
             elif event == "start":
@@ -70,10 +67,10 @@ class BrowserStream(MediaSocket):
                 raise ProtocolError(f"unknown event {event!r}", INVALID_PAYLOAD)
 
     async def send_media(self, payload: str) -> None:
-        await websocket.send(f'{{"event":"media","media":{{"payload":"{payload}"}}}}')
+        await self.ws.send(f'{{"event":"media","media":{{"payload":"{payload}"}}}}')
 
     async def send_clear(self) -> None:
-        await websocket.send('{"event":"clear"}')
+        await self.ws.send('{"event":"clear"}')
 
     async def reply_end(self, reply_id: str, play_end: float) -> None:
         if self.call is not None:
@@ -81,7 +78,7 @@ class BrowserStream(MediaSocket):
             self._timers.append(loop.call_at(play_end, self.call.playback_finished, reply_id))
 
     async def send_message(self, message: ClientMessage) -> None:
-        await websocket.send(message.to_json())
+        await self.ws.send(message.to_json())
 
     async def report_error(self, error: ProtocolError) -> None:
         await self.send_message(ClientMessage("error", str(error)))

@@ -19,11 +19,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-from quart import websocket
 
 from app.call import Call
 from app.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
 from app.registry import ConnectionAlreadyExists, RegistryError
+from app.transports.asgi import ClientGone, RawWebSocket
 from codec import ulaw_decode, ulaw_encode
 
 logger = logging.getLogger("callbridge.transport")
@@ -168,8 +168,9 @@ class MediaSocket:
 
     name = "socket"
 
-    def __init__(self, state: Any) -> None:
+    def __init__(self, state: Any, ws: RawWebSocket) -> None:
         self.state = state
+        self.ws = ws
         self.settings = state.settings
         self.label = "-"
         self.call: Call | None = None
@@ -196,7 +197,7 @@ class MediaSocket:
         """Tell the client what was wrong, where its protocol has a way to."""
 
     async def receive(self) -> dict[str, Any]:
-        return parse_message(await websocket.receive(), self.settings.max_message_bytes)
+        return parse_message(await self.ws.receive(), self.settings.max_message_bytes)
 
     async def run(self) -> None:
         try:
@@ -205,25 +206,27 @@ class MediaSocket:
             writer = PacedWriter(self.call, self.settings.outbound_lead_ms / 1000, self.send_media,
                                  self.send_clear, self.reply_end, self.send_message)
             await run_until_first_done(self.read(self.call), writer.run())
-            await websocket.close(NORMAL)
+            await self.ws.close(NORMAL)
+        except ClientGone:
+            logger.info("%s %s: the client closed the socket", self.name, self.label)
         except ProtocolError as exc:
             self.state.metrics.errors.labels("protocol").inc()
             logger.warning("%s %s: %s; closing with %d", self.name, self.label, exc, exc.code,
                            extra={"event": "protocol_error", "call_id": self.label, "error": str(exc),
                                   "code": exc.code})
             await self.report_error(exc)
-            await websocket.close(exc.code, str(exc)[:120])
+            await self.ws.close(exc.code, str(exc)[:120])
         except RegistryError as exc:
             logger.warning("%s %s refused: %s", self.name, self.label, exc)
-            await websocket.send(json.dumps(exc.body()))
+            await self.ws.send(json.dumps(exc.body()))
             code = POLICY_VIOLATION if isinstance(exc, ConnectionAlreadyExists) else TRY_AGAIN_LATER
-            await websocket.close(code, exc.code)
+            await self.ws.close(code, exc.code)
         except Exception:
             self.state.metrics.errors.labels("internal").inc()
             logger.exception("%s %s failed", self.name, self.label,
                              extra={"event": "internal_error", "call_id": self.label})
             with contextlib.suppress(Exception):
-                await websocket.close(INTERNAL_ERROR, "internal error")
+                await self.ws.close(INTERNAL_ERROR, "internal error")
         finally:
             if self.call is not None:
                 await self.state.end_call(self.call)

@@ -17,12 +17,13 @@ import secrets
 from typing import Any
 from urllib.parse import urlsplit
 
-from quart import Blueprint, Response, request, websocket
+from quart import Blueprint, Response, request
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from app.call import Call
 from app.messages import ClientMessage
+from app.transports.asgi import RawWebSocket
 from app.transports.media import INVALID_PAYLOAD, POLICY_VIOLATION, MediaSocket, ProtocolError, decode_payload, field
 
 logger = logging.getLogger("callbridge.twilio")
@@ -49,9 +50,9 @@ def call_token(secret: bytes, call_sid: str) -> str:
     return hmac.new(secret, call_sid.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def public_base(scheme: str, host: str) -> str:
+def public_base(settings: Any, scheme: str, host: str) -> str:
     """The public https base: PUBLIC_URL when set, else what this request was addressed to."""
-    return _services().settings.public_url or f"{scheme}://{host}"
+    return settings.public_url or f"{scheme}://{host}"
 
 
 def stream_url(base: str) -> str:
@@ -60,11 +61,11 @@ def stream_url(base: str) -> str:
     return f"{'ws' if parts.scheme == 'http' else 'wss'}://{parts.netloc}{HANDLER_PATH}"
 
 
-def signature_valid(url: str, params: dict[str, str], headers: Any) -> bool:
-    token = _services().settings.twilio_auth_token
+def signature_valid(settings: Any, url: str, params: dict[str, str], headers: Any) -> bool:
+    token = settings.twilio_auth_token
     if not token:
         return True
-    signature = headers.get("X-Twilio-Signature", "")
+    signature = headers.get("x-twilio-signature", "")
     return bool(signature) and RequestValidator(token).validate(url, params, signature)
 
 
@@ -72,9 +73,9 @@ def signature_valid(url: str, params: dict[str, str], headers: Any) -> bool:
 async def incoming() -> Response | tuple[str, int]:
     state = _services()
     form = {key: value for key, value in (await request.form).items()}
-    base = public_base(request.scheme, request.host)
+    base = public_base(state.settings, request.scheme, request.host)
     query = f"?{request.query_string.decode()}" if request.query_string else ""
-    if not signature_valid(base + request.path + query, form, request.headers):
+    if not signature_valid(state.settings, base + request.path + query, form, request.headers):
         state.metrics.errors.labels("signature").inc()
         logger.warning("webhook refused: bad or missing X-Twilio-Signature (from %s)", request.remote_addr)
         return "invalid Twilio signature", 403
@@ -102,16 +103,15 @@ async def incoming() -> Response | tuple[str, int]:
     return Response(str(response), mimetype="text/xml")
 
 
-@telephone.websocket(HANDLER_PATH)
-async def handler() -> None:
-    await websocket.accept()
-    base = public_base("https" if websocket.scheme == "wss" else "http", websocket.host)
-    if not signature_valid(stream_url(base), {}, websocket.headers):
-        _services().metrics.errors.labels("signature").inc()
+async def handler(state: Any, ws: RawWebSocket) -> None:
+    """WS /telephone/handler (routed by app.transports.asgi): check the upgrade's signature, then run."""
+    base = public_base(state.settings, "https" if ws.scheme == "wss" else "http", ws.host)
+    if not signature_valid(state.settings, stream_url(base), {}, ws.headers):
+        state.metrics.errors.labels("signature").inc()
         logger.warning("stream refused: bad or missing X-Twilio-Signature")
-        await websocket.close(POLICY_VIOLATION, "invalid Twilio signature")
+        await ws.close(POLICY_VIOLATION, "invalid Twilio signature")
         return
-    await TwilioStream(_services()).run()
+    await TwilioStream(state, ws).run()
 
 
 class TwilioStream(MediaSocket):
@@ -119,8 +119,8 @@ class TwilioStream(MediaSocket):
 
     name = "twilio stream"
 
-    def __init__(self, state: Any) -> None:
-        super().__init__(state)
+    def __init__(self, state: Any, ws: RawWebSocket) -> None:
+        super().__init__(state, ws)
         self._sid_json = '""'
 
     async def handshake(self) -> Call:
@@ -169,13 +169,13 @@ class TwilioStream(MediaSocket):
                 raise ProtocolError(f"unknown event {event!r}", INVALID_PAYLOAD)
 
     async def send_media(self, payload: str) -> None:
-        await websocket.send(f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{payload}"}}}}')
+        await self.ws.send(f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{payload}"}}}}')
 
     async def send_clear(self) -> None:
-        await websocket.send(f'{{"event":"clear","streamSid":{self._sid_json}}}')
+        await self.ws.send(f'{{"event":"clear","streamSid":{self._sid_json}}}')
 
     async def reply_end(self, reply_id: str, play_end: float) -> None:
-        await websocket.send(json.dumps({"event": "mark", "streamSid": self.label, "mark": {"name": reply_id}}))
+        await self.ws.send(json.dumps({"event": "mark", "streamSid": self.label, "mark": {"name": reply_id}}))
 
     async def send_message(self, message: ClientMessage) -> None:
         logger.debug("twilio stream %s: %s %s", self.label, message.type, message.data)

@@ -1,0 +1,76 @@
+"""The two µ-law media sockets served straight on ASGI, in front of Quart.
+
+Every inbound 20 ms media message through Quart's websocket layer costs a blinker signal, a queue hop
+to a second task and context-local lookups; at 50 messages a second per call that was a sizeable share
+of the event loop's time (bench/results/profile.md). These routes read and write the ASGI events
+directly; everything else still goes to the Quart app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+
+class ClientGone(Exception):
+    """The client closed the socket (or the connection dropped)."""
+
+
+class RawWebSocket:
+    """The few operations a media socket needs, on ASGI receive/send."""
+
+    def __init__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict]], send: Callable[..., Any]):
+        self._receive = receive
+        self._send = send
+        self.scheme: str = scope.get("scheme", "ws")
+        self.headers = {name.decode("latin1").lower(): value.decode("latin1") for name, value in scope["headers"]}
+        self.host = self.headers.get("host", "")
+        self.closed = False
+
+    async def accept(self) -> None:
+        event = await self._receive()
+        if event["type"] != "websocket.connect":
+            raise ClientGone
+        await self._send({"type": "websocket.accept"})
+
+    async def receive(self) -> str | bytes:
+        event = await self._receive()
+        if event["type"] == "websocket.receive":
+            text = event.get("text")
+            return text if text is not None else event.get("bytes") or b""
+        self.closed = True
+        raise ClientGone
+
+    async def send(self, text: str) -> None:
+        if self.closed:
+            raise ClientGone
+        await self._send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+
+Handler = Callable[[Any, RawWebSocket], Awaitable[None]]
+
+
+class MediaSocketRoutes:
+    """ASGI middleware: WebSocket requests for `routes` go to their handler, the rest to the app."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], state: Any, routes: dict[str, Handler]) -> None:
+        self.app = app
+        self.state = state
+        self.routes = routes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        handler = self.routes.get(scope.get("path", "")) if scope["type"] == "websocket" else None
+        if handler is None:
+            await self.app(scope, receive, send)
+            return
+        ws = RawWebSocket(scope, receive, send)
+        try:
+            await ws.accept()
+            await handler(self.state, ws)
+        except ClientGone:
+            pass
