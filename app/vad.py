@@ -230,6 +230,12 @@ class VadBatcher:
             self._worker = None
         self._executor.shutdown(wait=False)
 
+    def _infer(self, windows: list[np.ndarray], states: list[VadState]) -> np.ndarray:
+        """In the worker thread: scale the int16 windows and run the model (keeps numpy off the event loop)."""
+        batch = np.stack(windows).astype(np.float32)
+        batch *= 1.0 / 32768.0
+        return self.model.infer(batch, states)
+
     async def _run(self) -> None:
         assert self._wake is not None and self._idle is not None
         loop = asyncio.get_running_loop()
@@ -253,10 +259,10 @@ class VadBatcher:
                 if stream.pending:
                     self._waiting[stream] = None
             for items in by_rate.values():
-                windows = np.stack([window for _, window in items]).astype(np.float32) * (1.0 / 32768.0)
+                windows = [window for _, window in items]
                 states = [stream.state for stream, _ in items]
                 started = time.perf_counter()
-                probabilities = await loop.run_in_executor(self._executor, self.model.infer, windows, states)
+                probabilities = await loop.run_in_executor(self._executor, self._infer, windows, states)
                 seconds = time.perf_counter() - started
                 self.infer_seconds += seconds
                 if self.on_batch is not None:
