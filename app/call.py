@@ -107,7 +107,10 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     samples = np.asarray(samples)
     if samples.ndim == 2:
         channel_axis = 0 if samples.shape[0] <= samples.shape[1] else 1
-        samples = samples.mean(axis=channel_axis) if samples.shape[channel_axis] > 1 else samples.reshape(-1)
+        if samples.shape[channel_axis] > 1:
+            samples = samples.mean(axis=channel_axis).astype(samples.dtype)  # keep int16 as int16
+        else:
+            samples = samples.reshape(-1)
     if samples.dtype == np.int16:
         return samples
     if np.issubdtype(samples.dtype, np.floating):

@@ -316,3 +316,15 @@ async def test_close_cancels_a_running_reply(batcher, barge_in):
     assert call._reply is not None and not call._reply.done()
     await call.close()
     assert call.bot.closed.is_set()
+
+
+def test_bot_audio_layouts_become_mono_int16():
+    from app.call import to_int16
+
+    mono = np.array([1000, -2000, 3000], np.int16)
+    np.testing.assert_array_equal(to_int16(mono), mono)
+    np.testing.assert_array_equal(to_int16(mono.reshape(1, -1)), mono)  # FastRTC's (1, n)
+    stereo = np.stack([mono, mono + 2])
+    np.testing.assert_array_equal(to_int16(stereo), mono + 1)  # (2, n) channels first
+    np.testing.assert_array_equal(to_int16(stereo.T.copy()), mono + 1)  # (n, 2) interleaved
+    np.testing.assert_array_equal(to_int16(np.array([0.5, -1.5, 1.0], np.float32)), [16383, -32767, 32767])
