@@ -16,7 +16,7 @@ from typing import Any
 from app.call import Call
 from app.messages import ClientMessage
 from app.transports.asgi import RawWebSocket
-from app.transports.media import INVALID_PAYLOAD, MediaSocket, ProtocolError, decode_payload, field
+from app.transports.media import INVALID_PAYLOAD, MediaSocket, ProtocolError, field
 
 logger = logging.getLogger("callbridge.browser")
 
@@ -51,20 +51,10 @@ class BrowserStream(MediaSocket):
             raise ProtocolError("websocket_id must not be empty", INVALID_PAYLOAD)
         return self.state.open_call(self.label, "websocket", inbound_rate=RATE, outbound_rate=RATE)
 
-    async def read(self, call: Call) -> None:
-        while True:
-            message = await self.receive()
-            event = message["event"]
-            if event == "media":
-                call.push_audio(decode_payload(field(message, "media", "payload")))
-            elif event == "ping":
-                await self.ws.send('{"event":"pong"}')
-            elif event == "stop":
-                return
-            elif event == "start":
-                raise ProtocolError("unexpected 'start' after start")
-            else:
-                raise ProtocolError(f"unknown event {event!r}", INVALID_PAYLOAD)
+    async def on_event(self, call: Call, event: str, message: dict[str, Any]) -> None:
+        if event != "ping":
+            await super().on_event(call, event, message)
+        await self.ws.send('{"event":"pong"}')
 
     async def send_media(self, payload: str) -> None:
         await self.ws.send(f'{{"event":"media","media":{{"payload":"{payload}"}}}}')

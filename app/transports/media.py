@@ -179,7 +179,23 @@ class MediaSocket:
         raise NotImplementedError
 
     async def read(self, call: Call) -> None:
-        raise NotImplementedError
+        """Feed media to the call until `stop`; other events go to `on_event`."""
+        while True:
+            message = await self.receive()
+            event = message["event"]
+            if event == "media":
+                call.push_audio(decode_payload(field(message, "media", "payload")))
+            elif event == "stop":
+                logger.info("%s %s: stop", self.name, self.label)
+                return
+            elif event in ("connected", "start"):
+                raise ProtocolError(f"unexpected {event!r} after start")
+            else:
+                await self.on_event(call, event, message)
+
+    async def on_event(self, call: Call, event: str, message: dict[str, Any]) -> None:
+        """A protocol's own events besides media, start and stop; anything unknown is an error."""
+        raise ProtocolError(f"unknown event {event!r}", INVALID_PAYLOAD)
 
     async def send_media(self, payload: str) -> None:
         raise NotImplementedError

@@ -24,7 +24,7 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 from app.call import Call
 from app.messages import ClientMessage
 from app.transports.asgi import RawWebSocket
-from app.transports.media import INVALID_PAYLOAD, POLICY_VIOLATION, MediaSocket, ProtocolError, decode_payload, field
+from app.transports.media import INVALID_PAYLOAD, POLICY_VIOLATION, MediaSocket, ProtocolError, field
 
 logger = logging.getLogger("callbridge.twilio")
 
@@ -150,23 +150,13 @@ class TwilioStream(MediaSocket):
                 self.label, "twilio", inbound_rate=RATE, outbound_rate=RATE, parameters=parameters
             )
 
-    async def read(self, call: Call) -> None:
-        while True:
-            message = await self.receive()
-            event = message["event"]
-            if event == "media":
-                call.push_audio(decode_payload(field(message, "media", "payload")))
-            elif event == "mark":
-                call.playback_finished(field(message, "mark", "name"))
-            elif event == "dtmf":
-                call.push_dtmf(field(message, "dtmf", "digit"))
-            elif event == "stop":
-                logger.info("twilio stream %s: stop", self.label)
-                return
-            elif event in ("connected", "start"):
-                raise ProtocolError(f"unexpected {event!r} after start")
-            else:
-                raise ProtocolError(f"unknown event {event!r}", INVALID_PAYLOAD)
+    async def on_event(self, call: Call, event: str, message: dict[str, Any]) -> None:
+        if event == "mark":
+            call.playback_finished(field(message, "mark", "name"))
+        elif event == "dtmf":
+            call.push_dtmf(field(message, "dtmf", "digit"))
+        else:
+            await super().on_event(call, event, message)
 
     async def send_media(self, payload: str) -> None:
         await self.ws.send(f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{payload}"}}}}')
