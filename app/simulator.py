@@ -124,6 +124,21 @@ def webhook(base_url: str, auth_token: str = "", public_url: str = "", **form: s
     return stream.get("url", ""), parameters
 
 
+def start_message(stream_sid: str, call_sid: str, parameters: dict[str, str]) -> str:
+    """Twilio's `start`: the stream's ids, the TwiML's <Parameter>s, the media format."""
+    return json.dumps({
+        "event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
+        "start": {"accountSid": "AC" + "0" * 32, "streamSid": stream_sid, "callSid": call_sid,
+                  "tracks": ["inbound"], "customParameters": parameters,
+                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
+    })
+
+
+def stop_message(stream_sid: str, call_sid: str) -> str:
+    return json.dumps({"event": "stop", "streamSid": stream_sid,
+                       "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid}})
+
+
 class SimulatedCaller:
     def __init__(self, base_url: str, script: list[Step], *, auth_token: str = "", public_url: str = "",
                  hangup_when_done: bool = True) -> None:
@@ -164,18 +179,12 @@ class SimulatedCaller:
             self.ws = ws
             self.stream_sid = stream_sid
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-            await ws.send(json.dumps({
-                "event": "start", "sequenceNumber": "1", "streamSid": stream_sid,
-                "start": {"accountSid": "AC" + "0" * 32, "streamSid": stream_sid, "callSid": call_sid,
-                          "tracks": ["inbound"], "customParameters": params,
-                          "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
-            }))
+            await ws.send(start_message(stream_sid, call_sid, params))
             receiver = asyncio.create_task(self._receive(ws))
             try:
                 await self._send_script(ws)
                 if self.hangup_when_done:
-                    await ws.send(json.dumps({"event": "stop", "streamSid": stream_sid,
-                                              "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid}}))
+                    await ws.send(stop_message(stream_sid, call_sid))
                     self.report.log(self.now(), "stop")
                     await asyncio.wait_for(asyncio.shield(receiver), 5)
                 else:
@@ -190,39 +199,53 @@ class SimulatedCaller:
         return self.report
 
     async def _receive(self, ws) -> None:
+        """Twilio's side of the socket: each message to its handler, until the server closes."""
         try:
             async for raw in ws:
                 message = json.loads(raw)
                 event = message.get("event")
                 t = self.now()
                 if event == "media":
-                    samples = ulaw_decode(base64.b64decode(message["media"]["payload"]))
-                    if not self._reply_open:
-                        self._reply_open = True
-                        self.report.reply_starts.append(t)
-                        self.report.log(t, "reply_start")
-                    self._buffer.append(samples)
-                    self._buffered += len(samples)
-                    self.report.max_buffered_seconds = max(self.report.max_buffered_seconds, self._buffered / RATE)
-                    self._received_total += len(samples)
-                    self.report.received_samples += len(samples)
+                    self._on_media(t, base64.b64decode(message["media"]["payload"]))
                 elif event == "mark":
-                    name = message["mark"]["name"]
-                    self.report.marks_received.append(name)
-                    self._pending_marks.append((self._received_total, name))
-                    self._reply_open = False
+                    self._on_mark(message["mark"]["name"])
                 elif event == "clear":
-                    self.report.clears.append(t)
-                    self.report.log(t, "clear")
-                    self._buffer.clear()
-                    self._buffered = 0
-                    self._played_total = self._received_total
-                    self._reply_open = False
+                    self._on_clear(t)
                     await self._echo_marks(ws)
                 else:
-                    self.report.log(t, "other", raw if isinstance(raw, str) else "<binary>")
+                    self._on_other(t, raw)
         except ConnectionClosed:
             pass
+
+    def _on_media(self, t: float, ulaw: bytes) -> None:
+        samples = ulaw_decode(ulaw)
+        if not self._reply_open:
+            self._reply_open = True
+            self.report.reply_starts.append(t)
+            self.report.log(t, "reply_start")
+        self._buffer.append(samples)
+        self._buffered += len(samples)
+        self.report.max_buffered_seconds = max(self.report.max_buffered_seconds, self._buffered / RATE)
+        self._received_total += len(samples)
+        self.report.received_samples += len(samples)
+
+    def _on_mark(self, name: str) -> None:
+        """The mark is echoed once the audio received before it has played."""
+        self.report.marks_received.append(name)
+        self._pending_marks.append((self._received_total, name))
+        self._reply_open = False
+
+    def _on_clear(self, t: float) -> None:
+        """Drop what is buffered; the pending marks are echoed at once."""
+        self.report.clears.append(t)
+        self.report.log(t, "clear")
+        self._buffer.clear()
+        self._buffered = 0
+        self._played_total = self._received_total
+        self._reply_open = False
+
+    def _on_other(self, t: float, raw: str | bytes) -> None:
+        self.report.log(t, "other", raw if isinstance(raw, str) else "<binary>")
 
     async def _echo_marks(self, ws) -> None:
         while self._pending_marks and self._pending_marks[0][0] <= self._played_total:

@@ -34,7 +34,19 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from app.simulator import FRAME, RATE, TICK, Pause, SimulatedCaller, Speak, Step, WaitForReply, webhook
+from app.simulator import (
+    FRAME,
+    RATE,
+    TICK,
+    Pause,
+    SimulatedCaller,
+    Speak,
+    Step,
+    WaitForReply,
+    start_message,
+    stop_message,
+    webhook,
+)
 from codec import ulaw_decode, ulaw_encode
 
 GAP_SECONDS = 0.3
@@ -115,17 +127,11 @@ class LoadCaller(SimulatedCaller):
             self.ws = ws
             self.connected_at = self.now()
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-            await ws.send(json.dumps({
-                "event": "start", "sequenceNumber": "1", "streamSid": self.stream_sid,
-                "start": {"accountSid": "AC" + "0" * 32, "streamSid": self.stream_sid, "callSid": call_sid,
-                          "tracks": ["inbound"], "customParameters": params,
-                          "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}},
-            }))
+            await ws.send(start_message(self.stream_sid, call_sid, params))
             receiver = asyncio.create_task(self._receive(ws))
             try:
                 await self._send_script(ws)
-                await ws.send(json.dumps({"event": "stop", "streamSid": self.stream_sid,
-                                          "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid}}))
+                await ws.send(stop_message(self.stream_sid, call_sid))
                 await asyncio.wait_for(asyncio.shield(receiver), 5)
             except ConnectionClosed:
                 self.failure = f"socket closed by the server mid-call ({ws.close_code} {ws.close_reason})"
@@ -135,30 +141,6 @@ class LoadCaller(SimulatedCaller):
                 receiver.cancel()
                 await asyncio.gather(receiver, return_exceptions=True)
             self.report.close_code = ws.close_code
-
-    async def _receive(self, ws: Any) -> None:
-        try:
-            async for raw in ws:
-                message = json.loads(raw)
-                event = message.get("event")
-                t = self.now()
-                if event == "media":
-                    self._on_media(t, base64.b64decode(message["media"]["payload"]))
-                elif event == "mark":
-                    name = message["mark"]["name"]
-                    self.report.marks_received.append(name)
-                    self._pending_marks.append((self._received_total, name))
-                    self._close_reply()
-                elif event == "clear":
-                    self.report.clears.append(t)
-                    self._buffered = 0
-                    self._played_total = self._received_total
-                    self._close_reply()
-                    await self._echo_marks(ws)
-                else:
-                    self.other_messages += 1
-        except ConnectionClosed:
-            pass
 
     def _on_media(self, t: float, ulaw: bytes) -> None:
         if self.reply_end == "gap" and t - self._last_arrival >= GAP_SECONDS:
@@ -172,6 +154,20 @@ class LoadCaller(SimulatedCaller):
         self._buffered += len(ulaw)
         self._received_total += len(ulaw)
         self.report.received_samples += len(ulaw)
+
+    def _on_mark(self, name: str) -> None:
+        self.report.marks_received.append(name)
+        self._pending_marks.append((self._received_total, name))
+        self._close_reply()
+
+    def _on_clear(self, t: float) -> None:
+        self.report.clears.append(t)
+        self._buffered = 0
+        self._played_total = self._received_total
+        self._close_reply()
+
+    def _on_other(self, t: float, raw: str | bytes) -> None:
+        self.other_messages += 1
 
     def _close_reply(self) -> None:
         self._reply_open = False
