@@ -14,7 +14,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -71,9 +71,6 @@ class Outbox:
 class CallStats:
     turns: int = 0
     barge_ins: int = 0
-    bot_errors: int = 0
-    #: seconds from the end of each turn's speech to the bot's first audio being queued
-    turn_latencies: list[float] = field(default_factory=list)
 
 
 class CallObserver(Protocol):
@@ -304,9 +301,8 @@ class Call:
                         started = self._talking = True
                         self.send(log("response_starting"))
                         if job.kind == "turn":
-                            latency = self.clock() - job.speech_end_at
-                            self.stats.turn_latencies.append(latency)
-                            self.observer.turn_answered(latency)
+                            # seconds from the end of the turn's speech to the bot's first audio being queued
+                            self.observer.turn_answered(self.clock() - job.speech_end_at)
                     self._queue_audio(item, chunker, resamplers)
                 elif isinstance(item, AdditionalOutputs):
                     self.session.publish_output(item.args)
@@ -321,7 +317,6 @@ class Call:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.stats.bot_errors += 1
             self.observer.bot_error()
             logger.exception("call %s: bot raised during %s", self.id, job.kind,
                              extra={"event": "bot_error", "call_id": self.id, "error": repr(exc)})

@@ -98,14 +98,6 @@ class TurnDetector:
         self._silence = 0
         self._turn_windows = 0
 
-    @property
-    def speaking(self) -> bool:
-        return self._speaking
-
-    @property
-    def position(self) -> int:
-        return self._position
-
     def step(self, window: np.ndarray, p: float) -> TurnEvent | None:
         """Advance by one VAD window (int16, `config.window_samples` long) whose speech probability is p."""
         cfg = self.config

@@ -205,7 +205,6 @@ class VadBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
         self.batches = 0
         self.windows = 0
-        self.infer_seconds = 0.0
 
     def stream(self, sample_rate: int, on_probability: ProbabilityCallback) -> BatchedVadStream:
         return BatchedVadStream(self, sample_rate, on_probability)
@@ -263,10 +262,8 @@ class VadBatcher:
                 states = [stream.state for stream, _ in items]
                 started = time.perf_counter()
                 probabilities = await loop.run_in_executor(self._executor, self._infer, windows, states)
-                seconds = time.perf_counter() - started
-                self.infer_seconds += seconds
                 if self.on_batch is not None:
-                    self.on_batch(seconds, len(items))
+                    self.on_batch(time.perf_counter() - started, len(items))
                 self.batches += 1
                 self.windows += len(items)
                 for (stream, window), p in zip(items, probabilities, strict=True):

@@ -115,7 +115,6 @@ class PacedWriter:
         self.on_reply_end = on_reply_end
         self.send_message = send_message
         self.play_end = 0.0
-        self.frames_sent = 0
 
     async def run(self) -> None:
         """Returns when the call asks to hang up; raises if the socket fails."""
@@ -134,7 +133,6 @@ class PacedWriter:
                 samples = np.concatenate(frames) if len(frames) > 1 else frames[0]
                 await self.send_audio(encode_payload(samples))
                 self.play_end += len(samples) / self.call.outbound_rate
-                self.frames_sent += len(frames)
             elif isinstance(item, ReplyEnd):
                 await self.on_reply_end(item.reply_id, self.play_end)
             elif isinstance(item, Flush):
