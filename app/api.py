@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator
 
 from quart import Blueprint, Response, request
 
-from app.messages import jsonable
+from app.messages import failed, jsonable
 from app.registry import UnknownSession
 
 api = Blueprint("api", __name__)
 
 
 def _error(status: int, message: str) -> tuple[dict, int]:
-    return {"status": "failed", "meta": {"error": message}}, status
+    return failed(message), status
 
 
 @api.post("/input_hook")

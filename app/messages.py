@@ -67,5 +67,10 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def failed(error: str, **meta: Any) -> dict[str, Any]:
+    """The seed's refusal body: `{"status": "failed", "meta": {"error": ..., ...}}`."""
+    return {"status": "failed", "meta": {"error": error, **meta}}
+
+
 def log(data: str) -> ClientMessage:
     return ClientMessage("log", data)

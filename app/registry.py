@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from app.messages import failed
+
 
 class RegistryError(Exception):
     """A registry refusal, with the seed's error code for clients."""
@@ -21,7 +23,7 @@ class RegistryError(Exception):
     code = "error"
 
     def body(self) -> dict[str, Any]:
-        return {"status": "failed", "meta": {"error": self.code}}
+        return failed(self.code)
 
 
 class ConcurrencyLimitReached(RegistryError):
@@ -32,7 +34,7 @@ class ConcurrencyLimitReached(RegistryError):
         self.limit = limit
 
     def body(self) -> dict[str, Any]:
-        return {"status": "failed", "meta": {"error": self.code, "limit": self.limit}}
+        return failed(self.code, limit=self.limit)
 
 
 class ConnectionAlreadyExists(RegistryError):

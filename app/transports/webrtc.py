@@ -41,7 +41,7 @@ from aiortc.sdp import candidate_from_sdp
 from quart import Blueprint, current_app, request
 
 from app.call import Call
-from app.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd
+from app.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, failed
 from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, RegistryError
 from app.settings import Settings
 
@@ -74,7 +74,7 @@ class OfferError(Exception):
 
 
 def _failed(error: str, status: int) -> tuple[dict[str, Any], int]:
-    return {"status": "failed", "meta": {"error": error}}, status
+    return failed(error), status
 
 
 def peers() -> dict[str, PeerCall]:
