@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
     if command == "serve":
-        from app.server import configure_logging, serve
+        from app.server import ServeError, configure_logging, serve
         from bots.loader import BotLoadError, load_bot
 
         try:
@@ -68,8 +68,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"callbridge: invalid settings:\n  BOT: {exc}", file=sys.stderr)
             return 2
         configure_logging(settings.log_level, settings.log_format)
-        with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
-            runner.run(serve(settings))
+        try:
+            with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
+                runner.run(serve(settings))
+        except ServeError as exc:
+            print(f"callbridge: {exc}", file=sys.stderr)
+            return 1
         return 0
     raise AssertionError(f"unhandled command {command}")
 

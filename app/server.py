@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import shutil
 import signal
+import tempfile
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -26,9 +29,11 @@ from app.softphone import softphone
 from app.transports.asgi import MediaSocketRoutes
 from app.transports.browser import OFFER_PATH
 from app.transports.browser import offer as browser_offer
+from app.transports.edge import ClientAddress, Edge
 from app.transports.twilio import HANDLER_PATH, telephone
 from app.transports.twilio import handler as twilio_handler
 from app.transports.webrtc import webrtc
+from app.transports.websocket import Handler
 from app.turns import TurnConfig
 from app.vad import VadBatcher, load_vad
 from bots.base import CallInfo
@@ -37,7 +42,14 @@ from codec import SUPPORTED_RATES, Resampler
 
 log = logging.getLogger("callbridge")
 
+#: The µ-law media sockets: served by the edge, or through ASGI when a connection reaches Hypercorn.
+MEDIA_ROUTES: dict[str, Handler] = {HANDLER_PATH: twilio_handler, OFFER_PATH: browser_offer}
+
 __all__ = ["Services", "configure_logging", "create_app", "serve", "services"]
+
+
+class ServeError(Exception):
+    """The service cannot start (e.g. the port is taken); the message says why."""
 
 
 class ServiceUnavailable(RegistryError):
@@ -142,9 +154,7 @@ def create_app(settings: Settings) -> Quart:
     app.register_blueprint(softphone)
 
     # The two µ-law media sockets bypass Quart's websocket layer (see app.transports.asgi).
-    app.asgi_app = MediaSocketRoutes(  # type: ignore[method-assign]
-        app.asgi_app, state, {HANDLER_PATH: twilio_handler, OFFER_PATH: browser_offer}
-    )
+    app.asgi_app = MediaSocketRoutes(app.asgi_app, state, MEDIA_ROUTES)  # type: ignore[method-assign]
 
     @app.before_serving
     async def _start() -> None:
@@ -172,22 +182,29 @@ def prepare_resamplers() -> None:
 
 
 async def serve(settings: Settings) -> None:
-    """Serve on Hypercorn. SIGTERM drains (new calls refused, calls in progress finish within
-    SHUTDOWN_GRACE_SECONDS, then the bot says goodbye) and exits; a second signal stops at once."""
+    """Serve: the edge listens on HOST:PORT and serves the media sockets; Hypercorn serves the Quart app on
+    a private Unix socket behind it (app.transports.edge). SIGTERM drains (new calls refused, calls in
+    progress finish within SHUTDOWN_GRACE_SECONDS, then the bot says goodbye) and exits; a second signal
+    stops at once."""
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
+    app = create_app(settings)
+    state: Services = app.extensions["callbridge"]
+    app.asgi_app = ClientAddress(app.asgi_app)  # type: ignore[method-assign]
+    private = tempfile.mkdtemp(prefix="callbridge-")  # mode 0700: only this user reaches Hypercorn
+    upstream = os.path.join(private, "http.sock")
     config = Config()
-    config.bind = [f"{settings.host}:{settings.port}"]
+    config.bind = [f"unix:{upstream}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, printed once
     config.graceful_timeout = 5.0  # calls have drained by the time Hypercorn is asked to stop
     # A hard cap well above MAX_MESSAGE_BYTES; the transports enforce the setting with a clear error.
     config.websocket_max_message_size = settings.max_message_bytes * 4
-    app = create_app(settings)
-    state: Services = app.extensions["callbridge"]
+    edge = Edge(state, MEDIA_ROUTES, upstream, max_size=settings.max_message_bytes * 4)
 
     stop = asyncio.Event()
+    hypercorn_stop = asyncio.Event()
     drain: asyncio.Task[None] | None = None
 
     def on_signal(sig: signal.Signals) -> None:
@@ -203,6 +220,23 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    log.info("serving on http://%s:%d", settings.host, settings.port)
-    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    http = asyncio.create_task(hypercorn_serve(app, config, shutdown_trigger=hypercorn_stop.wait))  # type: ignore[arg-type]
+    try:
+        # Hypercorn binds once the app has started (VAD loaded): then the edge opens the public port.
+        while not os.path.exists(upstream):
+            if http.done():
+                http.result()
+                raise RuntimeError("Hypercorn stopped before it listened")
+            await asyncio.sleep(0.02)
+        try:
+            await edge.start(settings.host, settings.port)
+        except OSError as exc:
+            raise ServeError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
+        log.info("serving on http://%s:%d", settings.host, settings.port)
+        await stop.wait()
+    finally:
+        await edge.close()
+        hypercorn_stop.set()
+        await http
+        shutil.rmtree(private, ignore_errors=True)
     log.info("stopped")

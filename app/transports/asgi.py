@@ -1,9 +1,9 @@
-"""The two µ-law media sockets served straight on ASGI, in front of Quart.
+"""The two µ-law media sockets on ASGI, in front of Quart, for connections that reach Hypercorn.
 
-Every inbound 20 ms media message through Quart's websocket layer costs a blinker signal, a queue hop
-to a second task and context-local lookups; at 50 messages a second per call that was a sizeable share
-of the event loop's time (bench/results/profile.md). These routes read and write the ASGI events
-directly; everything else still goes to the Quart app.
+The edge (app.transports.edge) serves media sockets itself; a media upgrade still reaches Hypercorn when
+the app runs behind another ASGI server. Every inbound 20 ms media message through Quart's websocket
+layer costs a blinker signal, a queue hop to a second task and context-local lookups, so these routes
+read and write the ASGI events directly; everything else goes to the Quart app.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-
-class ClientGone(Exception):
-    """The client closed the socket (or the connection dropped)."""
+from app.transports.websocket import ClientGone, Handler
 
 
 class RawWebSocket:
@@ -50,9 +48,6 @@ class RawWebSocket:
         if not self.closed:
             self.closed = True
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
-
-
-Handler = Callable[[Any, RawWebSocket], Awaitable[None]]
 
 
 class MediaSocketRoutes:

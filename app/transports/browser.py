@@ -15,8 +15,8 @@ from typing import Any
 
 from app.call import Call
 from app.messages import ClientMessage
-from app.transports.asgi import RawWebSocket
 from app.transports.media import INVALID_PAYLOAD, MediaSocket, ProtocolError, field
+from app.transports.websocket import WebSocket
 
 logger = logging.getLogger("callbridge.browser")
 
@@ -26,8 +26,8 @@ RATE = 8000
 OFFER_PATH = "/websocket/offer"
 
 
-async def offer(state: Any, ws: RawWebSocket) -> None:
-    """WS /websocket/offer (routed by app.transports.asgi)."""
+async def offer(state: Any, ws: WebSocket) -> None:
+    """WS /websocket/offer (routed by app.transports.edge)."""
     stream = BrowserStream(state, ws)
     try:
         await stream.run()
@@ -38,7 +38,7 @@ async def offer(state: Any, ws: RawWebSocket) -> None:
 class BrowserStream(MediaSocket):
     name = "browser socket"
 
-    def __init__(self, state: Any, ws: RawWebSocket) -> None:
+    def __init__(self, state: Any, ws: WebSocket) -> None:
         super().__init__(state, ws)
         self._timers: list[asyncio.TimerHandle] = []
 

@@ -23,7 +23,7 @@ import numpy as np
 from app.call import Call
 from app.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
 from app.registry import ConnectionAlreadyExists, RegistryError
-from app.transports.asgi import ClientGone, RawWebSocket
+from app.transports.websocket import ClientGone, WebSocket
 from codec import ulaw_decode, ulaw_encode
 
 logger = logging.getLogger("callbridge.transport")
@@ -166,7 +166,7 @@ class MediaSocket:
 
     name = "socket"
 
-    def __init__(self, state: Any, ws: RawWebSocket) -> None:
+    def __init__(self, state: Any, ws: WebSocket) -> None:
         self.state = state
         self.ws = ws
         self.settings = state.settings

@@ -23,8 +23,8 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from app.call import Call
 from app.messages import ClientMessage
-from app.transports.asgi import RawWebSocket
 from app.transports.media import INVALID_PAYLOAD, POLICY_VIOLATION, MediaSocket, ProtocolError, field
+from app.transports.websocket import WebSocket
 
 logger = logging.getLogger("callbridge.twilio")
 
@@ -103,8 +103,8 @@ async def incoming() -> Response | tuple[str, int]:
     return Response(str(response), mimetype="text/xml")
 
 
-async def handler(state: Any, ws: RawWebSocket) -> None:
-    """WS /telephone/handler (routed by app.transports.asgi): check the upgrade's signature, then run."""
+async def handler(state: Any, ws: WebSocket) -> None:
+    """WS /telephone/handler (routed by app.transports.edge): check the upgrade's signature, then run."""
     base = public_base(state.settings, "https" if ws.scheme == "wss" else "http", ws.host)
     if not signature_valid(state.settings, stream_url(base), {}, ws.headers):
         state.metrics.errors.labels("signature").inc()
@@ -119,7 +119,7 @@ class TwilioStream(MediaSocket):
 
     name = "twilio stream"
 
-    def __init__(self, state: Any, ws: RawWebSocket) -> None:
+    def __init__(self, state: Any, ws: WebSocket) -> None:
         super().__init__(state, ws)
         self._sid_json = '""'
 

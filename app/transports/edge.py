@@ -1,0 +1,368 @@
+"""The public listener: the µ-law media WebSockets served here, every other connection passed to Hypercorn.
+
+Why (measured, bench/results/history.md): one inbound 20 ms media message through Hypercorn's WebSocket
+path (h11 and wsproto in pure Python, then a queue hop to the ASGI task) costs ~89 µs of CPU; through
+websockets' sans-I/O protocol (C-accelerated unmasking) on an asyncio Protocol ~20 µs. At 50 messages a
+second per call that was most of what a phone call cost.
+
+Each new connection is read up to the end of its first request head. A WebSocket upgrade to a media
+route is answered here and handed to that route's handler. Anything else (the webhook, the HTTP API,
+WebRTC signalling, the softphone, requests that are not HTTP at all) is spliced byte for byte to
+Hypercorn, which serves the Quart app on a private Unix socket; the edge adds only `Connection: close`,
+so that a client's next request arrives on a new connection and is routed again, and the client's
+address, which Hypercorn cannot see through the Unix socket (`ClientAddress` puts it back in the scope).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from websockets.frames import Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from app.transports.websocket import ClientGone, Handler
+
+logger = logging.getLogger("callbridge.edge")
+# websockets logs every opened and closed connection at INFO; the handlers log what matters.
+_ws_logger = logging.getLogger("callbridge.edge.websocket")
+_ws_logger.setLevel(logging.WARNING)
+
+HEAD_LIMIT = 16 * 1024  # a longer first request head is passed to Hypercorn, which refuses it
+HEAD_TIMEOUT = 10.0  # seconds a new connection has to send its first request head
+CLOSE_TIMEOUT = 2.0  # seconds the client has to answer our close frame before the TCP connection is cut
+PAUSE_AFTER = 64  # unread messages (~1.3 s of 20 ms media) before the edge stops reading a socket
+RESUME_BELOW = 16
+PEER_HEADER = b"x-callbridge-peer"
+
+_REQUEST_LINE = re.compile(rb"([A-Z]+) (\S+) HTTP/1\.[01]")
+
+
+class Edge:
+    """Listens on the public address; owns the media connections it serves."""
+
+    def __init__(self, state: Any, routes: dict[str, Handler], upstream: str, max_size: int) -> None:
+        self.state = state
+        self.routes = routes
+        self.upstream = upstream
+        self.max_size = max_size  # a hard cap; the transports enforce MAX_MESSAGE_BYTES with a clear error
+        self.server: asyncio.Server | None = None
+        self.sockets: set[MediaConnection] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: FirstRequest(self), host, port, backlog=1024)
+
+    async def close(self) -> None:
+        """Stop listening, close the media sockets still open and wait for their handlers."""
+        if self.server is not None:
+            self.server.close()
+        for connection in list(self.sockets):
+            connection.abort()
+        await asyncio.gather(*(c.task for c in list(self.sockets) if c.task is not None), return_exceptions=True)
+
+
+class FirstRequest(asyncio.Protocol):
+    """A new connection until its first request head is in: then a media socket or a splice to Hypercorn."""
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self.transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None and self.timer is not None
+        self.buffer += data
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0 and len(self.buffer) <= HEAD_LIMIT:
+            return
+        self.timer.cancel()
+        head, rest = bytes(self.buffer[:end]), bytes(self.buffer[end + 4:])
+        path = media_upgrade_path(head) if end >= 0 else None
+        handler = self.edge.routes.get(path) if path is not None else None
+        if handler is not None:
+            MediaConnection(self.edge, handler, self.transport).start(bytes(self.buffer))
+        elif end >= 0 and _REQUEST_LINE.match(head):
+            Splice.start(self.transport, self.edge.upstream,
+                         with_peer(head, self.transport.get_extra_info("peername")) + rest)
+        else:  # not HTTP, or a head too long: Hypercorn answers as it would have
+            Splice.start(self.transport, self.edge.upstream, bytes(self.buffer))
+
+    def eof_received(self) -> bool | None:
+        return None  # nothing complete to route: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+def media_upgrade_path(head: bytes) -> str | None:
+    """The path of a `GET ... Upgrade: websocket` request head, else None."""
+    match = _REQUEST_LINE.match(head)
+    if match is None or match[1] != b"GET":
+        return None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"upgrade" and value.strip().lower() == b"websocket":
+            return match[2].split(b"?", 1)[0].decode("latin1")
+    return None
+
+
+def with_peer(head: bytes, peer: Any) -> bytes:
+    """The request head for Hypercorn: any peer header the client sent dropped, ours (the socket's peer
+    address) and `Connection: close` added."""
+    lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(PEER_HEADER + b":")]
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        lines.append(PEER_HEADER + f": {peer[0]} {peer[1]}".encode())
+    lines.append(b"connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class Splice(asyncio.Protocol):
+    """One direction of a connection passed to Hypercorn: what arrives is written to `peer`."""
+
+    def __init__(self, peer: asyncio.Transport) -> None:
+        self.peer = peer
+
+    @classmethod
+    def start(cls, client: asyncio.Transport, upstream: str, first: bytes) -> None:
+        client.pause_reading()
+        task = asyncio.ensure_future(cls._connect(client, upstream, first))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    @classmethod
+    async def _connect(cls, client: asyncio.Transport, upstream: str, first: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            server, _ = await loop.create_unix_connection(lambda: cls(client), upstream)
+        except OSError as exc:
+            logger.error("cannot reach the HTTP app at %s: %s", upstream, exc)
+            client.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            client.close()
+            return
+        if client.is_closing():
+            server.close()
+            return
+        server.write(first)
+        client.set_protocol(cls(server))  # type: ignore[arg-type]
+        client.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.peer.write(data)
+
+    def eof_received(self) -> bool | None:
+        if self.peer.can_write_eof() and not self.peer.is_closing():
+            self.peer.write_eof()
+        return True  # keep our side open for the rest of the other direction
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.peer.close()
+
+    def pause_writing(self) -> None:  # our transport's buffer is full: stop reading what fills it
+        self.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.peer.resume_reading()
+
+
+class MediaConnection(asyncio.Protocol):
+    """One media WebSocket on websockets' sans-I/O protocol, offering the handlers' WebSocket interface."""
+
+    scheme = "ws"
+
+    def __init__(self, edge: Edge, handler: Handler, transport: asyncio.Transport) -> None:
+        self.edge = edge
+        self.handler = handler
+        self.transport = transport
+        self.protocol = ServerProtocol(max_size=edge.max_size, logger=_ws_logger)
+        self.headers: dict[str, str] = {}
+        self.host = ""
+        self.closed = False  # we started closing, or the connection is gone
+        self.gone = False  # the client closed or the connection dropped: nothing more will arrive
+        self.messages: deque[str | bytes] = deque()
+        self.fragments: list[bytes] = []
+        self.fragment_opcode: Opcode | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.drained: asyncio.Future[None] | None = None
+        self.reading_paused = False
+        self.close_timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self, received: bytes) -> None:
+        """Take over the connection with everything received so far (the upgrade request and maybe more)."""
+        self.transport.set_protocol(self)
+        self.protocol.receive_data(received)
+        events = self.protocol.events_received()
+        request = events[0] if events else None
+        if not isinstance(request, Request):  # websockets could not parse it: it has answered with an error
+            self._flush()
+            return
+        response = self.protocol.accept(request)
+        self.protocol.send_response(response)
+        self._flush()
+        if response.status_code != 101:
+            logger.info("refused a WebSocket upgrade to %s: %d", request.path, response.status_code)
+            return
+        self.headers = {name.lower(): value for name, value in request.headers.raw_items()}
+        self.host = self.headers.get("host", "")
+        self.edge.sockets.add(self)
+        self.task = asyncio.get_running_loop().create_task(self._serve())
+        if len(events) > 1:  # frames that came with the request
+            self._handle_frames(events[1:])
+
+    async def _serve(self) -> None:
+        try:
+            await self.handler(self.edge.state, self)
+        except ClientGone:
+            pass
+        except Exception:
+            logger.exception("media socket handler failed")
+        finally:
+            if not self.closed:
+                await self.close(1011, "handler ended without closing")
+            self.edge.sockets.discard(self)
+
+    # The handlers' interface (app.transports.websocket.WebSocket).
+
+    async def receive(self) -> str | bytes:
+        while not self.messages:
+            if self.gone:
+                raise ClientGone
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        if self.reading_paused and len(self.messages) <= RESUME_BELOW:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        return self.messages.popleft()
+
+    async def send(self, text: str) -> None:
+        if self.closed or self.protocol.state is not State.OPEN:
+            raise ClientGone
+        self.protocol.send_text(text.encode())
+        self._flush()
+        if self.drained is not None:
+            await asyncio.shield(self.drained)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
+            self._flush()
+        elif not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once (shutdown)."""
+        self.closed = True
+        self.transport.abort()
+
+    # asyncio.Protocol callbacks.
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        self._handle_frames(self.protocol.events_received())
+
+    def eof_received(self) -> bool | None:
+        self.protocol.receive_eof()
+        self._handle_frames(self.protocol.events_received())
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gone = self.closed = True
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        self._wake()
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.drained = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
+        self.drained = None
+
+    # Internals.
+
+    def _handle_frames(self, frames: list[Any]) -> None:
+        for frame in frames:
+            opcode = frame.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
+                if frame.fin:
+                    self._deliver(opcode, frame.data)
+                else:
+                    self.fragment_opcode, self.fragments = opcode, [frame.data]
+            elif opcode is Opcode.CONT and self.fragment_opcode is not None:
+                self.fragments.append(frame.data)
+                if frame.fin:
+                    self._deliver(self.fragment_opcode, b"".join(self.fragments))
+                    self.fragment_opcode, self.fragments = None, []
+        self._flush()
+        if self.protocol.state is not State.OPEN:
+            self.gone = True
+            if self.protocol.close_rcvd is None and self.protocol.close_sent is not None and not self.closed:
+                # websockets failed the connection (a protocol violation or a message over the size limit).
+                sent = self.protocol.close_sent
+                logger.warning("media socket closed with %d: %s", sent.code, sent.reason or "protocol error")
+        if self.messages or self.gone:
+            self._wake()
+        if len(self.messages) >= PAUSE_AFTER and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def _deliver(self, opcode: Opcode, data: bytes) -> None:
+        if opcode is Opcode.BINARY:
+            self.messages.append(bytes(data))
+            return
+        try:
+            self.messages.append(data.decode())
+        except UnicodeDecodeError:
+            self.protocol.fail(1007, "text message is not valid UTF-8")
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def _flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+            else:  # websockets' end-of-stream marker: the closing handshake is over
+                self.transport.close()
+        if self.protocol.close_expected() and self.close_timer is None and not self.transport.is_closing():
+            self.close_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, self.transport.abort)
+
+
+class ClientAddress:
+    """ASGI middleware behind the edge: the client's address from the edge's header back into the scope."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = scope["headers"]
+            for index, (name, value) in enumerate(headers):
+                if name == PEER_HEADER:
+                    host, _, port = value.decode("latin1").rpartition(" ")
+                    scope = {**scope, "client": (host, int(port) if port.isdigit() else 0),
+                             "headers": headers[:index] + headers[index + 1:]}
+                    break
+        await self.app(scope, receive, send)

@@ -1,0 +1,161 @@
+"""The edge in front of Hypercorn (app.transports.edge), spoken to with raw sockets where a client library
+would hide what is being checked: routing, client addresses, WebSocket framing corner cases."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+
+import pytest
+from websockets.asyncio.client import connect
+
+
+def http_exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send a raw request and read until the server closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def open_raw_websocket(port: int, path: str, *, version: str = "13") -> tuple[socket.socket, bytes]:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    return sock, head
+
+
+def frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True) -> bytes:
+    first = (0x80 if fin else 0) | opcode
+    length = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if length < 126:
+        header = bytes([first, mask_bit | length])
+    elif length < 65536:
+        header = bytes([first, mask_bit | 126]) + length.to_bytes(2, "big")
+    else:
+        header = bytes([first, mask_bit | 127]) + length.to_bytes(8, "big")
+    if not masked:
+        return header + payload
+    key = os.urandom(4)
+    return header + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def read_close_code(sock: socket.socket) -> int | None:
+    """Read server frames until a close frame; its status code (None if the connection just ends)."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+        while len(data) >= 2:
+            opcode, length = data[0] & 0x0F, data[1] & 0x7F
+            offset = 2
+            if length == 126:
+                length, offset = int.from_bytes(data[2:4], "big"), 4
+            elif length == 127:
+                length, offset = int.from_bytes(data[2:10], "big"), 10
+            if len(data) < offset + length:
+                break
+            payload, data = data[offset:offset + length], data[offset + length:]
+            if opcode == 0x8:
+                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+
+
+def test_http_goes_through_with_connection_close(echo_server):
+    response = http_exchange(echo_server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" in head.lower(), "each request on its own connection, so each one is routed"
+    assert json.loads(body) == {"status": "ok"}
+
+
+def test_request_body_and_non_media_paths_reach_the_app(echo_server):
+    body = b"From=%2B15550100001&To=%2B15550100002&CallSid=CAedge"
+    response = http_exchange(echo_server.port, b"POST /telephone/incoming HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/x-www-form-urlencoded\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    assert response.startswith(b"HTTP/1.1 200") and b"<Stream" in response
+    # A WebSocket upgrade to a path that is no media socket is the app's to answer.
+    sock, head = open_raw_websocket(echo_server.port, "/no/such/socket")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 404")
+
+
+def test_the_app_sees_the_clients_address_and_not_a_forged_one(server_factory):
+    server = server_factory(twilio_auth_token="edge-secret", public_url="https://edge.example")
+    response = http_exchange(server.port, b"POST /telephone/incoming HTTP/1.1\r\nHost: x\r\n"
+                             b"X-Callbridge-Peer: 203.0.113.9 4444\r\nContent-Length: 0\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 403")
+    refused = [line for line in server.logs().splitlines() if "webhook refused" in line]
+    assert refused and refused[-1].endswith("(from 127.0.0.1)"), refused
+
+
+def test_a_bad_handshake_is_refused_with_http(echo_server):
+    sock, head = open_raw_websocket(echo_server.port, "/websocket/offer", version="8")
+    head += sock.recv(4096)  # the body says what was wrong
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 400") and b"Sec-WebSocket-Version" in head, head
+
+
+@pytest.mark.parametrize(("name", "frames", "expected"), [
+    ("invalid UTF-8 in a text frame", [frame(0x1, b"\xff\xfe{}")], 1007),
+    ("unmasked client frame", [frame(0x1, b'{"event":"stop"}', masked=False)], 1002),
+    ("continuation without a start", [frame(0x0, b"{}")], 1002),
+    ("message over the hard size cap", [frame(0x1, b"x" * (4 * 65536 + 1))], 1009),
+])
+def test_framing_errors_close_with_the_fitting_code(echo_server, name, frames, expected):
+    sock, head = open_raw_websocket(echo_server.port, "/websocket/offer")
+    assert head.startswith(b"HTTP/1.1 101")
+    with sock:
+        for data in frames:
+            sock.sendall(data)
+        assert read_close_code(sock) == expected, name
+    with socket.create_connection(("127.0.0.1", echo_server.port), timeout=5) as probe:
+        probe.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b'"calls":0' in probe.recv(65536).replace(b" ", b"")
+
+
+async def test_fragmented_messages_and_control_frames_on_a_media_socket(echo_server):
+    url = echo_server.url.replace("http", "ws") + "/websocket/offer"
+    async with connect(url) as ws:
+        start = json.dumps({"event": "start", "websocket_id": "fragments"})
+        await ws.send([start[:10], start[10:25], start[25:]])  # one message in three frames
+        pong = await ws.ping(b"are you there")
+        await asyncio.wait_for(pong, 5)
+        await ws.send('{"event": "ping"}')
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert answer == {"event": "pong"}
+        await ws.send('{"event": "stop"}')
+        await asyncio.wait_for(ws.wait_closed(), 5)
+    assert ws.close_code == 1000
+
+
+async def test_messages_sent_with_the_upgrade_are_not_lost(echo_server):
+    """A client may pipeline its first frames right behind the upgrade request, before the 101 arrives."""
+    port = echo_server.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    start = json.dumps({"event": "start", "websocket_id": "pipelined"}).encode()
+    writer.write(f"GET /websocket/offer HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+                 + frame(0x1, start) + frame(0x1, b'{"event": "ping"}'))
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    first = await asyncio.wait_for(reader.readexactly(2), 5)
+    payload = await reader.readexactly(first[1] & 0x7F)
+    assert json.loads(payload) == {"event": "pong"}
+    writer.close()
