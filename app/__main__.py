@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the HTTP/WebSocket API (the default command)")
     serve.add_argument("--host", help="override HOST")
     serve.add_argument("--port", type=int, help="override PORT")
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor (app.workers)
     call = commands.add_parser(
         "call", help="simulate a Twilio phone call: play a WAV into /telephone/handler and record the reply",
         description="Plays WAV into the Twilio handler in real time as Twilio would (webhook, connected, "
@@ -67,10 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         except BotLoadError as exc:
             print(f"callbridge: invalid settings:\n  BOT: {exc}", file=sys.stderr)
             return 2
-        configure_logging(settings.log_level, settings.log_format)
+        worker = getattr(args, "worker", None)
+        configure_logging(settings.log_level, settings.log_format, worker)
+        if settings.workers > 1 and worker is None:
+            from app.workers import supervise
+
+            return supervise(settings)
         try:
             with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
-                runner.run(serve(settings))
+                runner.run(serve(settings, worker or 0))
         except ServeError as exc:
             print(f"callbridge: {exc}", file=sys.stderr)
             return 1

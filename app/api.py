@@ -32,7 +32,7 @@ async def input_hook() -> tuple[dict, int]:
         return _error(422, 'body must be a JSON object with a string "webrtc_id"')
     call_id = body.pop("webrtc_id")
     try:
-        services().registry.set_input(call_id, *body.values())
+        await services().set_input(call_id, *body.values())
     except UnknownSession:
         return _error(404, f"no call with webrtc_id {call_id!r}")
     return {"status": "ok"}, 200
@@ -46,7 +46,7 @@ async def updates() -> Response | tuple[dict, int]:
     if not call_id:
         return _error(422, "the webrtc_id query parameter is required")
     try:
-        stream = services().registry.output_stream(call_id)
+        stream = await services().output_stream(call_id)
     except UnknownSession:
         return _error(404, f"no call with webrtc_id {call_id!r}")
 

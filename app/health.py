@@ -20,7 +20,7 @@ async def readyz() -> tuple[dict, int]:
 
     state = services()
     if state.ready:
-        return {"status": "ready", "calls": state.registry.count()}, 200
+        return {"status": "ready", "calls": await state.count()}, 200
     return {"status": "draining" if state.draining else "starting"}, 503
 
 

@@ -12,19 +12,24 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from quart import Quart, current_app
+from redis.exceptions import RedisError
 
 from app.api import api
 from app.call import Call
 from app.health import health
 from app.logs import configure_logging
 from app.metrics import Metrics
-from app.registry import ConcurrencyLimitReached, MemoryRegistry, RegistryError
+from app.registry import ConcurrencyLimitReached, MemoryRegistry, RegistryError, UnknownSession
 from app.settings import Settings
+from app.shared import SharedRegistry, SharedRegistryUnavailable
 from app.softphone import softphone
 from app.transports.asgi import MediaSocketRoutes
 from app.transports.browser import OFFER_PATH
@@ -69,12 +74,13 @@ class Services:
     vad: VadBatcher | None = None
     draining: bool = False
     calls: dict[str, Call] = field(default_factory=dict)
+    shared: SharedRegistry | None = None  # with REDIS_URL: ids, limit, inputs and outputs across processes
 
     @property
     def ready(self) -> bool:
         return self.vad is not None and not self.draining
 
-    def open_call(
+    async def open_call(
         self, call_id: str, transport: str, *, inbound_rate: int, outbound_rate: int,
         parameters: dict[str, str] | None = None,
     ) -> Call:
@@ -82,6 +88,12 @@ class Services:
         if not self.ready or self.vad is None:
             raise ServiceUnavailable("the service is not accepting calls right now")
         try:
+            if self.shared is not None:
+                try:
+                    await self.shared.claim(call_id)
+                except (RedisError, OSError) as exc:
+                    log.error("call %s refused: the shared registry is unreachable: %s", call_id, exc)
+                    raise ServiceUnavailable("the service cannot reach its shared registry") from None
             session = self.registry.open(call_id, transport)
         except ConcurrencyLimitReached:
             self.metrics.rejections.inc()
@@ -89,8 +101,10 @@ class Services:
         try:
             bot = self.bot_factory(CallInfo(call_id=call_id, transport=transport, parameters=parameters or {}))
         except Exception:
-            self.registry.close(call_id)
+            await self._release(call_id)
             raise
+        if self.shared is not None:
+            self.shared.mirror(session)
         call = Call(
             session, bot, self.vad, inbound_rate=inbound_rate, outbound_rate=outbound_rate,
             turn_config=partial(TurnConfig.from_settings, self.settings), barge_in=self.settings.barge_in,
@@ -107,11 +121,41 @@ class Services:
         """Stop the bot and free the call's slot; safe to call more than once."""
         await call.close()
         if self.calls.pop(call.id, None) is not None:
-            self.registry.close(call.id)
+            await self._release(call.id)
             self.metrics.calls_in_progress.labels(call.session.transport).dec()
             log.info("call %s ended: %d turns, %d barge-ins", call.id, call.stats.turns, call.stats.barge_ins,
                      extra={"event": "call_end", "call_id": call.id, "transport": call.session.transport,
                             "turns": call.stats.turns, "barge_ins": call.stats.barge_ins})
+
+    async def _release(self, call_id: str) -> None:
+        self.registry.close(call_id)
+        if self.shared is not None:
+            try:
+                await self.shared.release(call_id)
+            except (RedisError, OSError) as exc:
+                log.error("call %s: could not free its shared slot: %s", call_id, exc)
+
+    async def count(self) -> int:
+        """Calls in progress here: on every worker of this replica when the registry is shared."""
+        return await self.shared.count() if self.shared is not None else self.registry.count()
+
+    async def set_input(self, call_id: str, *args: Any) -> None:
+        """`set_input` for a call in this process or, with a shared registry, in any other."""
+        try:
+            self.registry.set_input(call_id, *args)
+        except UnknownSession:
+            if self.shared is None:
+                raise
+            await self.shared.send_command(call_id, "input", list(args))
+
+    async def output_stream(self, call_id: str) -> AsyncIterator[tuple[Any, ...]]:
+        """`output_stream` of a call in this process or, with a shared registry, in any other."""
+        try:
+            return self.registry.output_stream(call_id)
+        except UnknownSession:
+            if self.shared is None:
+                raise
+            return await self.shared.output_stream(call_id)
 
     async def drain(self, grace_seconds: float, farewell_seconds: float = 5.0) -> None:
         """Refuse new calls, let calls in progress finish for up to `grace_seconds`, then have the bot
@@ -139,11 +183,15 @@ def services() -> Services:
     return current_app.extensions["callbridge"]
 
 
-def create_app(settings: Settings) -> Quart:
+def create_app(settings: Settings, worker: int = 0) -> Quart:
+    """The Quart app; `worker` numbers this process among WORKERS (it names the process in Redis)."""
     app = Quart(__name__)
     state = Services(
         settings=settings, bot_factory=load_bot(settings.bot), registry=MemoryRegistry(settings.concurrency_limit)
     )
+    if settings.redis_url:
+        replica = socket.gethostname()
+        state.shared = SharedRegistry(settings.redis_url, replica, f"{replica}/{worker}", settings.concurrency_limit)
     app.extensions["callbridge"] = state
     app.register_blueprint(health)
     app.register_blueprint(api)
@@ -172,6 +220,11 @@ def create_app(settings: Settings) -> Quart:
         if state.vad is not None:
             await state.vad.close()
 
+    async def _local_input(call_id: str, args: Any) -> None:
+        state.registry.set_input(call_id, *args)
+
+    if state.shared is not None:
+        state.shared.on_command("input", _local_input)
     return app
 
 
@@ -181,17 +234,22 @@ def prepare_resamplers() -> None:
         Resampler(source, target)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, worker: int = 0) -> None:
     """Serve: the edge listens on HOST:PORT and serves the media sockets; Hypercorn serves the Quart app on
     a private Unix socket behind it (app.transports.edge). SIGTERM drains (new calls refused, calls in
     progress finish within SHUTDOWN_GRACE_SECONDS, then the bot says goodbye) and exits; a second signal
-    stops at once."""
+    stops at once. With WORKERS > 1 this is one of several processes sharing the port (app.workers)."""
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
-    app = create_app(settings)
+    app = create_app(settings, worker)
     state: Services = app.extensions["callbridge"]
     app.asgi_app = ClientAddress(app.asgi_app)  # type: ignore[method-assign]
+    if state.shared is not None:
+        try:
+            await state.shared.start()
+        except SharedRegistryUnavailable as exc:
+            raise ServeError(str(exc)) from None
     private = tempfile.mkdtemp(prefix="callbridge-")  # mode 0700: only this user reaches Hypercorn
     upstream = os.path.join(private, "http.sock")
     config = Config()
@@ -220,7 +278,9 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    http = asyncio.create_task(hypercorn_serve(app, config, shutdown_trigger=hypercorn_stop.wait))  # type: ignore[arg-type]
+    http = asyncio.create_task(
+        hypercorn_serve(app, config, shutdown_trigger=hypercorn_stop.wait)  # type: ignore[arg-type]
+    )
     try:
         # Hypercorn binds once the app has started (VAD loaded): then the edge opens the public port.
         while not os.path.exists(upstream):
@@ -229,14 +289,17 @@ async def serve(settings: Settings) -> None:
                 raise RuntimeError("Hypercorn stopped before it listened")
             await asyncio.sleep(0.02)
         try:
-            await edge.start(settings.host, settings.port)
+            await edge.start(settings.host, settings.port, reuse_port=settings.workers > 1)
         except OSError as exc:
             raise ServeError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
-        log.info("serving on http://%s:%d", settings.host, settings.port)
+        log.info("serving on http://%s:%d%s", settings.host, settings.port,
+                 f" (worker {worker} of {settings.workers})" if settings.workers > 1 else "")
         await stop.wait()
     finally:
         await edge.close()
         hypercorn_stop.set()
         await http
+        if state.shared is not None:
+            await state.shared.close()
         shutil.rmtree(private, ignore_errors=True)
     log.info("stopped")

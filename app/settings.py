@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     outbound_lead_ms: int = Field(60, ge=0, le=2000)
+    workers: int = Field(1, ge=1, le=64)
+    redis_url: str = ""
 
     # --- Twilio -------------------------------------------------------------------------------------
     twilio_auth_token: str = ""
@@ -84,10 +86,24 @@ class Settings(BaseSettings):
             raise ValueError("must be 429, or 200 for clients that cannot read error bodies")
         return value
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
     @model_validator(mode="after")
     def _check_hysteresis(self) -> Settings:
         if self.vad_exit_threshold > self.vad_enter_threshold:
             raise ValueError("VAD_EXIT_THRESHOLD must not exceed VAD_ENTER_THRESHOLD")
+        return self
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> Settings:
+        if self.workers > 1 and not self.redis_url:
+            raise ValueError("WORKERS above 1 needs REDIS_URL: the workers share ids, the limit and inputs there")
         return self
 
 

@@ -49,7 +49,7 @@ class BrowserStream(MediaSocket):
         self.label = field(message, "websocket_id")
         if not self.label:
             raise ProtocolError("websocket_id must not be empty", INVALID_PAYLOAD)
-        return self.state.open_call(self.label, "websocket", inbound_rate=RATE, outbound_rate=RATE)
+        return await self.state.open_call(self.label, "websocket", inbound_rate=RATE, outbound_rate=RATE)
 
     async def on_event(self, call: Call, event: str, message: dict[str, Any]) -> None:
         if event != "ping":

@@ -55,9 +55,11 @@ class Edge:
         self.server: asyncio.Server | None = None
         self.sockets: set[MediaConnection] = set()
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
+        """Listen; `reuse_port` lets several worker processes share the port (the kernel spreads connections)."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: FirstRequest(self), host, port, backlog=1024)
+        self.server = await loop.create_server(lambda: FirstRequest(self), host, port, backlog=1024,
+                                               reuse_port=reuse_port or None)
 
     async def close(self) -> None:
         """Stop listening, close the media sockets still open and wait for their handlers."""

@@ -83,7 +83,7 @@ async def incoming() -> Response | tuple[str, int]:
     if not call_sid:
         return "CallSid is required", 422
     response = VoiceResponse()
-    if not state.ready or state.registry.count() >= state.registry.limit:
+    if not state.ready or await state.count() >= state.registry.limit:
         if state.ready:
             state.metrics.rejections.inc()
         logger.warning("webhook for %s rejected: %s", call_sid, "draining" if state.ready else "at capacity")
@@ -146,7 +146,7 @@ class TwilioStream(MediaSocket):
                 raise ProtocolError("invalid or missing call token (start the call through /telephone/incoming)")
             parameters = {str(k): str(v) for k, v in params.items() if k != "token"}
             parameters["CallSid"] = call_sid
-            return self.state.open_call(
+            return await self.state.open_call(
                 self.label, "twilio", inbound_rate=RATE, outbound_rate=RATE, parameters=parameters
             )
 

@@ -32,6 +32,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCDataChannel,
+    RTCIceCandidate,
     RTCIceServer,
     RTCPeerConnection,
     RTCSessionDescription,
@@ -42,7 +43,7 @@ from quart import Blueprint, current_app, request
 
 from app.call import Call
 from app.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, failed
-from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, RegistryError
+from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, RegistryError, UnknownSession
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -84,7 +85,17 @@ def peers() -> dict[str, PeerCall]:
 
 @webrtc.record_once
 def _install(state: Any) -> None:
-    state.app.extensions["callbridge.webrtc"] = {}
+    live: dict[str, PeerCall] = {}
+    state.app.extensions["callbridge.webrtc"] = live
+    shared = state.app.extensions["callbridge"].shared
+
+    async def candidate_from_another_worker(call_id: str, candidate: Any) -> None:
+        peer = live.get(call_id)
+        if peer is not None:
+            await peer.add_candidate(parse_candidate(candidate))
+
+    if shared is not None:
+        shared.on_command("ice", candidate_from_another_worker)
 
 
 @webrtc.after_app_serving
@@ -118,7 +129,8 @@ async def offer() -> tuple[dict[str, Any], int]:
 
     state = services()
     try:
-        call = state.open_call(call_id, "webrtc", inbound_rate=RATE, outbound_rate=RATE, parameters={"mode": mode})
+        call = await state.open_call(call_id, "webrtc", inbound_rate=RATE, outbound_rate=RATE,
+                                     parameters={"mode": mode})
     except RegistryError as exc:
         logger.warning("webrtc offer %s refused: %s", call_id, exc)
         return exc.body(), _refusal_status(exc, state.settings)
@@ -142,16 +154,31 @@ def _refusal_status(exc: RegistryError, settings: Settings) -> int:
 
 
 async def _add_candidate(call_id: str, candidate: Any) -> None:
-    """A trickled ICE candidate (the browser's RTCIceCandidate.toJSON()) for a call whose offer was sent."""
+    """A trickled ICE candidate (the browser's RTCIceCandidate.toJSON()) for a call whose offer was sent.
+    With several workers the offer may have reached another process: the candidate is passed to it."""
+    from app.server import services
+
+    parsed = parse_candidate(candidate)
+    peer = peers().get(call_id)
+    if peer is not None:
+        await peer.add_candidate(parsed)
+        return
+    shared = services().shared
+    try:
+        if shared is None:
+            raise UnknownSession(call_id)
+        await shared.send_command(call_id, "ice", candidate)
+    except UnknownSession:
+        raise OfferError(f"no WebRTC call with webrtc_id {call_id!r}: send the offer first", 404) from None
+
+
+def parse_candidate(candidate: Any) -> RTCIceCandidate | None:
+    """The aiortc candidate, or None for end-of-candidates; OfferError when it is not a candidate."""
     if not isinstance(candidate, dict) or not isinstance(candidate.get("candidate"), str):
         raise OfferError('"candidate" must be an object with a "candidate" string')
-    peer = peers().get(call_id)
-    if peer is None:
-        raise OfferError(f"no WebRTC call with webrtc_id {call_id!r}: send the offer first", 404)
     line = candidate["candidate"].strip()
     if not line:
-        await peer.add_candidate(None)
-        return
+        return None
     try:
         parsed = candidate_from_sdp(line.removeprefix("a=").removeprefix("candidate:"))
     except (AssertionError, ValueError, IndexError):
@@ -160,7 +187,7 @@ async def _add_candidate(call_id: str, candidate: Any) -> None:
     parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
     if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
         parsed.sdpMLineIndex = 0
-    await peer.add_candidate(parsed)
+    return parsed
 
 
 class CallAudioTrack(MediaStreamTrack):

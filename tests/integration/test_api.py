@@ -58,7 +58,12 @@ def test_sigterm_and_sigint_shut_down_cleanly(tmp_path):
 
 
 async def test_input_hook_and_sse_updates(server_factory):
-    server = server_factory(bot="tests.sample_bots:labeller")
+    await check_input_hook_and_updates(server_factory(bot="tests.sample_bots:labeller"), "sse-1")
+
+
+async def check_input_hook_and_updates(server: Server, call_id: str) -> None:
+    """set_input over POST /input_hook and outputs over GET /updates for a live browser call (every request
+    on a new connection: with several workers, any of them may answer)."""
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         assert (await client.post("/input_hook", json={"webrtc_id": "nobody", "label": "x"})).status_code == 404
         assert (await client.post("/input_hook", content=b"not json")).status_code == 422
@@ -68,20 +73,20 @@ async def test_input_hook_and_sse_updates(server_factory):
 
         said = speech("Hello, please label this turn.", RATE)
         utterance = np.concatenate([said, silence(1.0, RATE)])
-        call = asyncio.create_task(browser_call(server.url, "sse-1", np.concatenate([silence(1.0, RATE), utterance,
-                                                                                       utterance]),
+        call = asyncio.create_task(browser_call(server.url, call_id, np.concatenate([silence(1.0, RATE), utterance,
+                                                                                      utterance]),
                                                 pace=0.02, until="never", timeout=12))
         await asyncio.sleep(0.5)
-        response = await client.post("/input_hook", json={"webrtc_id": "sse-1", "label": "first"})
+        response = await client.post("/input_hook", json={"webrtc_id": call_id, "label": "first"})
         assert response.status_code == 200
         outputs: list = []
-        async with client.stream("GET", "/updates", params={"webrtc_id": "sse-1"}) as stream:
+        async with client.stream("GET", "/updates", params={"webrtc_id": call_id}) as stream:
             assert stream.headers["content-type"].startswith("text/event-stream")
             async for line in stream.aiter_lines():
                 if line.startswith("data: "):
                     outputs.append(json.loads(line[6:]))
                     if len(outputs) == 1:
-                        await client.post("/input_hook", json={"webrtc_id": "sse-1", "label": "second"})
+                        await client.post("/input_hook", json={"webrtc_id": call_id, "label": "second"})
                     if len(outputs) == 2:
                         break
         result = await call

@@ -104,7 +104,9 @@ class SlowTalker(Bot):
     async def reply(self, turn: Turn):
         self.turns.append(turn)
         try:
-            for _ in range(100):
+            # ~3 s: longer than the VAD takes to catch up with a test's audio pushed all at once (one window
+            # per stream per batch, a batch every MIN_BATCH_INTERVAL).
+            for _ in range(300):
                 yield Audio(np.full(800, 1000, np.int16), 8000)
                 await asyncio.sleep(0.01)
         finally:
@@ -157,7 +159,7 @@ async def test_without_barge_in_speech_during_reply_is_the_next_turn(batcher):
     items = take_all(call)
     assert not any(isinstance(i, Flush) for i in items)
     assert len(call.bot.turns) == 1, "the second turn waits until the first reply is done"
-    for _ in range(200):
+    for _ in range(500):
         await asyncio.sleep(0.01)
         if len(call.bot.turns) == 2:
             break

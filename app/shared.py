@@ -1,0 +1,220 @@
+"""What several callbridge processes (workers on one machine, replicas behind a load balancer) share,
+through Redis.
+
+Each process keeps its own calls in its MemoryRegistry: a Call needs its Session object, and audio never
+leaves the process that holds the socket. Redis holds only what the other processes must see:
+
+- `callbridge:session:{id}` -> the owning worker: ids are unique across every process;
+- `callbridge:calls:{replica}`, a hash worker -> calls: a replica's calls, counted against its
+  CONCURRENCY_LIMIT by one Lua script, so two workers can never both take the last slot;
+- `callbridge:owned:{worker}`, the ids a worker holds: cleaned up when the worker starts again after a crash;
+- channel `callbridge:worker:{worker}`: commands for a worker's calls (set_input, trickled ICE candidates);
+- `callbridge:output:{id}` (the latest outputs, JSON) and channel `callbridge:outputs:{id}`: outputs for
+  `output_stream` in other processes, then an end marker when the call ends.
+
+Values crossing processes are JSON: inputs come from JSON bodies anyway; outputs go through `jsonable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as redis
+
+from app.messages import jsonable
+from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, Session, UnknownSession
+
+logger = logging.getLogger("callbridge.shared")
+
+PREFIX = "callbridge:"
+END = "__end__"  # the last message on a call's outputs channel
+
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local total = 0
+for _, n in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(n) end
+if total >= tonumber(ARGV[2]) then return -2 end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('SADD', KEYS[3], ARGV[3])
+return total + 1
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('SREM', KEYS[3], ARGV[2]) == 1 then redis.call('HINCRBY', KEYS[2], ARGV[1], -1) end
+redis.call('DEL', KEYS[4])
+redis.call('PUBLISH', KEYS[5], ARGV[3])
+return 0
+"""
+
+_FORGET_WORKER = """
+local prefix, worker, finished = ARGV[1], ARGV[2], ARGV[3]
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('GET', prefix .. 'session:' .. id) == worker then redis.call('DEL', prefix .. 'session:' .. id) end
+  redis.call('DEL', prefix .. 'output:' .. id)
+  redis.call('PUBLISH', prefix .. 'outputs:' .. id, finished)
+end
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[2], worker)
+return 0
+"""
+
+CommandHandler = Callable[[str, Any], Awaitable[None]]
+
+
+class SharedRegistryUnavailable(Exception):
+    """Redis cannot be reached; the message says where and why."""
+
+
+class SharedRegistry:
+    """One worker's view of the shared state; its own calls' Sessions stay in its MemoryRegistry."""
+
+    def __init__(self, url: str, replica: str, worker: str, limit: int) -> None:
+        self.url = url
+        self.replica = replica
+        self.worker = worker
+        self.limit = limit
+        self.redis: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
+        self._claim = self.redis.register_script(_CLAIM)
+        self._release = self.redis.register_script(_RELEASE)
+        self._forget = self.redis.register_script(_FORGET_WORKER)
+        self._commands: dict[str, CommandHandler] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._mirrors: dict[str, asyncio.Task[None]] = {}
+
+    def key(self, kind: str, name: str) -> str:
+        return f"{PREFIX}{kind}:{name}"
+
+    async def start(self) -> None:
+        """Forget what an earlier run of this worker left behind (a crash), then listen for commands."""
+        try:
+            await self._forget(keys=[self.key("owned", self.worker), self.key("calls", self.replica)],
+                               args=[PREFIX, self.worker, json.dumps(END)])
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            await pubsub.subscribe(self.key("worker", self.worker))
+        except (redis.RedisError, OSError) as exc:
+            raise SharedRegistryUnavailable(f"cannot use Redis at {self.url}: {exc}") from None
+        self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub), name="shared-commands")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self._forget(keys=[self.key("owned", self.worker), self.key("calls", self.replica)],
+                               args=[PREFIX, self.worker, json.dumps(END)])
+        await self.redis.aclose()
+
+    def on_command(self, kind: str, handler: CommandHandler) -> None:
+        """`handler(call_id, data)` runs here when another process sends `kind` for one of our calls."""
+        self._commands[kind] = handler
+
+    # Calls opening and ending.
+
+    async def claim(self, call_id: str) -> None:
+        """Take the id and a slot of this replica's limit; raises ConnectionAlreadyExists or
+        ConcurrencyLimitReached."""
+        result = await self._claim(
+            keys=[self.key("session", call_id), self.key("calls", self.replica), self.key("owned", self.worker)],
+            args=[self.worker, self.limit, call_id])
+        if result == -1:
+            raise ConnectionAlreadyExists(f"a call with id {call_id!r} already exists")
+        if result == -2:
+            raise ConcurrencyLimitReached(self.limit)
+
+    def mirror(self, session: Session) -> None:
+        """Copy the call's outputs to Redis, in order, for the other processes."""
+        self._mirrors[session.id] = asyncio.get_running_loop().create_task(self._mirror(session))
+
+    async def release(self, call_id: str) -> None:
+        """Free the id and the slot; ends other processes' output streams (after the last output)."""
+        mirror = self._mirrors.pop(call_id, None)
+        if mirror is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(mirror), 2.0)
+            mirror.cancel()
+        await self._release(
+            keys=[self.key("session", call_id), self.key("calls", self.replica), self.key("owned", self.worker),
+                  self.key("output", call_id), self.key("outputs", call_id)],
+            args=[self.worker, call_id, json.dumps(END)])
+
+    async def count(self) -> int:
+        """Calls in progress on this replica (every worker)."""
+        return sum(int(n) for n in (await self.redis.hvals(self.key("calls", self.replica))))
+
+    # Calls held by other processes.
+
+    async def send_command(self, call_id: str, kind: str, data: Any) -> None:
+        """Deliver a command to the process holding `call_id`; raises UnknownSession when none does."""
+        owner = await self.redis.get(self.key("session", call_id))
+        if owner is None:
+            raise UnknownSession(f"no call with id {call_id!r}")
+        message = json.dumps({"kind": kind, "id": call_id, "data": data})
+        if await self.redis.publish(self.key("worker", owner), message) == 0:
+            raise UnknownSession(f"the process holding call {call_id!r} is gone")
+
+    async def output_stream(self, call_id: str) -> AsyncIterator[tuple[Any, ...]]:
+        """Outputs published from now on, until the call ends; raises UnknownSession at once when no
+        process holds the call. Subscribed before the check, so nothing published in between is lost."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self.key("outputs", call_id))
+        if not await self.redis.exists(self.key("session", call_id)):
+            await pubsub.aclose()
+            raise UnknownSession(f"no call with id {call_id!r}")
+        return self._outputs(pubsub)
+
+    # Internals.
+
+    async def _outputs(self, pubsub: Any) -> AsyncIterator[tuple[Any, ...]]:
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") != "message":
+                    continue
+                value = json.loads(message["data"])
+                if value == END:
+                    return
+                yield tuple(value)
+        finally:
+            await pubsub.aclose()
+
+    async def _mirror(self, session: Session) -> None:
+        async for outputs in session.output_stream():
+            encoded = json.dumps(jsonable(list(outputs)))
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.set(self.key("output", session.id), encoded)
+                    pipe.publish(self.key("outputs", session.id), encoded)
+                    await pipe.execute()
+            except (redis.RedisError, OSError) as exc:
+                logger.warning("call %s: output not shared: %s", session.id, exc)
+
+    async def _listen(self, pubsub: Any) -> None:
+        while True:
+            try:
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        await self._dispatch(message["data"])
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except (redis.RedisError, OSError) as exc:
+                logger.error("shared registry: command channel lost (%s); resubscribing in 1 s", exc)
+                await asyncio.sleep(1.0)
+                with contextlib.suppress(redis.RedisError, OSError):
+                    await pubsub.subscribe(self.key("worker", self.worker))
+
+    async def _dispatch(self, raw: str) -> None:
+        try:
+            command = json.loads(raw)
+            handler = self._commands[command["kind"]]
+            await handler(command["id"], command["data"])
+        except UnknownSession:
+            pass  # the call ended meanwhile
+        except Exception:
+            logger.exception("shared registry: command failed: %.200s", raw)

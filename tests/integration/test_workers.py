@@ -1,0 +1,173 @@
+"""Several processes, one service: the shared registry on a real redis-server, and WORKERS=2 end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import uuid
+
+import httpx
+import numpy as np
+import pytest
+
+from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, MemoryRegistry, UnknownSession
+from app.shared import SharedRegistry
+from app.simulator import Pause, Speak, WaitForReply, webhook
+from tests.integration.clients import browser_call, raw_exchange
+from tests.integration.conftest import Server, free_port
+from tests.integration.test_api import check_input_hook_and_updates, run_cli
+from tests.integration.test_phone import HELLO, simulate
+from tests.speech import peak_correlation, silence, speech
+
+RATE = 8000
+
+
+@pytest.fixture
+async def pair(redis_url):
+    """Two workers of one replica (as two processes would see Redis), each with its own local registry."""
+    replica = f"test-{uuid.uuid4().hex[:8]}"
+    workers = [SharedRegistry(redis_url, replica, f"{replica}/{i}", limit=2) for i in range(2)]
+    for worker in workers:
+        await worker.start()
+    yield workers
+    for worker in workers:
+        await worker.close()
+
+
+async def test_ids_and_the_limit_are_shared(pair):
+    a, b = pair
+    await a.claim("a1")
+    await b.claim("b1")
+    with pytest.raises(ConcurrencyLimitReached):
+        await a.claim("a2")
+    with pytest.raises(ConnectionAlreadyExists):
+        await b.claim("b1")
+    assert await a.count() == await b.count() == 2
+    await a.release("a1")
+    await b.claim("a1")  # the freed id and slot, now taken by the other worker
+    with pytest.raises(ConnectionAlreadyExists):
+        await a.claim("a1")
+
+
+async def test_commands_reach_the_worker_holding_the_call(pair):
+    a, b = pair
+    local = MemoryRegistry(10)
+    session = local.open("held-by-a", "websocket")
+
+    async def set_input(call_id: str, data: list) -> None:
+        local.set_input(call_id, *data)
+
+    a.on_command("input", set_input)
+    await a.claim("held-by-a")
+    await b.send_command("held-by-a", "input", [0.25, "slow"])
+    assert await session.take_input(timeout=5) == (0.25, "slow")
+    with pytest.raises(UnknownSession):
+        await b.send_command("nobody", "input", [1])
+
+
+async def test_outputs_stream_to_other_workers_in_order_and_end_with_the_call(pair):
+    a, b = pair
+    local = MemoryRegistry(10)
+    session = local.open("talker", "websocket")
+    await a.claim("talker")
+    a.mirror(session)
+    stream = await b.output_stream("talker")  # subscribed now: nothing published from here on is missed
+    session.publish_output(({"n": 1}, "one"))
+    session.publish_output((np.float32(2.5), "two"))  # numpy values cross as JSON
+    local.close("talker")
+    await a.release("talker")
+    received = [outputs async for outputs in stream]
+    assert received == [({"n": 1}, "one"), (2.5, "two")]
+    with pytest.raises(UnknownSession):
+        await b.output_stream("talker")
+
+
+async def test_a_restarted_worker_frees_what_it_held_before_it_crashed(redis_url):
+    replica = f"test-{uuid.uuid4().hex[:8]}"
+    crashed = SharedRegistry(redis_url, replica, f"{replica}/0", limit=1)
+    await crashed.start()
+    await crashed.claim("left-over")
+    crashed._listener.cancel()  # dies without releasing anything
+    other = SharedRegistry(redis_url, replica, f"{replica}/1", limit=1)
+    await other.start()
+    with pytest.raises(ConcurrencyLimitReached):
+        await other.claim("new")
+    restarted = SharedRegistry(redis_url, replica, f"{replica}/0", limit=1)
+    await restarted.start()
+    assert await other.count() == 0
+    await other.claim("left-over")
+    for worker in (restarted, other):
+        await worker.close()
+    await crashed.redis.aclose()
+
+
+@pytest.fixture(scope="module")
+def two_workers(server_factory, redis_url):
+    return server_factory(workers=2, redis_url=redis_url, concurrency_limit=2)
+
+
+def worker_of(server: Server, pattern: str) -> set[str]:
+    return set(re.findall(r"\[worker (\d)\] [\w.]+: " + pattern, server.logs()))
+
+
+async def test_two_workers_share_the_port_and_each_call_works_wherever_it_lands(two_workers):
+    said = speech(HELLO, RATE)
+    for _ in range(6):  # each call's webhook and stream land on either worker
+        report = await simulate(two_workers, [Pause(0.3), Speak(said), WaitForReply("heard")])
+        assert peak_correlation(report.heard_audio, said) > 0.9
+    for _ in range(20):
+        webhook(two_workers.url)
+    assert worker_of(two_workers, "webhook") == {"0", "1"}, "the kernel spread connections over both workers"
+
+
+async def test_the_limit_holds_over_both_workers(two_workers):
+    browser_url = two_workers.url.replace("http", "ws") + "/websocket/offer"
+    holders = [asyncio.create_task(browser_call(two_workers.url, f"holder-{i}", silence(0.1, RATE), until="never",
+                                                timeout=4.0)) for i in range(2)]
+    await asyncio.sleep(1.0)
+    expected = {"status": "failed", "meta": {"error": "concurrency_limit_reached", "limit": 2}}
+    for i in range(4):  # whichever worker takes it, the replica is full
+        received, code = await raw_exchange(browser_url, [json.dumps({"event": "start", "websocket_id": f"x{i}"})])
+        assert json.loads(received[0]) == expected and code == 1013
+    readiness = {httpx.get(two_workers.url + "/readyz").json()["calls"] for _ in range(6)}
+    assert readiness == {2}, "every worker counts the replica's calls"
+    with pytest.raises(RuntimeError, match="rejected"):
+        webhook(two_workers.url)
+    await asyncio.gather(*holders)
+    for _ in range(30):
+        if httpx.get(two_workers.url + "/readyz").json()["calls"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    received, code = await raw_exchange(browser_url, [json.dumps({"event": "start", "websocket_id": "after"}),
+                                                      json.dumps({"event": "stop"})])
+    assert code == 1000
+
+
+async def test_inputs_and_outputs_reach_a_call_on_another_worker(server_factory, redis_url):
+    server = server_factory(workers=2, redis_url=redis_url, bot="tests.sample_bots:labeller")
+    await check_input_hook_and_updates(server, "across-workers")
+    assert worker_of(server, "call across-workers started") != set(), "the call ran in one of the workers"
+
+
+def test_workers_need_redis():
+    result = run_cli(WORKERS="2")
+    assert result.returncode == 2 and "REDIS_URL" in result.stderr
+
+
+def test_a_worker_that_cannot_start_stops_the_service(tmp_path):
+    result = run_cli(WORKERS="2", REDIS_URL="redis://127.0.0.1:9/0", PORT=str(free_port()))
+    assert result.returncode == 1
+    assert "cannot use Redis at redis://127.0.0.1:9/0" in result.stderr
+    assert "stopping the others" in result.stderr
+
+
+def test_sigterm_drains_every_worker(tmp_path, redis_url):
+    server = Server({"WORKERS": "2", "REDIS_URL": redis_url}, tmp_path / "workers.log")
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0
+    server.log.close()
+    logs = server.logs()
+    assert worker_of(server, "SIGTERM received") == {"0", "1"}
+    assert "all workers stopped (exit codes [0, 0])" in logs
