@@ -59,12 +59,13 @@ IDLE = ("EpollSelector.select", "select (selectors.py", "_worker (concurrent/fut
 
 
 def record(pid: int, duration: float, out: Path, rate: int = 100) -> subprocess.Popen[bytes]:
-    """Start py-spy on `pid` for `duration` seconds; the caller waits for the returned process."""
+    """Start py-spy on `pid` and its subprocesses (callbridge's workers) for `duration` seconds; the caller
+    waits for the returned process."""
     py_spy = Path(sys.executable).with_name("py-spy")
     out.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [str(py_spy), "record", "--pid", str(pid), "--duration", str(round(duration)), "--rate", str(rate),
-         "--nonblocking", "--format", "raw", "--output", str(out)],
+        [str(py_spy), "record", "--pid", str(pid), "--subprocesses", "--duration", str(round(duration)),
+         "--rate", str(rate), "--nonblocking", "--format", "raw", "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 

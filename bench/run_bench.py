@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -34,13 +35,24 @@ from bench import hotspots, report
 from bench.caller import Phrases
 from bench.fastrtc_server import install_model
 from bench.load import Target, load_phrases, run_load, summarise
-from bench.servers import ROOT, ProcSampler, Server, ServerSpec, cpu_seconds, machine_busy_seconds, status
+from bench.servers import (
+    ROOT,
+    ProcSampler,
+    RedisServer,
+    Server,
+    ServerSpec,
+    cpu_seconds,
+    machine_busy_seconds,
+    status,
+)
 
 WORK = ROOT / "bench" / "work"
 RESULTS = ROOT / "bench" / "results"
 FASTRTC_VENV = WORK / "fastrtc-venv"
 FASTRTC_REQUIREMENTS = ["fastrtc[vad]==0.0.34", "twilio", "uvicorn"]
 PAUSE_MS = 512  # callbridge's PAUSE_MS (its default), set explicitly so the criterion and the server agree
+#: callbridge's WORKERS: one event loop per core (app.workers); they share a Redis started for the run.
+WORKERS = os.cpu_count() or 1
 #: FastRTC has no silence setting: ReplyOnPause ends a turn on the first 0.6 s chunk with < 0.1 s of speech.
 FASTRTC_SILENCE_MS = 600
 LADDERS = {
@@ -55,6 +67,10 @@ QUIET_WAIT = 60.0
 NOTES = [
     "callbridge ran from a copy of app/, codec/ and bots/ taken when the run started (the hash is in the "
     "versions line): the tree was being edited meanwhile.",
+    f"callbridge ran with WORKERS={WORKERS} (one process per core on the same port, app/workers.py) sharing "
+    "a redis-server started for the run; its CPU, memory and threads are summed over the supervisor, the "
+    "workers and that Redis. FastRTC keeps its calls' state inside its process, so it runs as one uvicorn "
+    "process.",
     "FastRTC's reference app (bench/fastrtc_server.py) is `Stream(ReplyOnPause(echo), modality='audio', "
     "mode='send-receive')` mounted on FastAPI, served by uvicorn. Its VAD is the silero_vad.onnx of the "
     "silero-vad wheel placed in the offline hub cache; that file is Silero v5/v6 while FastRTC calls the v4 "
@@ -99,16 +115,19 @@ def snapshot_code() -> tuple[Path, str]:
     return target, digest.hexdigest()[:10]
 
 
-def specs(snapshot: Path = ROOT) -> dict[str, ServerSpec]:
+def specs(snapshot: Path = ROOT, redis: RedisServer | None = None) -> dict[str, ServerSpec]:
     top = max(max(ladder) for ladder in LADDERS.values())
+    shared = {"WORKERS": str(WORKERS), "REDIS_URL": redis.url} if redis is not None else {}
     return {
         "callbridge": ServerSpec(
             name="callbridge",
             command=(sys.executable, "-m", "app"),
             cwd=snapshot,
             env={"HOST": "127.0.0.1", "PORT": "{port}", "CONCURRENCY_LIMIT": str(top + 40), "BOT": "echo",
-                 "PAUSE_MS": str(PAUSE_MS), "LOG_LEVEL": "INFO", "TWILIO_AUTH_TOKEN": "", "PUBLIC_URL": ""},
+                 "PAUSE_MS": str(PAUSE_MS), "LOG_LEVEL": "INFO", "TWILIO_AUTH_TOKEN": "", "PUBLIC_URL": "",
+                 **shared},
             ready_path="/readyz", reply_end="mark", expects_clear=True, silence_ms=PAUSE_MS,
+            companions=(redis.pid,) if redis is not None else (),
         ),
         "fastrtc": ServerSpec(
             name="fastrtc",
@@ -136,8 +155,6 @@ def ensure_fastrtc() -> None:
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
-    import os
-
     memory = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal"))
     return (f"{os.cpu_count()} cores ({cpu}), {memory / 2**20:.0f} GB RAM, Linux {platform.release()}, "
@@ -194,14 +211,14 @@ def run_level(spec: ServerSpec, calls: int, phrases: Phrases, *, n1_rounds: int 
     busy_before = wait_for_quiet()
     server = Server(spec, WORK / "logs" / f"{spec.name}-{calls}{'-profile' if profile_to else ''}.log")
     try:
-        idle_cpu = cpu_seconds(server.pid)
+        idle_cpu = cpu_seconds(*server.pids)
         time.sleep(2.0)
-        idle_cores = (cpu_seconds(server.pid) - idle_cpu) / 2.0
-        rss_idle = status(server.pid)["rss"]
+        idle_cores = (cpu_seconds(*server.pids) - idle_cpu) / 2.0
+        rss_idle = status(*server.pids)["rss"]
         target = Target(server.url, spec.reply_end, spec.expects_clear)
         rounds = n1_rounds if calls == 1 else 1
         spy = hotspots.record(server.pid, 28 + 2 * rounds, profile_to) if profile_to else None
-        with ProcSampler(server.pid) as sampler:
+        with ProcSampler(server.pids) as sampler:
             run = run_load(target, phrases, calls, rounds=rounds)
         if spy is not None:
             spy.wait(60)
@@ -279,7 +296,17 @@ def main() -> int:
     phrases = load_phrases()
     snapshot, snapshot_hash = snapshot_code()
     version_info = versions(snapshot_hash)
-    servers = specs(snapshot)
+    redis = RedisServer(WORK / "logs" / "redis.log") if WORKERS > 1 else None
+    try:
+        return run(args, began, out, phrases, snapshot, version_info, redis)
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
+def run(args: argparse.Namespace, began: float, out: Path, phrases: Phrases, snapshot: Path, version_info: str,
+        redis: RedisServer | None) -> int:
+    servers = specs(snapshot, redis)
     if args.profile_only:
         out.mkdir(parents=True, exist_ok=True)
         profile_callbridge(servers["callbridge"], args.profile_calls or 64, phrases, version_info, out)

@@ -1,7 +1,8 @@
 """Start, watch and stop the servers under test; read their CPU time and memory from /proc.
 
-A server runs as one process started here (no shell in between), so /proc/<pid> is the server itself,
-all its threads included. `ProcSampler` reads it every 0.2 s while a load runs.
+A server is the process started here (no shell in between) and every process under it (callbridge with
+WORKERS > 1 is a supervisor and its workers), plus any companion process it needs (the Redis its workers
+share): CPU and memory are summed over all of them. `ProcSampler` reads them every 0.2 s while a load runs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class ServerSpec:
     expects_clear: bool
     silence_ms: int  # the quiet the server needs before it ends a turn: the latency criterion's base
     cwd: Path = ROOT
+    companions: tuple[int, ...] = ()  # processes the server needs, counted as part of it (its Redis)
 
 
 def free_port() -> int:
@@ -41,23 +43,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of the process, all threads (from /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime: fields 14 and 15 of stat
+def family(roots: list[int]) -> list[int]:
+    """The root processes and all their descendants that are alive now."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat") as f:
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+    found = [pid for pid in roots if pid in parents]
+    for pid in found:  # grows while it is walked: breadth first
+        found.extend(child for child, parent in parents.items() if parent == pid and child not in found)
+    return found
 
 
-def status(pid: int) -> dict[str, int]:
-    """VmRSS (bytes) and Threads from /proc/<pid>/status."""
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key == "VmRSS":
-                out["rss"] = int(value.split()[0]) * 1024
-            elif key == "Threads":
-                out["threads"] = int(value)
+def cpu_seconds(*roots: int) -> float:
+    """User + system CPU time of the processes and their descendants, all threads (/proc/<pid>/stat)."""
+    total = 0.0
+    for pid in family(list(roots)):
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime: fields 14 and 15 of stat
+    return total
+
+
+def status(*roots: int) -> dict[str, int]:
+    """VmRSS (bytes) and Threads from /proc/<pid>/status, summed over the processes and their descendants."""
+    out = {"rss": 0, "threads": 0}
+    for pid in family(list(roots)):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == "VmRSS":
+                    out["rss"] += int(value.split()[0]) * 1024
+                elif key == "Threads":
+                    out["threads"] += int(value)
     return out
 
 
@@ -83,6 +103,7 @@ class Server:
         self.process = subprocess.Popen(command, cwd=spec.cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
         self.pid = self.process.pid
+        self.pids = [self.pid, *spec.companions]
         try:
             self.cold_start = self._wait_ready(started, start_timeout)
         except BaseException:
@@ -113,6 +134,36 @@ class Server:
         self._log.close()
 
 
+class RedisServer:
+    """A private redis-server on loopback for the run (callbridge's workers share their registry there)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                         "--save", "", "--appendonly", "no"], stdout=self._log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.pid = self.process.pid
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start:\n{log_path.read_text()}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+        self._log.close()
+
+
 @dataclass
 class ProcSample:
     t: float
@@ -124,9 +175,9 @@ class ProcSample:
 
 @dataclass
 class ProcSampler:
-    """Samples a process's CPU time, RSS and thread count every `interval` seconds in a thread."""
+    """Samples processes' CPU time, RSS and thread count (with their descendants) every `interval` seconds."""
 
-    pid: int
+    pids: list[int]
     interval: float = 0.2
     samples: list[ProcSample] = field(default_factory=list)
 
@@ -135,9 +186,8 @@ class ProcSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def sample(self) -> ProcSample:
-        st = status(self.pid)
-        return ProcSample(time.time(), cpu_seconds(self.pid), st.get("rss", 0), st.get("threads", 0),
-                          machine_busy_seconds())
+        st = status(*self.pids)
+        return ProcSample(time.time(), cpu_seconds(*self.pids), st["rss"], st["threads"], machine_busy_seconds())
 
     def _run(self) -> None:
         while not self._stop.is_set():
