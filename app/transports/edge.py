@@ -58,7 +58,7 @@ class Edge:
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         """Listen; `reuse_port` lets several worker processes share the port (the kernel spreads connections)."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: FirstRequest(self), host, port, backlog=1024,
+        self.server = await loop.create_server(lambda: Connection(self), host, port, backlog=1024,
                                                reuse_port=reuse_port or None)
 
     async def close(self) -> None:
@@ -70,20 +70,26 @@ class Edge:
         await asyncio.gather(*(c.task for c in list(self.sockets) if c.task is not None), return_exceptions=True)
 
 
-class FirstRequest(asyncio.Protocol):
-    """A new connection until its first request head is in: then a media socket or a splice to Hypercorn."""
+class Connection(asyncio.Protocol):
+    """The one protocol of every public connection: reads the first request head, then hands everything
+    to what serves the connection (a MediaConnection or a Splice). Delegating instead of switching the
+    transport's protocol keeps to plain asyncio (switching inside a read callback crashed uvloop under load)."""
 
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.next: MediaConnection | Splice | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self.timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self.transport.close)
 
     def data_received(self, data: bytes) -> None:
+        if self.next is not None:
+            self.next.data_received(data)
+            return
         assert self.transport is not None and self.timer is not None
         self.buffer += data
         end = self.buffer.find(b"\r\n\r\n")
@@ -94,19 +100,31 @@ class FirstRequest(asyncio.Protocol):
         path = media_upgrade_path(head) if end >= 0 else None
         handler = self.edge.routes.get(path) if path is not None else None
         if handler is not None:
-            MediaConnection(self.edge, handler, self.transport).start(bytes(self.buffer))
+            media = self.next = MediaConnection(self.edge, handler, self.transport)
+            media.start(bytes(self.buffer))
         elif end >= 0 and _REQUEST_LINE.match(head):
-            Splice.start(self.transport, self.edge.upstream,
-                         with_peer(head, self.transport.get_extra_info("peername")) + rest)
+            first = with_peer(head, self.transport.get_extra_info("peername")) + rest
+            self.next = Splice(self.transport, self.edge.upstream, first)
         else:  # not HTTP, or a head too long: Hypercorn answers as it would have
-            Splice.start(self.transport, self.edge.upstream, bytes(self.buffer))
+            self.next = Splice(self.transport, self.edge.upstream, bytes(self.buffer))
+        self.buffer = bytearray()
 
     def eof_received(self) -> bool | None:
-        return None  # nothing complete to route: close
+        return self.next.eof_received() if self.next is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        if self.next is not None:
+            self.next.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self.next is not None:
+            self.next.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.next is not None:
+            self.next.resume_writing()
 
 
 def media_upgrade_path(head: bytes) -> str | None:
@@ -131,54 +149,85 @@ def with_peer(head: bytes, peer: Any) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-class Splice(asyncio.Protocol):
-    """One direction of a connection passed to Hypercorn: what arrives is written to `peer`."""
+class Splice:
+    """A connection passed to Hypercorn: bytes copied both ways; when one side's writes back up, reading
+    the other side pauses."""
 
-    def __init__(self, peer: asyncio.Transport) -> None:
-        self.peer = peer
-
-    @classmethod
-    def start(cls, client: asyncio.Transport, upstream: str, first: bytes) -> None:
+    def __init__(self, client: asyncio.Transport, upstream: str, first: bytes) -> None:
+        self.client = client
+        self.server: asyncio.Transport | None = None
+        self.pending: list[bytes] = [first]  # what arrives before Hypercorn's socket is connected
         client.pause_reading()
-        task = asyncio.ensure_future(cls._connect(client, upstream, first))
+        task = asyncio.ensure_future(self._connect(upstream))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    @classmethod
-    async def _connect(cls, client: asyncio.Transport, upstream: str, first: bytes) -> None:
+    async def _connect(self, upstream: str) -> None:
         loop = asyncio.get_running_loop()
         try:
-            server, _ = await loop.create_unix_connection(lambda: cls(client), upstream)
+            server, _ = await loop.create_unix_connection(lambda: _Upstream(self.client), upstream)
         except OSError as exc:
             logger.error("cannot reach the HTTP app at %s: %s", upstream, exc)
-            client.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            client.close()
+            self.client.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            self.client.close()
             return
-        if client.is_closing():
+        if self.client.is_closing():
             server.close()
             return
-        server.write(first)
-        client.set_protocol(cls(server))  # type: ignore[arg-type]
-        client.resume_reading()
+        self.server = cast(asyncio.Transport, server)
+        self.server.write(b"".join(self.pending))
+        self.pending = []
+        self.client.resume_reading()
+
+    # The client's side (called by Connection).
 
     def data_received(self, data: bytes) -> None:
-        self.peer.write(data)
+        if self.server is None:
+            self.pending.append(data)
+        else:
+            self.server.write(data)
 
     def eof_received(self) -> bool | None:
-        if self.peer.can_write_eof() and not self.peer.is_closing():
-            self.peer.write_eof()
-        return True  # keep our side open for the rest of the other direction
+        # The client sent all it will send. Hypercorn is not half-closed in turn (write_eof): it answers the
+        # request it has (asked to close after it), and shutting a uvloop stream down just before closing
+        # it crashed under load. Our side stays open for the answer.
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.peer.close()
+        if self.server is not None:
+            self.server.close()
 
-    def pause_writing(self) -> None:  # our transport's buffer is full: stop reading what fills it
-        self.peer.pause_reading()
+    def pause_writing(self) -> None:  # the client is slow to read: stop reading Hypercorn's answer
+        if self.server is not None:
+            self.server.pause_reading()
 
     def resume_writing(self) -> None:
-        self.peer.resume_reading()
+        if self.server is not None:
+            self.server.resume_reading()
 
 
-class MediaConnection(asyncio.Protocol):
+class _Upstream(asyncio.Protocol):
+    """Hypercorn's side of a Splice."""
+
+    def __init__(self, client: asyncio.Transport) -> None:
+        self.client = client
+
+    def data_received(self, data: bytes) -> None:
+        self.client.write(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # Hypercorn has answered and closes (Connection: close): connection_lost closes the client
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.close()
+
+    def pause_writing(self) -> None:  # Hypercorn is slow to read: stop reading the client
+        self.client.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.client.resume_reading()
+
+
+class MediaConnection:
     """One media WebSocket on websockets' sans-I/O protocol, offering the handlers' WebSocket interface."""
 
     scheme = "ws"
@@ -202,8 +251,7 @@ class MediaConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
 
     def start(self, received: bytes) -> None:
-        """Take over the connection with everything received so far (the upgrade request and maybe more)."""
-        self.transport.set_protocol(self)
+        """Serve the connection from everything received so far (the upgrade request and maybe more)."""
         self.protocol.receive_data(received)
         events = self.protocol.events_received()
         request = events[0] if events else None
@@ -274,7 +322,7 @@ class MediaConnection(asyncio.Protocol):
         self.closed = True
         self.transport.abort()
 
-    # asyncio.Protocol callbacks.
+    # The transport's callbacks (through Connection).
 
     def data_received(self, data: bytes) -> None:
         self.protocol.receive_data(data)
