@@ -122,7 +122,11 @@ def summarise(raw: Path) -> Profile:
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        keys = [_frame_key(f) for f in stack.split(";")]
+        # With --subprocesses each stack starts with "process PID:<command line>" frames (the supervisor, the
+        # worker): not code.
+        keys = [_frame_key(f) for f in stack.split(";") if not f.startswith("process ")]
+        if not keys:
+            continue
         profile.samples += count
         if any(marker in keys[-1] for marker in IDLE):
             profile.idle += count
