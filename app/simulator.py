@@ -19,9 +19,9 @@ import urllib.parse
 import urllib.request
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from twilio.request_validator import RequestValidator
@@ -139,6 +139,15 @@ def stop_message(stream_sid: str, call_sid: str) -> str:
                        "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid}})
 
 
+def speech_frames(samples: np.ndarray) -> list[np.ndarray]:
+    """A phrase as 20 ms frames of int16, the last padded with silence."""
+    audio = np.asarray(samples, dtype=np.int16)
+    count = max(1, -(-len(audio) // FRAME))
+    padded = np.zeros(count * FRAME, np.int16)
+    padded[: len(audio)] = audio
+    return [padded[i * FRAME : (i + 1) * FRAME] for i in range(count)]
+
+
 class SimulatedCaller:
     def __init__(self, base_url: str, script: list[Step], *, auth_token: str = "", public_url: str = "",
                  hangup_when_done: bool = True) -> None:
@@ -202,20 +211,25 @@ class SimulatedCaller:
         """Twilio's side of the socket: each message to its handler, until the server closes."""
         try:
             async for raw in ws:
-                message = json.loads(raw)
-                event = message.get("event")
-                t = self.now()
-                if event == "media":
-                    self._on_media(t, base64.b64decode(message["media"]["payload"]))
-                elif event == "mark":
-                    self._on_mark(message["mark"]["name"])
-                elif event == "clear":
-                    self._on_clear(t)
+                if self._dispatch(self.now(), raw):
                     await self._echo_marks(ws)
-                else:
-                    self._on_other(t, raw)
         except ConnectionClosed:
             pass
+
+    def _dispatch(self, t: float, raw: str | bytes) -> bool:
+        """One message from the server to its handler; True when pending marks are due at once (a `clear`)."""
+        message = json.loads(raw)
+        event = message.get("event")
+        if event == "media":
+            self._on_media(t, base64.b64decode(message["media"]["payload"]))
+        elif event == "mark":
+            self._on_mark(message["mark"]["name"])
+        elif event == "clear":
+            self._on_clear(t)
+            return True
+        else:
+            self._on_other(t, raw)
+        return False
 
     def _on_media(self, t: float, ulaw: bytes) -> None:
         samples = ulaw_decode(ulaw)
@@ -276,20 +290,25 @@ class SimulatedCaller:
         if need and self._reply_open:
             self.report.stall_seconds += need / RATE
 
-    def _frames(self) -> Iterator[tuple[np.ndarray, Step | None, str]]:
+    #: What `_frames` yields for a tick without speech (a subclass may send frames in another form).
+    _silence_frame: Any = np.zeros(FRAME, np.int16)
+
+    def _speech_frames(self, step: Speak) -> Sequence[Any]:
+        """A phrase as the frames `_frames` yields for it."""
+        return speech_frames(step.samples)
+
+    def _frames(self) -> Iterator[tuple[Any, Step | None, str]]:
         """The caller's audio, one 20 ms frame per tick: (frame, step, marker)."""
-        silence = np.zeros(FRAME, np.int16)
+        silence = self._silence_frame
         for step in self.script:
             if isinstance(step, Speak):
-                audio = np.asarray(step.samples, dtype=np.int16)
-                count = max(1, -(-len(audio) // FRAME))
-                padded = np.zeros(count * FRAME, np.int16)
-                padded[: len(audio)] = audio
-                for i in range(count):
+                frames = self._speech_frames(step)
+                count = len(frames)
+                for i, frame in enumerate(frames):
                     marker = "first" if i == 0 else ("last" if i == count - 1 else "")
                     if count == 1:
                         marker = "only"
-                    yield padded[i * FRAME : (i + 1) * FRAME], step, marker
+                    yield frame, step, marker
             elif isinstance(step, Pause):
                 for _ in range(round(step.seconds / TICK)):
                     yield silence, step, ""
