@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import multiprocessing as mp
@@ -28,7 +29,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import uvloop
 
-from bench.caller import TURN_NAMES, CallResult, LoadCaller, Phrases, ReplyEnd, analyse, make_script
+from bench.caller import (
+    PACE_GRID,
+    TURN_NAMES,
+    CallResult,
+    LoadCaller,
+    Pacer,
+    Phrases,
+    ReplyEnd,
+    analyse,
+    make_script,
+)
 
 HELLO = "Hello, this is a test call, can you hear me?"
 STORY_A = "Once upon a time, in a small village by the sea,"
@@ -51,13 +62,14 @@ class Target:
     base_url: str
     reply_end: ReplyEnd = "mark"
     expects_clear: bool = True
+    pace_ms: float = PACE_GRID * 1000  # the generator's pacing grid (bench.caller.Pacer): 1 ms paces each call alone
 
 
 @dataclass
 class WorkerStats:
     calls: int = 0
     cpu_seconds: float = 0.0
-    loop_lag_max: float = 0.0  # worst oversleep of a 10 ms timer in this worker's event loop
+    loop_lag_max: float = 0.0  # worst oversleep of the pacer's timer in this worker's event loop
     loop_lag_p99: float = 0.0
     finished: float = 0.0  # time.time() when its last call ended
 
@@ -80,14 +92,6 @@ class LoadRun:
         return sum(w.cpu_seconds for w in self.workers)
 
 
-async def _monitor_loop(lags: list[float], stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    while not stop.is_set():
-        before = loop.time()
-        await asyncio.sleep(0.01)
-        lags.append(loop.time() - before - 0.01)
-
-
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -95,15 +99,13 @@ def _cpu_seconds() -> float:
 
 async def _run_calls(target: Target, phrases: Phrases, plan: list[tuple[int, float]], start_at: float,
                      lead_in: float, rounds: int) -> tuple[list[tuple[int, LoadCaller]], WorkerStats]:
-    """The calls of one worker, and the worker's CPU and event-loop lag while they ran."""
-    lags: list[float] = []
-    stop = asyncio.Event()
-    monitor = asyncio.create_task(_monitor_loop(lags, stop))
+    """The calls of one worker, and the worker's CPU and event-loop lag while they ran (how late the pacer's
+    timer fired: a separate 10 ms monitor timer would cost the worker 100 more wake-ups a second)."""
     await asyncio.sleep(max(0.0, start_at - time.time()))
     cpu = _cpu_seconds()
 
     async def one(index: int) -> tuple[int, LoadCaller]:
-        caller = LoadCaller(target.base_url, make_script(phrases, lead_in), target.reply_end)
+        caller = LoadCaller(target.base_url, make_script(phrases, lead_in), target.reply_end, target.pace_ms / 1000)
         try:
             await asyncio.wait_for(caller.run(), CALL_DEADLINE)
         except TimeoutError:
@@ -116,9 +118,7 @@ async def _run_calls(target: Target, phrases: Phrases, plan: list[tuple[int, flo
 
     slots = await asyncio.gather(*(slot(index, offset) for index, offset in plan))
     stats = WorkerStats(calls=len(plan) * rounds, cpu_seconds=_cpu_seconds() - cpu, finished=time.time())
-    stop.set()
-    await monitor
-    lags.sort()
+    lags = sorted(Pacer.running().lags)
     if lags:
         stats.loop_lag_max = lags[-1]
         stats.loop_lag_p99 = lags[int(0.99 * (len(lags) - 1))]
@@ -133,6 +133,8 @@ def _worker(target: Target, phrases: Phrases, plan: list[tuple[int, float]], lea
     deadline = time.monotonic() + 10
     while not start_at.value and time.monotonic() < deadline:  # set by the parent once all workers are ready
         time.sleep(0.005)
+    gc.freeze()  # what is loaded by now lives as long as the process: the collector need not scan it again
+    gc.set_threshold(20_000, 20, 20)  # the calls allocate many short-lived objects and almost no cycles
     calls, stats = uvloop.run(_run_calls(target, phrases, plan, start_at.value, lead_in, rounds))
     results = [analyse(caller, phrases, index, target.expects_clear).to_dict() for index, caller in calls]
     pipe.send((results, stats))
@@ -232,6 +234,7 @@ def summarise(run: LoadRun) -> dict[str, Any]:
         "generator_cpu_seconds": round(run.generator_cpu_seconds, 2),
         "generator_cores": round(run.generator_cpu_seconds / run.wall_seconds, 3) if run.wall_seconds else None,
         "generator_workers": len(run.workers),
+        "generator_pace_ms": run.target.pace_ms,
         "generator_loop_lag_max_ms": ms(max((w.loop_lag_max for w in run.workers), default=0.0)),
         "generator_loop_lag_p99_ms": ms(max((w.loop_lag_p99 for w in run.workers), default=0.0)),
         "generator_late_ticks": sum(r.late_ticks for r in results),
@@ -249,8 +252,13 @@ def main() -> int:
     parser.add_argument("--reply-end", choices=["mark", "gap"], default="mark",
                         help="how replies end: Twilio marks (callbridge) or a gap in arrivals (FastRTC)")
     parser.add_argument("--no-clear", action="store_true", help="the server never sends clear (FastRTC)")
+    parser.add_argument("--pace-ms", type=float, default=PACE_GRID * 1000,
+                        help="the generator's pacing grid, a divisor of 20 (default 5; 1 sends each call's frames on "
+                             "its own millisecond, as one timer per call did, at more CPU)")
     args = parser.parse_args()
-    target = Target(args.url, args.reply_end, expects_clear=not args.no_clear)
+    if not 0 < args.pace_ms <= 20 or abs(20 / args.pace_ms - round(20 / args.pace_ms)) > 1e-9:
+        parser.error("--pace-ms must divide 20")
+    target = Target(args.url, args.reply_end, expects_clear=not args.no_clear, pace_ms=args.pace_ms)
     run = run_load(target, load_phrases(), args.calls, ramp=args.ramp, rounds=args.rounds, workers=args.workers)
     summary = summarise(run)
     summary.pop("turn_latencies_ms")
