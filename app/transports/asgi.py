@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from app.transports.websocket import ClientGone, Handler
+from app.transports.websocket import ClientGone, Handler, Listener
 
 
 class RawWebSocket:
@@ -43,6 +43,9 @@ class RawWebSocket:
         if self.closed:
             raise ClientGone
         await self._send({"type": "websocket.send", "text": text})
+
+    def listen(self, listener: Listener | None) -> None:
+        """Every message goes through `receive` here: ASGI hands them over one await at a time."""
 
     async def close(self, code: int, reason: str = "") -> None:
         if not self.closed:

@@ -27,7 +27,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from app.transports.websocket import ClientGone, Handler
+from app.transports.websocket import ClientGone, Handler, Listener
 
 logger = logging.getLogger("callbridge.edge")
 # websockets logs every opened and closed connection at INFO; the handlers log what matters.
@@ -249,6 +249,7 @@ class MediaConnection:
         self.reading_paused = False
         self.close_timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.listener: Listener | None = None
 
     def start(self, received: bytes) -> None:
         """Serve the connection from everything received so far (the upgrade request and maybe more)."""
@@ -317,6 +318,9 @@ class MediaConnection:
         elif not self.transport.is_closing():
             self.transport.close()
 
+    def listen(self, listener: Listener | None) -> None:
+        self.listener = listener
+
     def abort(self) -> None:
         """Drop the connection at once (shutdown)."""
         self.closed = True
@@ -378,13 +382,24 @@ class MediaConnection:
             self.transport.pause_reading()
 
     def _deliver(self, opcode: Opcode, data: bytes) -> None:
+        message: str | bytes
         if opcode is Opcode.BINARY:
-            self.messages.append(bytes(data))
-            return
-        try:
-            self.messages.append(data.decode())
-        except UnicodeDecodeError:
-            self.protocol.fail(1007, "text message is not valid UTF-8")
+            message = bytes(data)
+        else:
+            try:
+                message = data.decode()
+            except UnicodeDecodeError:
+                self.protocol.fail(1007, "text message is not valid UTF-8")
+                return
+        listener = self.listener
+        if listener is not None and not self.messages and not self.closed:
+            try:
+                if listener(message):
+                    return
+            except Exception:  # a bug in the handler's listener: from now on the handler's task reads everything
+                logger.exception("media socket listener failed; messages go to the reader from now on")
+                self.listener = None
+        self.messages.append(message)
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():

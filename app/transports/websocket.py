@@ -35,5 +35,16 @@ class WebSocket(Protocol):
         """Start the closing handshake with `code`; does nothing when already closed."""
         ...
 
+    def listen(self, listener: Listener | None) -> None:
+        """Offer each message to `listener` as it arrives, before it is queued for `receive` (None: stop).
+
+        A listener handles a message at once, on the event loop's callback (no hop to the task that awaits
+        `receive`), and returns True; it returns False to leave the message to `receive`. A message is only
+        offered while nothing is queued ahead of it, so messages are handled in the order they came. A
+        socket may never call the listener (the ASGI one does not): `receive` then gets every message.
+        """
+        ...
+
 
 Handler = Callable[[Any, WebSocket], Awaitable[None]]
+Listener = Callable[[str | bytes], bool]

@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import connect
 
 from app.simulator import Dtmf, Pause, SimulatedCaller, Speak, WaitForReply, webhook
 from tests.integration.clients import browser_call, media_event, raw_exchange
@@ -204,6 +205,30 @@ async def test_bad_input_never_disturbs_a_healthy_call(echo_server):
     assert len(report.reply_starts) == 1
     with urllib.request.urlopen(echo_server.url + "/readyz") as response:
         assert json.load(response)["calls"] == 0, "every bad socket freed its slot"
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (json.dumps({"event": "media", "media": {"payload": "@@"}}), "base64"),
+    (json.dumps({"event": "media", "media": {}}), "media.payload"),
+    ('{"event": "media", "media": {"payload": ', "JSON"),
+])
+async def test_bad_media_mid_call_gets_the_clear_error(echo_server, bad, reason):
+    """Mid-call, media is fed to the call as it arrives (not through the reader task); a bad media message
+    there still closes the socket with the reader's code and reason, after the good media before it."""
+    _, params = webhook(echo_server.url)
+    twilio_url = echo_server.url.replace("http", "ws") + "/telephone/handler"
+    frame = media_event(speech(HELLO, RATE)[:160])
+    async with connect(twilio_url) as ws:
+        await ws.send(twilio_start(params))
+        for _ in range(25):
+            await ws.send(frame)
+            await asyncio.sleep(0.02)
+        await ws.send(bad)
+        await ws.send(frame)  # after the bad one: never read
+        await asyncio.wait_for(ws.wait_closed(), 5)
+    assert ws.close_code == 1007
+    assert ws.close_reason and reason in ws.close_reason, ws.close_reason
+    assert "1007" in echo_server.logs()
 
 
 async def test_concurrency_limit_over_any_mix_of_sockets(server_factory):
