@@ -63,6 +63,11 @@ class VadModel(Protocol):
 
     def infer(self, windows: np.ndarray, states: list[VadState]) -> np.ndarray: ...
 
+    def infer_rows(self, x: np.ndarray, state: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
+        """The model itself: `x` (batch, context + window) float32, `state` (2, batch, 128) ->
+        (probabilities (batch,), new state). Touches no Python objects but its arguments (runs off the loop)."""
+        ...
+
 
 def _stack(windows: np.ndarray, states: list[VadState]) -> tuple[np.ndarray, np.ndarray, int]:
     rate = states[0].sample_rate
@@ -99,9 +104,13 @@ class OnnxVad:
 
     def infer(self, windows: np.ndarray, states: list[VadState]) -> np.ndarray:
         x, state, rate = _stack(windows, states)
-        out, new_state = self._session.run(None, {"input": x, "state": state, "sr": self._rates[rate]})
+        probabilities, new_state = self.infer_rows(x, state, rate)
         _unstack(x, new_state, states)
-        return out[:, 0].astype(np.float32)
+        return probabilities
+
+    def infer_rows(self, x: np.ndarray, state: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
+        out, new_state = self._session.run(None, {"input": x, "state": state, "sr": self._rates[rate]})
+        return out[:, 0].astype(np.float32), new_state
 
 
 class TorchVad:
@@ -120,11 +129,15 @@ class TorchVad:
 
     def infer(self, windows: np.ndarray, states: list[VadState]) -> np.ndarray:
         x, state, rate = _stack(windows, states)
+        probabilities, new_state = self.infer_rows(x, state, rate)
+        _unstack(x, new_state, states)
+        return probabilities
+
+    def infer_rows(self, x: np.ndarray, state: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
         with torch.inference_mode():
             out, new_state = self._models[rate](torch.from_numpy(x), torch.from_numpy(state))
-        _unstack(x, new_state.numpy(), states)
-        return out.numpy()[:, 0].astype(np.float32)
+        return out.numpy()[:, 0].astype(np.float32), new_state.numpy()
 
 
 def load_vad(backend: Literal["onnx", "torch"] = "onnx") -> VadModel:
@@ -162,8 +175,10 @@ class BatchedVadStream:
 
     def __init__(self, batcher: VadBatcher, sample_rate: int, on_probability: ProbabilityCallback) -> None:
         self.batcher = batcher
-        self.state = VadState(sample_rate)
+        self.sample_rate = sample_rate
         self.window_samples = WINDOW_SAMPLES[sample_rate]
+        self.rows = batcher.rows(sample_rate)
+        self.row = self.rows.take()  # this call's row of recurrent state and audio context
         self.on_probability = on_probability
         self.pending: deque[np.ndarray] = deque()
         self.closed = False
@@ -176,8 +191,57 @@ class BatchedVadStream:
             self.batcher.wake(self)
 
     def close(self) -> None:
-        self.closed = True
-        self.pending.clear()
+        if not self.closed:
+            self.closed = True
+            self.pending.clear()
+            self.rows.give_back(self.row)
+
+
+class StateRows:
+    """The recurrent state and audio context of every stream at one rate, one row per stream.
+
+    A batch gathers its streams' rows with one indexing operation and scatters the results back with
+    another, instead of stacking and splitting per-call arrays (Python per call and window). Rows are
+    only read and written on the event loop's thread; the inference thread sees copies."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
+        self.context_samples = CONTEXT_SAMPLES[sample_rate]
+        self.window_samples = WINDOW_SAMPLES[sample_rate]
+        self.state = np.zeros((2, 0, 128), np.float32)
+        self.context = np.zeros((0, self.context_samples), np.float32)
+        self._free: list[int] = []
+
+    def take(self) -> int:
+        """A zeroed row for a new stream (the arrays double when full)."""
+        if not self._free:
+            size = self.context.shape[0]
+            grown = max(16, 2 * size)
+            state = np.zeros((2, grown, 128), np.float32)
+            state[:, :size] = self.state
+            context = np.zeros((grown, self.context_samples), np.float32)
+            context[:size] = self.context
+            self.state, self.context = state, context
+            self._free.extend(range(grown - 1, size - 1, -1))
+        row = self._free.pop()
+        self.state[:, row] = 0.0
+        self.context[row] = 0.0
+        return row
+
+    def give_back(self, row: int) -> None:
+        self._free.append(row)
+
+    def gather(self, rows: np.ndarray, windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The model's input for these rows: (context + window scaled to [-1, 1), state)."""
+        x = np.empty((len(rows), self.context_samples + self.window_samples), np.float32)
+        x[:, : self.context_samples] = self.context[rows]
+        np.multiply(np.stack(windows), 1.0 / 32768.0, out=x[:, self.context_samples :], casting="unsafe")
+        return x, self.state[:, rows]
+
+    def scatter(self, rows: np.ndarray, x: np.ndarray, new_state: np.ndarray) -> None:
+        """Store the rows' new state, and the end of their windows as their next context."""
+        self.state[:, rows] = new_state
+        self.context[rows] = x[:, -self.context_samples :]
 
 
 #: Batches start at most this often: under load, windows gather into larger batches (fewer hand-offs to
@@ -206,8 +270,17 @@ class VadBatcher:
         self._idle: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+        self._rows: dict[int, StateRows] = {}
         self.batches = 0
         self.windows = 0
+
+    def rows(self, sample_rate: int) -> StateRows:
+        """The state rows of the streams at `sample_rate`."""
+        if sample_rate not in WINDOW_SAMPLES:
+            raise ValueError(f"VAD runs at 8000 or 16000 Hz, not {sample_rate}")
+        if sample_rate not in self._rows:
+            self._rows[sample_rate] = StateRows(sample_rate)
+        return self._rows[sample_rate]
 
     def stream(self, sample_rate: int, on_probability: ProbabilityCallback) -> BatchedVadStream:
         return BatchedVadStream(self, sample_rate, on_probability)
@@ -232,12 +305,6 @@ class VadBatcher:
             self._worker = None
         self._executor.shutdown(wait=False)
 
-    def _infer(self, windows: list[np.ndarray], states: list[VadState]) -> np.ndarray:
-        """In the worker thread: scale the int16 windows and run the model (keeps numpy off the event loop)."""
-        batch = np.stack(windows).astype(np.float32)
-        batch *= 1.0 / 32768.0
-        return self.model.infer(batch, states)
-
     async def _run(self) -> None:
         assert self._wake is not None and self._idle is not None
         loop = asyncio.get_running_loop()
@@ -257,14 +324,22 @@ class VadBatcher:
             for stream in streams:
                 if stream.closed or not stream.pending:
                     continue
-                by_rate.setdefault(stream.state.sample_rate, []).append((stream, stream.pending.popleft()))
+                by_rate.setdefault(stream.sample_rate, []).append((stream, stream.pending.popleft()))
                 if stream.pending:
                     self._waiting[stream] = None
-            for items in by_rate.values():
-                windows = [window for _, window in items]
-                states = [stream.state for stream, _ in items]
+            for rate, items in by_rate.items():
+                state_rows = self._rows[rate]
+                rows = np.fromiter((stream.row for stream, _ in items), np.intp, len(items))
+                x, state = state_rows.gather(rows, [window for _, window in items])
                 started = time.perf_counter()
-                probabilities = await loop.run_in_executor(self._executor, self._infer, windows, states)
+                probabilities, new_state = await loop.run_in_executor(
+                    self._executor, self.model.infer_rows, x, state, rate)
+                live = [i for i, (stream, _) in enumerate(items) if not stream.closed]
+                if len(live) == len(items):
+                    state_rows.scatter(rows, x, new_state)
+                elif live:  # a closed stream's row may already belong to a new call
+                    keep = np.array(live, np.intp)
+                    state_rows.scatter(rows[keep], x[keep], new_state[:, keep])
                 if self.on_batch is not None:
                     self.on_batch(time.perf_counter() - started, len(items))
                 self.batches += 1

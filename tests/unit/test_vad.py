@@ -85,3 +85,44 @@ async def test_a_closed_stream_gets_no_more_results(onnx_vad):
     await batcher.idle()
     await batcher.close()
     assert got == []
+
+
+async def test_rows_grow_and_are_reused_without_leaking_state(onnx_vad):
+    """Streams keep their state in rows of shared arrays: rows added while others are mid-speech, and a row
+    freed by a call that hung up mid-speech, start clean; no stream's results change."""
+    rate = 8000
+    said = [speech(text, rate) for text in ("One two three four five.", "Six seven eight nine ten.")]
+    alone = []
+    for audio in said:
+        stream = VadStream(onnx_vad, rate)
+        alone.append([stream.probability(w) for w in windows(audio, rate)])
+
+    batcher = VadBatcher(onnx_vad)
+    results: dict[str, list[float]] = {}
+
+    def open_stream(name: str):
+        results[name] = []
+        return batcher.stream(rate, lambda w, p: results[name].append(p))
+
+    first = [open_stream(f"first{i}") for i in range(10)]
+    source = windows(said[0], rate)
+    for window in source[:10]:  # mid-speech when the next streams join and the arrays grow
+        for stream in first:
+            stream.submit(window)
+    await batcher.idle()
+    late = [open_stream(f"late{i}") for i in range(10)]  # 20 streams: more than the first 16 rows
+    first[0].close()  # hangs up mid-speech: its row goes back
+    reused = open_stream("reused")
+    assert reused.row == first[0].row
+    for window in source[10:]:
+        for stream in first[1:]:
+            stream.submit(window)
+    for window in windows(said[1], rate):
+        for stream in [*late, reused]:
+            stream.submit(window)
+    await batcher.idle()
+    await batcher.close()
+    for i in range(1, 10):
+        np.testing.assert_allclose(results[f"first{i}"], alone[0], atol=1e-4)
+    for name in [*(f"late{i}" for i in range(10)), "reused"]:
+        np.testing.assert_allclose(results[name], alone[1], atol=1e-4)
