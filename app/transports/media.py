@@ -29,9 +29,11 @@ from codec import ulaw_decode, ulaw_encode
 logger = logging.getLogger("callbridge.transport")
 
 FRAME_SECONDS = 0.02
-#: Reply audio goes out in messages of up to this many 20 ms frames: half the messages (and the socket
-#: writes and wake-ups) of one frame each, at the cost of up to 20 ms more lead.
-FRAMES_PER_MESSAGE = 2
+#: Reply audio goes out in messages of up to this many 20 ms frames: a fifth of the messages (socket writes,
+#: timer wake-ups, frames for the client to parse) of one frame each. The caller then holds between the
+#: lead and the lead + 80 ms of audio; a barge-in's `clear` empties that buffer, so little more of an
+#: interrupted reply is heard. Measured at 160 calls against 2 frames: ~2% less server CPU (small, but free).
+FRAMES_PER_MESSAGE = 5
 
 # WebSocket close codes (RFC 6455).
 NORMAL = 1000
