@@ -67,9 +67,9 @@ def level_table(name: str, levels: list[dict[str, Any]], silence_ms: int) -> lis
         "| N | answered | turns answered | turn p50 / p95 / max (ms) | clear p50 (ms) | old reply heard after "
         "onset p50 / p95 (ms) | stalls | echo fidelity p50 / min | split replies | server CPU ms per "
         "call-s | server cores | RSS peak (MB) | RSS per call (MB) | load gen cores / loop lag p99 (ms) | "
-        "other CPU (cores) | sustained | holds N=1 quality |",
+        "other CPU (cores) | stolen | sustained | holds N=1 quality |",
         "| ---: | ---: | ---: | --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: "
-        "| :-: | :-: |",
+        "| ---: | :-: | :-: |",
     ]
     for lv in levels:
         rows.append(
@@ -80,7 +80,8 @@ def level_table(name: str, levels: list[dict[str, Any]], silence_ms: int) -> lis
             f"{lv['split_replies']} | {_fmt(lv['server_cpu_ms_per_call_second'])} | "
             f"{_fmt(lv['server_cores'])} | {_fmt(lv['rss_peak_mb'])} | {_fmt(lv['rss_per_call_mb'])} | "
             f"{_fmt(lv['generator_cores'])} / {_fmt(lv['generator_loop_lag_p99_ms'])} | "
-            f"{_fmt(lv['other_cores'])} | {'yes' if sustained(lv, silence_ms) else 'no'} | "
+            f"{_fmt(lv['other_cores'])} | {_fmt(lv.get('steal_pct'), '%')} | "
+            f"{'yes' if sustained(lv, silence_ms) else 'no'} | "
             f"{'yes' if holds(lv, baseline) else 'no'} |"
         )
     failures: dict[str, int] = {}

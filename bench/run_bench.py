@@ -56,7 +56,7 @@ WORKERS = os.cpu_count() or 1
 #: FastRTC has no silence setting: ReplyOnPause ends a turn on the first 0.6 s chunk with < 0.1 s of speech.
 FASTRTC_SILENCE_MS = 600
 LADDERS = {
-    "callbridge": [1, 8, 16, 32, 64, 96, 128, 160],
+    "callbridge": [1, 8, 16, 32, 64, 96, 128, 144, 160, 176, 192, 224, 256],
     "fastrtc": [1, 8, 16, 32, 48, 64, 96, 128, 160],
 }
 QUICK_LADDER = [1, 8]
@@ -93,6 +93,9 @@ NOTES = [
     "processes' own CPU; other CPU = everything else busy on the machine meanwhile (other engineers' tests, "
     "process start-up). On 2 cores, server + load gen + other near 2.0 means the machine, not the server "
     "alone, was the limit.",
+    "Stolen: the share of the machine's CPU time the virtual machine's host gave to other guests during the "
+    "level (/proc/stat steal). This machine is a 2-core VM: when the host is busy, everything here runs "
+    "slower, and the same level can then hold less; a level with several % stolen is worth re-running.",
 ]
 
 
@@ -243,6 +246,7 @@ def run_level(spec: ServerSpec, calls: int, phrases: Phrases, *, n1_rounds: int 
         if level["call_seconds"] else None,
         other_cores=round(max(0.0, busy - server_cpu - run.generator_cpu_seconds) / wall, 3) if wall else None,
         other_cores_before=round(busy_before, 2),
+        steal_pct=round(100 * (span[-1].steal - span[0].steal) / (wall * (os.cpu_count() or 1)), 1) if wall else None,
     )
     return level
 
@@ -263,7 +267,8 @@ def print_level(name: str, level: dict[str, Any]) -> None:
           f"clear p50 {level['clear_p50_ms']}  old reply p50 {level['old_reply_p50_ms']} ms  "
           f"stalls {level['stall_pct']}%  fidelity {level['fidelity_p50']}  server {level['server_cores']} cores "
           f"({level['server_cpu_ms_per_call_second']} ms/call-s)  RSS {level['rss_peak_mb']} MB  "
-          f"load gen {level['generator_cores']} cores  other {level['other_cores']}", flush=True)
+          f"load gen {level['generator_cores']} cores  other {level['other_cores']}  stolen {level['steal_pct']}%",
+          flush=True)
 
 
 def profile_callbridge(spec: ServerSpec, calls: int, phrases: Phrases, version_info: str, out: Path) -> dict[str, Any]:

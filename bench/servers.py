@@ -81,12 +81,22 @@ def status(*roots: int) -> dict[str, int]:
     return out
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (/proc/stat), to see what else ran during a load."""
+def _cpu_line() -> list[int]:
     with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
+        return [int(v) for v in f.readline().split()[1:]]
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat), to see what else ran during a load; time the
+    hypervisor gave to other guests (steal) is not counted."""
+    values = _cpu_line()
     idle = values[3] + values[4]  # idle, iowait
-    return (sum(values[:8]) - idle) / TICKS
+    return (sum(values[:7]) - idle) / TICKS
+
+
+def steal_seconds() -> float:
+    """CPU seconds (all cores) since boot this virtual machine was ready to run but the host ran someone else."""
+    return _cpu_line()[7] / TICKS
 
 
 class Server:
@@ -171,6 +181,7 @@ class ProcSample:
     rss: int
     threads: int
     machine_busy: float
+    steal: float
 
 
 @dataclass
@@ -187,7 +198,8 @@ class ProcSampler:
 
     def sample(self) -> ProcSample:
         st = status(*self.pids)
-        return ProcSample(time.time(), cpu_seconds(*self.pids), st["rss"], st["threads"], machine_busy_seconds())
+        return ProcSample(time.time(), cpu_seconds(*self.pids), st["rss"], st["threads"], machine_busy_seconds(),
+                          steal_seconds())
 
     def _run(self) -> None:
         while not self._stop.is_set():
