@@ -20,17 +20,17 @@ FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 #: Pipeline stages, first match wins, matched against the "function (file)" frames of a stack (see `_matches`).
 #: Each has the advice that applies when it leads the profile.
 STAGES: list[tuple[str, tuple[str, ...], str]] = [
-    ("VAD inference (onnxruntime session.run)", ("OnnxVad.infer (app/vad.py) > Session.run",),
+    ("VAD inference (onnxruntime session.run)", ("OnnxVad.infer_rows (app/vad.py) > Session.run",),
      "Batch the VAD across calls: one `session.run` per tick for every call with a full 32 ms window, state "
      "kept per call (design.md measured ~160-190 µs per window alone, ~40-70 µs per call batched), and run "
      "it off the event loop (onnxruntime releases the GIL)."),
-    ("VAD input/state shuffling (numpy around the model)", ("app/vad.py",),
-     "Allocation-light per-frame work: keep each call's state and context in rows of preallocated arrays "
-     "instead of concatenate/stack/copy per window."),
     ("inbound resampling", ("Resampler.process (codec/resample.py) < Call.push_audio",),
      "Skip resampling when the VAD runs at the wire rate (8 kHz), or keep it allocation-free."),
     ("turn detection (windowing, bookkeeping)", ("app/turns.py", "Call.push_audio", "Call._on_"),
      "Allocation-light per-frame work: avoid per-window np.concatenate/np.array copies in TurnDetector.push."),
+    ("VAD input/state shuffling (numpy around the model)", ("app/vad.py",),
+     "Allocation-light per-frame work: each call's state and context live in rows of shared arrays "
+     "(app.vad.StateRows); what is left is one gather and one scatter per batch."),
     ("Twilio JSON parse + base64/µ-law decode", ("parse_message", "decode_payload", "json/decoder.py",
                                                  "json/__init__.py", "ulaw_decode"),
      "Lean Twilio path: find the payload without a full json.loads (or use a faster parser), decode base64 "
