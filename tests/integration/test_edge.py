@@ -8,6 +8,8 @@ import base64
 import json
 import os
 import socket
+import time
+from collections.abc import Iterator
 
 import pytest
 from websockets.asyncio.client import connect
@@ -53,13 +55,13 @@ def frame(opcode: int, payload: bytes, *, fin: bool = True, masked: bool = True)
     return header + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
-def read_close_code(sock: socket.socket) -> int | None:
-    """Read server frames until a close frame; its status code (None if the connection just ends)."""
+def server_frames(sock: socket.socket) -> Iterator[tuple[int, bytes]]:
+    """(opcode, payload) of each frame the server sends, until it closes the connection."""
     data = b""
     while True:
         chunk = sock.recv(65536)
         if not chunk:
-            return None
+            return
         data += chunk
         while len(data) >= 2:
             opcode, length = data[0] & 0x0F, data[1] & 0x7F
@@ -71,8 +73,26 @@ def read_close_code(sock: socket.socket) -> int | None:
             if len(data) < offset + length:
                 break
             payload, data = data[offset:offset + length], data[offset + length:]
-            if opcode == 0x8:
-                return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+            yield opcode, payload
+
+
+def read_close_code(sock: socket.socket) -> int | None:
+    """Read server frames until a close frame; its status code (None if the connection just ends)."""
+    for opcode, payload in server_frames(sock):
+        if opcode == 0x8:
+            return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+    return None
+
+
+def read_texts(frames: Iterator[tuple[int, bytes]], count: int) -> list[dict]:
+    """The next `count` text messages, as JSON."""
+    texts = []
+    for opcode, payload in frames:
+        if opcode == 0x1:
+            texts.append(json.loads(payload))
+            if len(texts) == count:
+                break
+    return texts
 
 
 def test_http_goes_through_with_connection_close(echo_server):
@@ -116,6 +136,9 @@ def test_a_bad_handshake_is_refused_with_http(echo_server):
     ("unmasked client frame", [frame(0x1, b'{"event":"stop"}', masked=False)], 1002),
     ("continuation without a start", [frame(0x0, b"{}")], 1002),
     ("message over the hard size cap", [frame(0x1, b"x" * (4 * 65536 + 1))], 1009),
+    ("a reserved bit set", [bytes([0xC1]) + frame(0x1, b'{"event":"stop"}')[1:]], 1002),
+    ("invalid UTF-8 after a good frame in one segment",
+     [frame(0x1, json.dumps({"event": "start", "websocket_id": "utf8"}).encode()) + frame(0x1, b"\xc3\x28")], 1007),
 ])
 def test_framing_errors_close_with_the_fitting_code(echo_server, name, frames, expected):
     sock, head = open_raw_websocket(echo_server.port, "/websocket/offer")
@@ -127,6 +150,35 @@ def test_framing_errors_close_with_the_fitting_code(echo_server, name, frames, e
     with socket.create_connection(("127.0.0.1", echo_server.port), timeout=5) as probe:
         probe.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert b'"calls":0' in probe.recv(65536).replace(b" ", b"")
+
+
+def test_frames_coalesced_split_or_fragmented_are_read_alike(echo_server):
+    """Whole text frames are read by the edge itself (app.transports.edge: _whole_text_frames); several frames
+    in one segment, a frame cut into single bytes, fragments and control frames between them must all be read
+    exactly as websockets' parser reads them."""
+    sock, head = open_raw_websocket(echo_server.port, "/websocket/offer")
+    assert head.startswith(b"HTTP/1.1 101")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ping = frame(0x1, b'{"event": "ping"}')
+    with sock:
+        frames = server_frames(sock)
+        start = json.dumps({"event": "start", "websocket_id": "coalesced"}).encode()
+        sock.sendall(frame(0x1, start) + ping + ping)  # three messages in one segment
+        assert read_texts(frames, 2) == [{"event": "pong"}] * 2
+        for byte in ping:  # one message, one byte per segment
+            sock.sendall(bytes([byte]))
+            time.sleep(0.002)
+        assert read_texts(frames, 1) == [{"event": "pong"}]
+        sock.sendall(ping + frame(0x9, b"hi") + ping[:5])  # a whole message, a control frame, part of a message
+        time.sleep(0.01)
+        message = b'{"event": "ping"}'
+        sock.sendall(ping[5:] + frame(0x1, message[:7], fin=False) + frame(0x0, message[7:])  # the rest; fragments
+                     + frame(0x1, b'{"event": "ping", "pad": "' + b"x" * 300 + b'"}'))  # 16-bit length
+        replies = [(opcode, payload) for opcode, payload in (next(frames) for _ in range(5))]
+        assert (0xA, b"hi") in replies  # the pong
+        assert [json.loads(p) for op, p in replies if op == 0x1] == [{"event": "pong"}] * 4
+        sock.sendall(frame(0x1, b'{"event": "stop"}'))
+        assert read_close_code(sock) == 1000
 
 
 async def test_fragmented_messages_and_control_frames_on_a_media_socket(echo_server):
