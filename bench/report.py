@@ -60,6 +60,13 @@ def _ratio(a: int, b: int) -> str:
     return f"{a / b:.1f}×"
 
 
+def _stolen(level: dict[str, Any]) -> str:
+    """The level's stolen CPU, and every attempt's when it was measured more than once."""
+    attempts = level.get("steal_attempts_pct") or []
+    shown = _fmt(level.get("steal_pct"), "%")
+    return shown if len(attempts) < 2 else f"{shown} ({', '.join(_fmt(a, '%') for a in attempts)})"
+
+
 def level_table(name: str, levels: list[dict[str, Any]], silence_ms: int) -> list[str]:
     baseline = levels[0]
     rows = [
@@ -80,7 +87,7 @@ def level_table(name: str, levels: list[dict[str, Any]], silence_ms: int) -> lis
             f"{lv['split_replies']} | {_fmt(lv['server_cpu_ms_per_call_second'])} | "
             f"{_fmt(lv['server_cores'])} | {_fmt(lv['rss_peak_mb'])} | {_fmt(lv['rss_per_call_mb'])} | "
             f"{_fmt(lv['generator_cores'])} / {_fmt(lv['generator_loop_lag_p99_ms'])} | "
-            f"{_fmt(lv['other_cores'])} | {_fmt(lv.get('steal_pct'), '%')} | "
+            f"{_fmt(lv['other_cores'])} | {_stolen(lv)} | "
             f"{'yes' if sustained(lv, silence_ms) else 'no'} | "
             f"{'yes' if holds(lv, baseline) else 'no'} |"
         )
