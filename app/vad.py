@@ -175,9 +175,8 @@ class BatchedVadStream:
 
     def __init__(self, batcher: VadBatcher, sample_rate: int, on_probability: ProbabilityCallback) -> None:
         self.batcher = batcher
-        self.sample_rate = sample_rate
-        self.window_samples = WINDOW_SAMPLES[sample_rate]
-        self.rows = batcher.rows(sample_rate)
+        self.rows = batcher.rows(sample_rate)  # its sample_rate is this stream's
+        self.window_samples = self.rows.window_samples
         self.row = self.rows.take()  # this call's row of recurrent state and audio context
         self.on_probability = on_probability
         self.pending: deque[np.ndarray] = deque()
@@ -205,6 +204,8 @@ class StateRows:
     only read and written on the event loop's thread; the inference thread sees copies."""
 
     def __init__(self, sample_rate: int) -> None:
+        if sample_rate not in WINDOW_SAMPLES:
+            raise ValueError(f"VAD runs at 8000 or 16000 Hz, not {sample_rate}")
         self.sample_rate = sample_rate
         self.context_samples = CONTEXT_SAMPLES[sample_rate]
         self.window_samples = WINDOW_SAMPLES[sample_rate]
@@ -276,8 +277,6 @@ class VadBatcher:
 
     def rows(self, sample_rate: int) -> StateRows:
         """The state rows of the streams at `sample_rate`."""
-        if sample_rate not in WINDOW_SAMPLES:
-            raise ValueError(f"VAD runs at 8000 or 16000 Hz, not {sample_rate}")
         if sample_rate not in self._rows:
             self._rows[sample_rate] = StateRows(sample_rate)
         return self._rows[sample_rate]
@@ -318,22 +317,21 @@ class VadBatcher:
             if (delay := next_batch - loop.time()) > 0:
                 await asyncio.sleep(delay)
             next_batch = loop.time() + MIN_BATCH_INTERVAL
-            by_rate: dict[int, list[tuple[BatchedVadStream, np.ndarray]]] = {}
+            by_rows: dict[StateRows, list[tuple[BatchedVadStream, np.ndarray]]] = {}  # one batch per rate
             streams = list(self._waiting)
             self._waiting.clear()
             for stream in streams:
                 if stream.closed or not stream.pending:
                     continue
-                by_rate.setdefault(stream.sample_rate, []).append((stream, stream.pending.popleft()))
+                by_rows.setdefault(stream.rows, []).append((stream, stream.pending.popleft()))
                 if stream.pending:
                     self._waiting[stream] = None
-            for rate, items in by_rate.items():
-                state_rows = self._rows[rate]
+            for state_rows, items in by_rows.items():
                 rows = np.fromiter((stream.row for stream, _ in items), np.intp, len(items))
                 x, state = state_rows.gather(rows, [window for _, window in items])
                 started = time.perf_counter()
                 probabilities, new_state = await loop.run_in_executor(
-                    self._executor, self.model.infer_rows, x, state, rate)
+                    self._executor, self.model.infer_rows, x, state, state_rows.sample_rate)
                 live = [i for i, (stream, _) in enumerate(items) if not stream.closed]
                 if len(live) == len(items):
                     state_rows.scatter(rows, x, new_state)
