@@ -538,15 +538,8 @@ class LoadCaller(SimulatedCaller):
             if marker == "last" or marker == "only":
                 self.report.speech_ends.append(self.now())
                 self.positions_at_speech_end.append(self._received_total)
-        else:  # socket.send inlined: this is most of what the generator does
-            protocol = socket.protocol
-            protocol.send_text(message)
-            batch = _Socket.batch
-            for data in protocol.data_to_send():
-                if batch is None:
-                    socket.transport.write(data)  # type: ignore[union-attr]
-                else:
-                    batch.append((socket.transport, data))  # type: ignore[arg-type]
+        else:
+            socket.send(message)
         if self._buffered or self._reply_open:
             self._play_frame()
         if self._pending_marks:
