@@ -20,6 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.caller import Phrases
 from bench.load import Target, load_phrases, run_load, summarise
 from bench.run_bench import ROOT, WORK, specs
 from bench.servers import RedisServer, Server, family, steal_seconds
@@ -43,11 +44,10 @@ def threads(roots: list[int]) -> dict[tuple[int, int], tuple[float, float]]:
     return found
 
 
-def attempt(tree: Path, calls: int, redis: RedisServer) -> dict[str, Any]:
+def attempt(tree: Path, calls: int, phrases: Phrases, redis: RedisServer) -> dict[str, Any]:
     spec = specs(tree, redis)["callbridge"]
     server = Server(spec, WORK / "logs" / f"ab-{calls}.log")
     try:
-        phrases = load_phrases()
         before, stolen = threads(server.pids), steal_seconds()
         started = time.monotonic()
         run = run_load(Target(server.url, spec.reply_end, spec.expects_clear), phrases, calls)
@@ -80,11 +80,12 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=160)
     parser.add_argument("--pairs", type=int, default=2)
     args = parser.parse_args()
+    phrases = load_phrases()
     redis = RedisServer(WORK / "logs" / "ab-redis.log")
     try:
         for pair in range(1, args.pairs + 1):
             for name, tree in (("A", args.a), ("B", args.b)):
-                print(f"pair {pair} {name} ({tree}): {attempt(tree.resolve(), args.calls, redis)}", flush=True)
+                print(f"pair {pair} {name} ({tree}): {attempt(tree.resolve(), args.calls, phrases, redis)}", flush=True)
     finally:
         redis.stop()
     return 0
