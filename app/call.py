@@ -31,12 +31,19 @@ logger = logging.getLogger("callbridge.call")
 OUTBOUND_FRAME_MS = 20
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Outbox:
     """The queue a transport drains. Audio can be dropped from it on barge-in; messages never are."""
 
     def __init__(self) -> None:
         self._items: deque[Outbound] = deque()
         self._ready = asyncio.Event()
+        self.drops = 0  # how many times queued audio was dropped (barge-ins)
+        self._pause: asyncio.Future[None] | None = None
 
     def put(self, item: Outbound) -> None:
         self._items.append(item)
@@ -46,7 +53,26 @@ class Outbox:
         kept = [item for item in self._items if not isinstance(item, AudioOut | ReplyEnd)]
         dropped = len(self._items) - len(kept)
         self._items = deque(kept)
+        self.drops += 1
+        if self._pause is not None and not self._pause.done():
+            self._pause.set_result(None)
         return dropped
+
+    async def pause_until(self, when: float) -> bool:
+        """Wait until loop time `when`, or less if queued audio is dropped meanwhile: True if it was.
+
+        A transport paces audio with this, so that a barge-in's Flush goes out at once instead of after
+        the audio message it was waiting to send (up to a whole message later)."""
+        drops = self.drops
+        loop = asyncio.get_running_loop()
+        self._pause = pause = loop.create_future()
+        timer = loop.call_at(when, _resolve, pause)
+        try:
+            await pause
+        finally:
+            timer.cancel()
+            self._pause = None
+        return self.drops != drops
 
     def peek(self) -> Outbound | None:
         return self._items[0] if self._items else None

@@ -67,6 +67,8 @@ def attempt(tree: Path, calls: int, phrases: Phrases, redis: RedisServer) -> dic
         "stolen_pct": round(100 * stolen / (wall * workers), 1),
         "turn_p50_ms": summary["turn_p50_ms"],
         "turn_p95_ms": summary["turn_p95_ms"],
+        "clear_p50_ms": summary["clear_p50_ms"],
+        "old_reply_p95_ms": summary["old_reply_p95_ms"],
         "stall_pct": summary["stall_pct"],
         "answered": summary["answered"],
         "generator_cores": summary["generator_cores"],

@@ -121,17 +121,18 @@ class PacedWriter:
     async def run(self) -> None:
         """Returns when the call asks to hang up; raises if the socket fails."""
         loop = asyncio.get_running_loop()
+        outbox = self.call.outbox
         while True:
             item = await self.call.next_outbound()
             if isinstance(item, AudioOut):
                 now = loop.time()
                 self.play_end = max(self.play_end, now)
-                wait = self.play_end - self.lead - now
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                due = self.play_end - self.lead
+                if due > now and await outbox.pause_until(due):
+                    continue  # a barge-in dropped the reply meanwhile: this audio goes with it, the Flush is next
                 frames = [item.samples]
-                while len(frames) < FRAMES_PER_MESSAGE and isinstance(self.call.outbox.peek(), AudioOut):
-                    frames.append(self.call.outbox.get_nowait().samples)  # type: ignore[union-attr]
+                while len(frames) < FRAMES_PER_MESSAGE and isinstance(outbox.peek(), AudioOut):
+                    frames.append(outbox.get_nowait().samples)  # type: ignore[union-attr]
                 samples = np.concatenate(frames) if len(frames) > 1 else frames[0]
                 await self.send_audio(encode_payload(samples))
                 self.play_end += len(samples) / self.call.outbound_rate

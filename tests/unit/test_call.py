@@ -330,3 +330,43 @@ def test_bot_audio_layouts_become_mono_int16():
     np.testing.assert_array_equal(to_int16(stereo), mono + 1)  # (2, n) channels first
     np.testing.assert_array_equal(to_int16(stereo.T.copy()), mono + 1)  # (n, 2) interleaved
     np.testing.assert_array_equal(to_int16(np.array([0.5, -1.5, 1.0], np.float32)), [16383, -32767, 32767])
+
+
+async def test_paced_writer_sends_a_barge_in_flush_at_once_not_after_the_audio_it_waits_to_send(batcher):
+    """The writer holds the next audio message until its time (the lead ahead of playback); a barge-in
+    meanwhile must go out as the next thing on the wire, not after that held audio."""
+    from app.transports.media import FRAMES_PER_MESSAGE, PacedWriter
+
+    call = make_call(vad=batcher)  # not started: this test alone fills the outbox
+    for _ in range(50):  # 1 s of reply audio
+        call.outbox.put(AudioOut(np.full(FRAME, 1000, np.int16)))
+    call.outbox.put(ReplyEnd("r1"))
+    loop = asyncio.get_running_loop()
+    sent: list[tuple[str, float]] = []
+
+    async def record(kind: str, *_: object) -> None:
+        sent.append((kind, loop.time()))
+
+    lead = 0.04
+    writer = PacedWriter(call, lead, partial(record, "audio"), partial(record, "clear"), partial(record, "mark"),
+                         partial(record, "message"))
+    task = asyncio.create_task(writer.run())
+    message_seconds = FRAMES_PER_MESSAGE * FRAME / RATE
+    # The first message goes at once, the second `lead` before the first has played; then the writer waits.
+    await asyncio.sleep(message_seconds - lead + message_seconds / 2)
+    assert [kind for kind, _ in sent] == ["audio", "audio"]
+    next_due = writer.play_end - lead
+    interrupted = loop.time()
+    assert interrupted < next_due  # the writer is holding the third message
+    call.interrupt()
+    await asyncio.sleep(0.01)
+    kinds = [kind for kind, _ in sent]
+    assert kinds[:3] == ["audio", "audio", "clear"], "no held audio before the clear"
+    assert kinds[3:] == ["message"]  # the barge_in log message, after the clear
+    cleared_at = sent[2][1]
+    assert cleared_at < next_due
+    assert writer.play_end == pytest.approx(cleared_at, abs=0.005)  # nothing queued at the caller now
+    call.outbox.put(Hangup())
+    await asyncio.wait_for(task, 1)
+    assert [kind for kind, _ in sent] == kinds  # the dropped reply stays dropped
+    await call.close()
