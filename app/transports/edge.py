@@ -333,7 +333,8 @@ class MediaConnection:
         if protocol.state is State.OPEN and protocol.current_size is None and not protocol.reader.buffer:
             data = self._whole_text_frames(data)
             if not data:
-                self._after_frames()
+                if self.messages or protocol.state is not State.OPEN:  # else the listener took every message
+                    self._after_frames()
                 return
         protocol.receive_data(data)
         self._handle_frames(protocol.events_received())
