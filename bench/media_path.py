@@ -1,0 +1,176 @@
+"""CPU per inbound Twilio media message through the server's own code, without sockets or a load generator.
+
+    .venv/bin/python bench/media_path.py --calls 80 --seconds 8            # this tree
+    .venv/bin/python bench/media_path.py --tree /tmp/old --calls 80         # another tree (git worktree)
+    .venv/bin/python bench/media_path.py --profile                          # cProfile's top functions too
+
+N Twilio media streams are opened on the edge's `Connection` with a transport that only counts bytes; then
+every 20 ms each stream gets one masked WebSocket frame holding a `media` message (a quarter of the streams
+every 5 ms, as from bench/load.py's pacer), in real time: the caller's phrases from bench/load.py and
+silence, so turns end and the echo bot answers through the paced writer. It reports what one worker process
+spends per inbound message on its event loop's thread (frame reading, JSON, µ-law, turn detection, replies)
+and per window in the VAD's inference thread. Without the kernel's TCP work and the load generator it shows
+changes to the per-message path that a load run hides; still alternate trees (A B A B) and repeat: this
+machine's speed swings by up to 2x from minute to minute without any steal (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import cProfile
+import json
+import os
+import pstats
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from websockets.speedups import apply_mask
+
+FRAME = 160  # 20 ms at 8 kHz
+SLOTS = 4  # the calls' frames arrive in 4 groups 5 ms apart, as from bench/load.py's pacer
+
+
+class CountingTransport:
+    """The edge's view of a socket: writes are counted, nothing else happens."""
+
+    def __init__(self) -> None:
+        self.written = 0
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+
+def client_frame(text: str) -> bytes:
+    """A masked text frame, as a client sends it."""
+    data = text.encode()
+    mask = os.urandom(4)
+    size = len(data)
+    head = bytes((0x81, 0x80 | size)) if size < 126 else bytes((0x81, 0xFE)) + size.to_bytes(2, "big")
+    return head + mask + apply_mask(data, mask)
+
+
+def media_frame(stream_sid: str, k: int, payload: str) -> bytes:
+    """The k-th `media` message of a stream, as Twilio lays it out."""
+    media = {"track": "inbound", "chunk": str(k + 1), "timestamp": str(20 * k), "payload": payload}
+    return client_frame(json.dumps({"event": "media", "sequenceNumber": str(k + 2), "streamSid": stream_sid,
+                                    "media": media}))
+
+
+def call_audio(seconds: float) -> np.ndarray:
+    """Each call's audio: the caller's phrases with 1.5 s pauses after each (turns end, the bot answers)."""
+    from bench.load import load_phrases
+
+    phrases = load_phrases()
+    pause = np.zeros(12000, np.int16)
+    once = np.concatenate([phrases.hello, pause, phrases.story, pause, phrases.interrupt, pause])
+    total = int(seconds * 50) * FRAME
+    return np.resize(once, total)
+
+
+async def run(calls: int, seconds: float, profile: bool) -> dict[str, Any]:
+    from app.registry import MemoryRegistry
+    from app.server import MEDIA_ROUTES, Services, load_bot
+    from app.settings import Settings
+    from app.simulator import start_message
+    from app.transports.edge import Connection, Edge
+    from app.transports.twilio import call_token, token_secret
+    from app.vad import VadBatcher, load_vad
+    from codec import ulaw_encode
+
+    settings = Settings(bot="echo")
+    state = Services(settings=settings, bot_factory=load_bot("echo"), registry=MemoryRegistry(calls + 10))
+    state.vad = VadBatcher(load_vad(settings.vad_backend))
+    edge = Edge(state, MEDIA_ROUTES, "/nonexistent", 1 << 20)
+    secret = token_secret(settings)
+    audio = call_audio(seconds)
+    payloads = [base64.b64encode(ulaw_encode(audio[i : i + FRAME])).decode() for i in range(0, len(audio), FRAME)]
+    streams = []
+    for index in range(calls):
+        connection = Connection(edge)
+        connection.connection_made(CountingTransport())  # type: ignore[arg-type]
+        connection.data_received(
+            b"GET /telephone/handler HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        stream_sid, call_sid = f"MZ{index:032d}", f"CA{index:032d}"
+        connection.data_received(client_frame(json.dumps({"event": "connected", "protocol": "Call"})))
+        token = call_token(secret, call_sid)
+        connection.data_received(client_frame(start_message(stream_sid, call_sid, {"token": token})))
+        streams.append((connection, stream_sid))
+    await asyncio.sleep(0.2)
+    if len(state.calls) != calls:
+        raise RuntimeError(f"{len(state.calls)} of {calls} calls opened")
+    # Calls are staggered by whole frames so that their turns do not all end in the same 20 ms.
+    frames = [[media_frame(sid, k, payloads[(k + 7 * i) % len(payloads)]) for k in range(len(payloads))]
+              for i, (_, sid) in enumerate(streams)]
+    process_cpu = time.process_time()
+    profiler = cProfile.Profile() if profile else None
+    loop_cpu, started = time.thread_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    slots = [list(zip(streams[slot::SLOTS], frames[slot::SLOTS], strict=True)) for slot in range(SLOTS)]
+    for k in range(len(payloads)):
+        for slot, group in enumerate(slots):
+            for (connection, _), messages in group:
+                connection.data_received(messages[k])
+            await asyncio.sleep(max(0.0, started + (k + (slot + 1) / SLOTS) * 0.02 - time.perf_counter()))
+    if profiler is not None:
+        profiler.disable()
+    loop_cpu = time.thread_time() - loop_cpu
+    vad_cpu = time.process_time() - process_cpu - loop_cpu  # the other threads: the VAD's inference thread
+    messages = len(payloads) * calls
+    replies = sum(call.stats.turns for call in state.calls.values())
+    result = {
+        "calls": calls, "messages": messages, "seconds": round(time.perf_counter() - started, 1),
+        "loop_us_per_message": round(1e6 * loop_cpu / messages, 1),
+        "vad_us_per_window": round(1e6 * vad_cpu / max(1, state.vad.windows), 1),
+        "vad_windows_per_batch": round(state.vad.windows / max(1, state.vad.batches), 1),
+        "turns_answered": replies, "reply_bytes": sum(c.transport.written for c, _ in streams),
+    }
+    for call in list(state.calls.values()):
+        await state.end_call(call)
+    await state.vad.close()
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1], help="source tree to measure")
+    parser.add_argument("--calls", type=int, default=80, help="streams in this one process (default 80: one of "
+                        "two workers at 160 calls)")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--profile", action="store_true", help="print cProfile's top functions (slows it down)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(args.tree.resolve()))
+    import uvloop
+
+    print(json.dumps({"tree": str(args.tree), **uvloop.run(run(args.calls, args.seconds, args.profile))}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
