@@ -46,11 +46,12 @@ STAGES: list[tuple[str, tuple[str, ...], str]] = [
      "leaner stack for the media socket (a bare ASGI route, C-accelerated framing)."),
     ("transport glue (app/transports)", ("app/transports/",),
      "Per-frame Python in the transports: fewer awaits and checks per message."),
-    ("event loop and socket I/O (asyncio, or uvloop's native loop)", ("leaf:asyncio/", "leaf:heapq",
-                                                                       "leaf:selectors.py"),
-     "A read syscall and callbacks per inbound 20 ms message, a write per outbound one: fewer, larger "
-     "outbound messages (Twilio plays media of any length; the lead bounds what a barge-in leaves queued), "
-     "one pacing timer per tick for all calls instead of a sleep per call and message."),
+    ("event loop: uvloop's native loop and the C work under no Python frame", ("leaf:asyncio/", "leaf:heapq",
+                                                                              "leaf:selectors.py"),
+     "py-spy puts here whatever runs under the event loop outside a Python frame. `perf record` at 160 calls "
+     "(bench/results/history.md, 2026-11-30) showed the event-loop thread mostly in the interpreter (libpython "
+     "67%: object churn of callbacks, futures, task steps), the kernel's socket I/O 9%, uvloop itself 4.5%: "
+     "fewer Python-level hops per message (callbacks instead of tasks, fewer awaits), not fewer syscalls."),
 ]
 #: Innermost frames of threads that wait: py-spy cannot always tell a thread blocked in C (a lock, a queue) from
 #: one that runs, so these count as idle.
