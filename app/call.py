@@ -62,7 +62,8 @@ class Outbox:
         """Wait until loop time `when`, or less if queued audio is dropped meanwhile: True if it was.
 
         A transport paces audio with this, so that a barge-in's Flush goes out at once instead of after
-        the audio message it was waiting to send (up to a whole message later)."""
+        the audio message it was waiting to send (up to a whole message later). A counter rather than the
+        future's result: a drop may come after the timer resolved the future but before the caller resumes."""
         drops = self.drops
         loop = asyncio.get_running_loop()
         self._pause = pause = loop.create_future()
