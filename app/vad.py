@@ -88,7 +88,20 @@ def _unstack(x: np.ndarray, new_state: np.ndarray, states: list[VadState]) -> No
         s.context = x[i, width - len(s.context) :].copy()
 
 
-class OnnxVad:
+class _RowModel:
+    """`infer` for a model that implements `infer_rows`: per-call states stacked in, results split back."""
+
+    def infer(self, windows: np.ndarray, states: list[VadState]) -> np.ndarray:
+        x, state, rate = _stack(windows, states)
+        probabilities, new_state = self.infer_rows(x, state, rate)
+        _unstack(x, new_state, states)
+        return probabilities
+
+    def infer_rows(self, x: np.ndarray, state: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class OnnxVad(_RowModel):
     """silero_vad.onnx on onnxruntime, one intra-op thread (calls are the parallelism)."""
 
     def __init__(self) -> None:
@@ -102,18 +115,12 @@ class OnnxVad:
         )
         self._rates = {rate: np.array(rate, dtype=np.int64) for rate in WINDOW_SAMPLES}
 
-    def infer(self, windows: np.ndarray, states: list[VadState]) -> np.ndarray:
-        x, state, rate = _stack(windows, states)
-        probabilities, new_state = self.infer_rows(x, state, rate)
-        _unstack(x, new_state, states)
-        return probabilities
-
     def infer_rows(self, x: np.ndarray, state: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
         out, new_state = self._session.run(None, {"input": x, "state": state, "sr": self._rates[rate]})
         return out[:, 0].astype(np.float32), new_state
 
 
-class TorchVad:
+class TorchVad(_RowModel):
     """silero_vad.jit on torch; the JIT wrapper's own state is bypassed so each call keeps its own."""
 
     def __init__(self) -> None:
@@ -126,12 +133,6 @@ class TorchVad:
             model = torch.jit.load(str(model_file("silero_vad.jit")), map_location="cpu")
         model.eval()
         self._models = {16000: model._model, 8000: model._model_8k}
-
-    def infer(self, windows: np.ndarray, states: list[VadState]) -> np.ndarray:
-        x, state, rate = _stack(windows, states)
-        probabilities, new_state = self.infer_rows(x, state, rate)
-        _unstack(x, new_state, states)
-        return probabilities
 
     def infer_rows(self, x: np.ndarray, state: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
         torch = self._torch
