@@ -1,9 +1,20 @@
-"""Prometheus metrics for one app (its own registry: no process-wide globals), served at /metrics."""
+"""Prometheus metrics for one app (its own registry: no process-wide globals), served at /metrics.
+
+With WORKERS > 1 a scrape reaches whichever worker the kernel picks, so the supervisor gives the workers a
+shared directory (`PROMETHEUS_MULTIPROC_DIR`, prometheus_client's multiprocess mode: each worker's values
+live in memory-mapped files there) and every worker serves the sum over all of them. The variable must be
+set before prometheus_client is imported, which is why the supervisor sets it in the workers' environment.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -12,7 +23,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.calls_in_progress = Gauge("callbridge_calls_in_progress", "Calls in progress", ["transport"], registry=r)
+        # livesum: the workers' values added up, a dead worker's dropped (the supervisor marks it dead).
+        self.calls_in_progress = Gauge("callbridge_calls_in_progress", "Calls in progress", ["transport"], registry=r,
+                                       multiprocess_mode="livesum")
         self.calls = Counter("callbridge_calls", "Calls started", ["transport"], registry=r)
         self.turn_latency = Histogram(
             "callbridge_turn_latency_seconds", "End of the caller's speech to the bot's first audio", registry=r,
@@ -48,4 +61,10 @@ class Metrics:
         self.vad_batch_size.observe(windows)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's metrics, or every worker's added up in multiprocess mode."""
+        directory = os.environ.get(MULTIPROCESS_DIR)
+        if not directory:
+            return generate_latest(self.registry)
+        every_worker = CollectorRegistry()
+        MultiProcessCollector(every_worker, directory)
+        return generate_latest(every_worker)

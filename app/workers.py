@@ -3,8 +3,9 @@
 One event loop runs on one core, and under load it is what runs out first (bench/results/profile.md).
 Each worker listens on HOST:PORT with SO_REUSEPORT, so the kernel spreads new connections over them;
 what must be shared between them (ids, the limit, set_input and outputs, trickled ICE candidates) goes
-through Redis (app.shared). The supervisor only starts workers, passes signals on (SIGTERM drains every
-worker), restarts a worker that dies mid-run and stops everything when one cannot start.
+through Redis (app.shared); their metrics through files in a shared directory (app.metrics). The
+supervisor only starts workers, passes signals on (SIGTERM drains every worker), restarts a worker that
+dies mid-run and stops everything when one cannot start.
 """
 
 from __future__ import annotations
@@ -12,12 +13,18 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from types import FrameType
 
+from prometheus_client.multiprocess import mark_process_dead
+
+from app.metrics import MULTIPROCESS_DIR
 from app.settings import Settings
 
 log = logging.getLogger("callbridge.workers")
@@ -32,6 +39,18 @@ def supervise(settings: Settings) -> int:
     if not settings.call_token_secret and not settings.twilio_auth_token:
         # The webhook and the stream it announces may reach different workers: they must share the secret.
         env["CALL_TOKEN_SECRET"] = secrets.token_hex(32)
+    given = env.get(MULTIPROCESS_DIR)
+    metrics_dir = env[MULTIPROCESS_DIR] = given or tempfile.mkdtemp(prefix="callbridge-metrics-")
+    for stale in Path(metrics_dir).glob("*.db"):  # start from zero, as one process does: no earlier run's values
+        stale.unlink()
+    try:
+        return _run_workers(settings, env, metrics_dir)
+    finally:
+        if not given:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _run_workers(settings: Settings, env: dict[str, str], metrics_dir: str) -> int:
     stopping = False
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -61,6 +80,7 @@ def supervise(settings: Settings) -> int:
             code = process.poll()
             if code is None:
                 continue
+            mark_process_dead(process.pid, metrics_dir)  # its calls in progress are over
             if time.monotonic() - started < START_GRACE_SECONDS:
                 log.error("worker %d exited with code %d while starting: stopping the others", index, code)
                 failed = stopping = True

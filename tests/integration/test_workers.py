@@ -18,6 +18,7 @@ from app.simulator import Pause, Speak, WaitForReply, webhook
 from tests.integration.clients import browser_call, raw_exchange
 from tests.integration.conftest import Server, free_port
 from tests.integration.test_api import check_input_hook_and_updates, run_cli
+from tests.integration.test_operations import metric_values
 from tests.integration.test_phone import HELLO, simulate
 from tests.speech import peak_correlation, silence, speech
 
@@ -149,6 +150,34 @@ async def test_inputs_and_outputs_reach_a_call_on_another_worker(server_factory,
     server = server_factory(workers=2, redis_url=redis_url, bot="tests.sample_bots:labeller")
     await check_input_hook_and_updates(server, "across-workers")
     assert worker_of(server, "call across-workers started") != set(), "the call ran in one of the workers"
+
+
+async def test_metrics_add_up_every_worker_whichever_one_is_scraped(server_factory, redis_url):
+    """A scrape reaches one worker (the kernel picks): each must serve the replica's totals, not its own."""
+    server = server_factory(workers=2, redis_url=redis_url, concurrency_limit=10, log_format="text")
+    for _ in range(100):  # until both workers listen (the server counts as up once one does)
+        webhook(server.url)
+        if worker_of(server, "webhook") == {"0", "1"}:
+            break
+        await asyncio.sleep(0.1)
+    said = speech(HELLO, RATE)
+    reports = await asyncio.gather(*(simulate(server, [Pause(0.3), Speak(said), WaitForReply("heard")])
+                                     for _ in range(8)))
+    assert all(len(report.reply_starts) == 1 for report in reports)
+    assert worker_of(server, r"call \S+ started") == {"0", "1"}, "calls landed on both workers"
+    twilio = (("transport", "twilio"),)
+    holder = asyncio.create_task(simulate(server, [Pause(2.5)]))
+    await asyncio.sleep(1.0)
+    during = [metric_values(httpx.get(server.url + "/metrics").text) for _ in range(8)]  # a connection each
+    await holder
+    after = [metric_values(httpx.get(server.url + "/metrics").text) for _ in range(8)]
+    for scrape in during:
+        assert scrape[("callbridge_calls_total", twilio)] == 9
+        assert scrape[("callbridge_calls_in_progress", twilio)] == 1
+    for scrape in after:
+        assert scrape[("callbridge_calls_total", twilio)] == 9
+        assert scrape[("callbridge_calls_in_progress", twilio)] == 0
+        assert scrape[("callbridge_turn_latency_seconds_count", ())] == 8
 
 
 def test_workers_need_redis():
