@@ -3,6 +3,7 @@
     .venv/bin/python bench/media_path.py --calls 80 --seconds 8            # this tree
     .venv/bin/python bench/media_path.py --tree /tmp/old --calls 80         # another tree (git worktree)
     .venv/bin/python bench/media_path.py --profile                          # cProfile's top functions too
+    .venv/bin/python bench/media_path.py --answers                          # how long VAD answers take
 
 N Twilio media streams are opened on the edge's `Connection` with a transport that only counts bytes; then
 every 20 ms each stream gets one masked WebSocket frame holding a `media` message (a quarter of the streams
@@ -90,7 +91,49 @@ def call_audio(seconds: float) -> np.ndarray:
     return np.resize(once, total)
 
 
-async def run(calls: int, seconds: float, profile: bool) -> dict[str, Any]:
+def time_vad_answers() -> tuple[list[float], list[float]]:
+    """Record, per window, seconds from its submission to the VAD to its answer reaching the turn detector:
+    (windows whose answer started speech or ended a turn, all other windows). Patches the tree's classes
+    before any call exists (a call hands its bound `_on_window` to its VAD stream when it is made)."""
+    from collections import deque
+
+    from app.call import Call
+    from app.turns import TurnDetector
+    from app.vad import BatchedVadStream
+
+    deciding: list[float] = []
+    others: list[float] = []
+    submit, on_window, step = BatchedVadStream.submit, Call._on_window, TurnDetector.step
+
+    def timed_submit(self: Any, window: np.ndarray, *args: Any, **kwargs: Any) -> None:
+        self.__dict__.setdefault("submitted_at", deque()).append(time.perf_counter())
+        submit(self, window, *args, **kwargs)
+
+    def timed_on_window(self: Any, window: np.ndarray, probability: float) -> None:
+        waited = time.perf_counter() - self._vad.submitted_at.popleft()
+        on_window(self, window, probability)
+        (deciding if self.detector.__dict__.pop("decided", False) else others).append(waited)
+
+    def marking_step(self: Any, window: np.ndarray, p: float) -> Any:
+        event = step(self, window, p)
+        if event is not None:
+            self.decided = True
+        return event
+
+    BatchedVadStream.submit = timed_submit  # type: ignore[method-assign]
+    Call._on_window = timed_on_window  # type: ignore[method-assign]
+    TurnDetector.step = marking_step  # type: ignore[method-assign]
+    return deciding, others
+
+
+def ms_percentiles(values: list[float]) -> str:
+    if not values:
+        return "-"
+    p50, p95 = np.percentile(values, [50, 95])
+    return f"{1000 * p50:.1f} / {1000 * p95:.1f}"
+
+
+async def run(calls: int, seconds: float, profile: bool, answers: bool) -> dict[str, Any]:
     from app.registry import MemoryRegistry
     from app.server import MEDIA_ROUTES, Services, load_bot
     from app.settings import Settings
@@ -100,6 +143,7 @@ async def run(calls: int, seconds: float, profile: bool) -> dict[str, Any]:
     from app.vad import VadBatcher, load_vad
     from codec import ulaw_encode
 
+    waits = time_vad_answers() if answers else None
     settings = Settings(bot="echo")
     state = Services(settings=settings, bot_factory=load_bot("echo"), registry=MemoryRegistry(calls + 10))
     state.vad = VadBatcher(load_vad(settings.vad_backend))
@@ -149,6 +193,9 @@ async def run(calls: int, seconds: float, profile: bool) -> dict[str, Any]:
         "vad_windows_per_batch": round(state.vad.windows / max(1, state.vad.batches), 1),
         "turns_answered": replies, "reply_bytes": sum(c.transport.written for c, _ in streams),
     }
+    if waits is not None:
+        result["vad_answer_ms_p50_p95_deciding"] = ms_percentiles(waits[0])
+        result["vad_answer_ms_p50_p95_others"] = ms_percentiles(waits[1])
     for call in list(state.calls.values()):
         await state.end_call(call)
     await state.vad.close()
@@ -164,11 +211,13 @@ def main() -> int:
                         "two workers at 160 calls)")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions (slows it down)")
+    parser.add_argument("--answers", action="store_true", help="also time each window from submission to its "
+                        "answer, for windows that started speech or ended a turn and for the rest (costs CPU)")
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree.resolve()))
     import uvloop
 
-    print(json.dumps({"tree": str(args.tree), **uvloop.run(run(args.calls, args.seconds, args.profile))}))
+    print(json.dumps({"tree": str(args.tree), **uvloop.run(run(args.calls, args.seconds, args.profile, args.answers))}))
     return 0
 
 
