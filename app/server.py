@@ -210,8 +210,9 @@ def create_app(settings: Settings, worker: int = 0) -> Quart:
             log.warning("PUBLIC_URL is not set: Twilio stream URLs are built from each webhook's Host header")
         await asyncio.to_thread(prepare_resamplers)
         model = await asyncio.to_thread(load_vad, settings.vad_backend)
-        state.vad = VadBatcher(model, on_batch=state.metrics.vad_batch)
-        log.info("ready: bot=%s vad=%s limit=%d", settings.bot, settings.vad_backend, settings.concurrency_limit)
+        state.vad = VadBatcher(model, on_batch=state.metrics.vad_batch, in_thread=settings.vad_in_thread)
+        log.info("ready: bot=%s vad=%s (%s) limit=%d", settings.bot, settings.vad_backend,
+                 "own thread" if settings.vad_in_thread else "on the event loop", settings.concurrency_limit)
 
     @app.after_serving
     async def _stop() -> None:

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
 
     # --- turn-taking --------------------------------------------------------------------------------
     vad_backend: Literal["onnx", "torch"] = "onnx"
+    # Where batched inference runs: "thread" (beside the event loop, on another core), "loop" (on the event
+    # loop itself: no hand-off), or "auto": a thread with one worker, the loop with several (their event
+    # loops already fill the cores; bench/results/history.md).
+    vad_thread: Literal["auto", "thread", "loop"] = "auto"
     vad_enter_threshold: float = Field(0.5, gt=0, lt=1)
     vad_exit_threshold: float = Field(0.35, gt=0, lt=1)
     speech_start_ms: int = Field(192, ge=32, le=2000)
@@ -99,6 +103,11 @@ class Settings(BaseSettings):
         if self.vad_exit_threshold > self.vad_enter_threshold:
             raise ValueError("VAD_EXIT_THRESHOLD must not exceed VAD_ENTER_THRESHOLD")
         return self
+
+    @property
+    def vad_in_thread(self) -> bool:
+        """Whether VAD inference runs in a thread beside the event loop (VAD_THREAD, resolved)."""
+        return self.vad_thread == "thread" or (self.vad_thread == "auto" and self.workers == 1)
 
     @model_validator(mode="after")
     def _check_workers(self) -> Settings:

@@ -255,18 +255,23 @@ MIN_BATCH_INTERVAL = 0.016
 
 
 class VadBatcher:
-    """Runs the next window of every call as one batched inference, off the event loop.
+    """Runs the next window of every call as one batched inference.
 
     A stream's windows depend on each other through its recurrent state, so a batch holds at most one
-    window per stream; the rest wait for the next batch. Batches run in one worker thread (onnxruntime
-    releases the GIL, so inference uses the other core while the event loop does I/O), and each
-    probability is handed back on the event loop. While a batch runs, the next one fills up: the busier
-    the service, the larger (and cheaper per call) the batches.
+    window per stream; the rest wait for the next batch. With `in_thread`, batches run in one worker
+    thread (onnxruntime releases the GIL, so inference uses another core while the event loop does I/O)
+    and each probability is handed back on the event loop; while a batch runs, the next one fills up.
+    Without, the event loop runs the inference itself (a few ms per batch): no hand-off between threads,
+    which costs more than it gains when other workers' event loops already keep every core busy
+    (bench/results/history.md). Either way, the busier the service, the larger (and cheaper per call)
+    the batches.
     """
 
-    def __init__(self, model: VadModel, on_batch: Callable[[float, int], None] | None = None) -> None:
+    def __init__(self, model: VadModel, on_batch: Callable[[float, int], None] | None = None, *,
+                 in_thread: bool = True) -> None:
         self.model = model
         self.on_batch = on_batch  # (inference seconds, windows) per batch, for metrics
+        self.in_thread = in_thread  # else inference runs on the event loop, which waits for it
         self._waiting: dict[BatchedVadStream, None] = {}  # insertion-ordered set
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
@@ -315,8 +320,8 @@ class VadBatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if (delay := next_batch - loop.time()) > 0:
-                await asyncio.sleep(delay)
+            if (delay := next_batch - loop.time()) > 0 or not self.in_thread:
+                await asyncio.sleep(max(0.0, delay))  # on the loop, let the loop run between batches
             next_batch = loop.time() + MIN_BATCH_INTERVAL
             by_rows: dict[StateRows, list[tuple[BatchedVadStream, np.ndarray]]] = {}  # one batch per rate
             streams = list(self._waiting)
@@ -331,8 +336,11 @@ class VadBatcher:
                 rows = np.fromiter((stream.row for stream, _ in items), np.intp, len(items))
                 x, state = state_rows.gather(rows, [window for _, window in items])
                 started = time.perf_counter()
-                probabilities, new_state = await loop.run_in_executor(
-                    self._executor, self.model.infer_rows, x, state, state_rows.sample_rate)
+                if self.in_thread:
+                    probabilities, new_state = await loop.run_in_executor(
+                        self._executor, self.model.infer_rows, x, state, state_rows.sample_rate)
+                else:
+                    probabilities, new_state = self.model.infer_rows(x, state, state_rows.sample_rate)
                 live = [i for i, (stream, _) in enumerate(items) if not stream.closed]
                 if len(live) == len(items):
                     state_rows.scatter(rows, x, new_state)

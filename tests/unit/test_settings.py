@@ -47,3 +47,11 @@ def test_env_example_lists_every_setting_with_a_comment():
 def test_readme_settings_table_lists_every_setting():
     documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", (ROOT / "README.md").read_text(), re.MULTILINE))
     assert documented == NAMES
+
+
+def test_vad_thread_auto_uses_a_thread_for_one_worker_and_the_loop_for_several():
+    redis = {"redis_url": "redis://127.0.0.1:6379/0"}
+    assert Settings(workers=1).vad_in_thread
+    assert not Settings(workers=2, **redis).vad_in_thread
+    assert Settings(workers=2, vad_thread="thread", **redis).vad_in_thread
+    assert not Settings(workers=1, vad_thread="loop").vad_in_thread

@@ -126,3 +126,40 @@ async def test_rows_grow_and_are_reused_without_leaking_state(onnx_vad):
         np.testing.assert_allclose(results[f"first{i}"], alone[0], atol=1e-4)
     for name in [*(f"late{i}" for i in range(10)), "reused"]:
         np.testing.assert_allclose(results[name], alone[1], atol=1e-4)
+
+
+async def test_on_the_event_loop_batches_give_the_same_results_and_let_the_loop_run_between(onnx_vad,
+                                                                                             monkeypatch):
+    """Inference on the event loop (VAD_THREAD=loop): same probabilities as a stream alone, no thread, and a
+    backlog (here: no wait between batches at all) still lets other callbacks run between batches."""
+    import asyncio
+    import threading
+
+    import app.vad
+
+    monkeypatch.setattr(app.vad, "MIN_BATCH_INTERVAL", 0.0)
+    rate = 8000
+    audio = windows(speech("Counting one two three on the event loop.", rate), rate)[:12]
+    alone = VadStream(onnx_vad, rate)
+    expected = [alone.probability(w) for w in audio]
+    batcher = VadBatcher(onnx_vad, in_thread=False)
+    got: list[list[float]] = [[], []]
+    streams = [batcher.stream(rate, lambda w, p, i=i: got[i].append(p)) for i in range(2)]
+    threads_before = threading.active_count()
+    for window in audio:  # 12 windows per stream: 12 batches
+        for stream in streams:
+            stream.submit(window)
+    seen: list[int] = []
+
+    async def watch() -> None:
+        while len(got[0]) < len(audio):
+            seen.append(len(got[0]))
+            await asyncio.sleep(0)
+
+    await asyncio.wait_for(asyncio.gather(batcher.idle(), watch()), 10.0)
+    await batcher.close()
+    for results in got:
+        np.testing.assert_allclose(results, expected, atol=1e-4)
+    assert batcher.batches == len(audio)
+    assert threading.active_count() == threads_before, "no inference thread"
+    assert len({n for n in seen if 0 < n < len(audio)}) >= len(audio) // 2, "the loop ran between batches"
