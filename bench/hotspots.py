@@ -168,9 +168,11 @@ def write_markdown(profile: Profile, path: Path, context: list[str], top: int = 
              f"{profile.samples} samples, {profile.idle} idle (waiting), {profile.busy} busy; percentages are of "
              "busy samples, all threads together.", "",
              f"Threads: the event loop's thread {pct(profile.threads['main'])}, worker threads (the thread pool "
-             f"that runs the batched VAD) {pct(profile.threads['worker'])}. Python code runs one thread at a time "
-             "and onnxruntime releases the GIL, so the event loop's thread alone is capped at one core: it is "
-             "what runs out first.", "",
+             f"that runs the batched VAD with VAD_THREAD=thread) {pct(profile.threads['worker'])}. "
+             + ("Python code runs one thread at a time and onnxruntime releases the GIL, so the event loop's "
+                "thread alone is capped at one core: it is what runs out first." if profile.threads["worker"]
+                else "The VAD's inference ran on the event loop (VAD_THREAD=loop, the default with several "
+                     "workers), so everything here shares its one core."), "",
              "## By pipeline stage", "", "| stage | all threads | on the event loop's thread |",
              "| --- | ---: | ---: |"]
     lines += [f"| {name} | {pct(count)} | {pct(profile.main_stages[name])} |"
