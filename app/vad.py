@@ -271,12 +271,12 @@ class VadBatcher:
                  in_thread: bool = True) -> None:
         self.model = model
         self.on_batch = on_batch  # (inference seconds, windows) per batch, for metrics
-        self.in_thread = in_thread  # else inference runs on the event loop, which waits for it
         self._waiting: dict[BatchedVadStream, None] = {}  # insertion-ordered set
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad")
+        # None: inference runs on the event loop, which waits for it.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad") if in_thread else None
         self._rows: dict[int, StateRows] = {}
         self.batches = 0
         self.windows = 0
@@ -308,7 +308,8 @@ class VadBatcher:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
-        self._executor.shutdown(wait=False)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
     async def _run(self) -> None:
         assert self._wake is not None and self._idle is not None
@@ -320,7 +321,7 @@ class VadBatcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if (delay := next_batch - loop.time()) > 0 or not self.in_thread:
+            if (delay := next_batch - loop.time()) > 0 or self._executor is None:
                 await asyncio.sleep(max(0.0, delay))  # on the loop, let the loop run between batches
             next_batch = loop.time() + MIN_BATCH_INTERVAL
             by_rows: dict[StateRows, list[tuple[BatchedVadStream, np.ndarray]]] = {}  # one batch per rate
@@ -336,7 +337,7 @@ class VadBatcher:
                 rows = np.fromiter((stream.row for stream, _ in items), np.intp, len(items))
                 x, state = state_rows.gather(rows, [window for _, window in items])
                 started = time.perf_counter()
-                if self.in_thread:
+                if self._executor is not None:
                     probabilities, new_state = await loop.run_in_executor(
                         self._executor, self.model.infer_rows, x, state, state_rows.sample_rate)
                 else:
