@@ -13,6 +13,9 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLOURS = {"callbridge": "tab:blue", "fastrtc": "tab:orange"}
+#: A level during which the VM's host stole more of the CPU than this (/proc/stat steal) is not a clean
+#: measurement: run_bench.py measures it again, and a miss under more steal says nothing about the server.
+CLEAN_STEAL_PCT = 5.0
 
 
 def sustained(level: dict[str, Any], silence_ms: int) -> bool:
@@ -38,6 +41,23 @@ def capacity(levels: list[dict[str, Any]], test: Any) -> int:
             break
         best = level["calls"]
     return best
+
+
+def capacity_despite_steal(levels: list[dict[str, Any]], test: Any) -> int:
+    """The highest N that passes `test` with no lower N missing it on a clean run (at most CLEAN_STEAL_PCT
+    stolen). Steal only ever makes a level harder: a pass holds whatever was stolen, a miss while the host
+    took more than that shows the host, not the server."""
+    best = 0
+    for level in sorted(levels, key=lambda lv: lv["calls"]):
+        if test(level):
+            best = level["calls"]
+        elif not _stolen_much(level):
+            break
+    return best
+
+
+def _stolen_much(level: dict[str, Any]) -> bool:
+    return (level.get("steal_pct") or 0.0) > CLEAN_STEAL_PCT
 
 
 def _fmt(value: Any, suffix: str = "") -> str:
@@ -67,6 +87,11 @@ def _stolen(level: dict[str, Any]) -> str:
     return shown if len(attempts) < 2 else f"{shown} ({', '.join(_fmt(a, '%') for a in attempts)})"
 
 
+def _verdict(passed: bool, level: dict[str, Any]) -> str:
+    """yes / no, and whether a miss happened while the host stole more than CLEAN_STEAL_PCT of the CPU."""
+    return "yes" if passed else ("no (stolen)" if _stolen_much(level) else "no")
+
+
 def level_table(name: str, levels: list[dict[str, Any]], silence_ms: int) -> list[str]:
     baseline = levels[0]
     rows = [
@@ -88,7 +113,7 @@ def level_table(name: str, levels: list[dict[str, Any]], silence_ms: int) -> lis
             f"{_fmt(lv['server_cores'])} | {_fmt(lv['rss_peak_mb'])} | {_fmt(lv['rss_per_call_mb'])} | "
             f"{_fmt(lv['generator_cores'])} / {_fmt(lv['generator_loop_lag_p99_ms'])} | "
             f"{_fmt(lv['other_cores'])} | {_stolen(lv)} | "
-            f"{'yes' if sustained(lv, silence_ms) else 'no'} | "
+            f"{_verdict(sustained(lv, silence_ms), lv)} | "
             f"{'yes' if holds(lv, baseline) else 'no'} |"
         )
     failures: dict[str, int] = {}
@@ -115,7 +140,11 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "anything else on the machine are in the table.",
         "",
         "**Sustained**: every call answered, p95 turn latency <= the server's silence + 100 ms, stalls < 1% "
-        "of reply time. **Holds N=1 quality**: turns answered, p95 latency and stalls no worse under load than "
+        "of reply time; *highest N sustained* needs every lower N sustained too, and *despite steal* does not "
+        f"count the misses of levels during which the host stole more than {CLEAN_STEAL_PCT:g}% of the CPU "
+        "(marked `no (stolen)`): steal only makes a level harder, so a pass stands whatever was stolen, while "
+        "such a miss shows the host rather than the server. **Holds N=1 quality**: turns answered, p95 "
+        "latency and stalls no worse under load than "
         "with one call (5 points, 100 ms). Turn latency: end of the caller's speech -> first reply audio at "
         "the caller. Old reply heard after onset: how long the caller still hears the interrupted reply "
         "after starting to speak over it.",
@@ -125,12 +154,13 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
         "| | " + " | ".join(servers) + " | ratio |",
         "| --- | " + " | ".join("---:" for _ in servers) + " | ---: |",
     ]
-    caps: dict[str, tuple[int, int]] = {}
+    caps: dict[str, tuple[int, int, int]] = {}
     for name in servers:
         levels = data["levels"][name]
         silence = servers[name]["silence_ms"]
         caps[name] = (capacity(levels, lambda lv, s=silence: sustained(lv, s)),
-                      capacity(levels, lambda lv, b=levels[0]: holds(lv, b)))
+                      capacity(levels, lambda lv, b=levels[0]: holds(lv, b)),
+                      capacity_despite_steal(levels, lambda lv, s=silence: sustained(lv, s)))
     names = list(servers)
 
     def row(label: str, values: list[str], ratio: str = "") -> str:
@@ -139,10 +169,14 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
     if len(names) == 2:
         a, b = names
         lines.append(row("highest N sustained", [str(caps[n][0]) for n in names], _ratio(caps[a][0], caps[b][0])))
+        lines.append(row(f"highest N sustained despite steal (misses with > {CLEAN_STEAL_PCT:g}% stolen not counted)",
+                         [str(caps[n][2]) for n in names], _ratio(caps[a][2], caps[b][2])))
         lines.append(row("highest N holding N=1 quality", [str(caps[n][1]) for n in names],
                          _ratio(caps[a][1], caps[b][1])))
     else:
         lines.append(row("highest N sustained", [str(caps[n][0]) for n in names]))
+        lines.append(row(f"highest N sustained despite steal (misses with > {CLEAN_STEAL_PCT:g}% stolen not counted)",
+                         [str(caps[n][2]) for n in names]))
     lines.append(row("silence the turn end waits for (ms)", [str(servers[n]["silence_ms"]) for n in names]))
     first = {n: data["levels"][n][0] for n in names}
     lines.append(row("turn latency p50 / p95 at N=1 (ms)",

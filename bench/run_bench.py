@@ -62,7 +62,7 @@ LADDERS = {
 QUICK_LADDER = [1, 8]
 N1_ROUNDS = 3  # N=1 runs three calls one after another, for a steadier baseline
 BUDGET_MINUTES = 30.0  # no new level starts after this (a full run stays under ~35 minutes)
-STEAL_RETRY_PCT = 5.0  # a level during which the VM's host stole more of the CPU than this is measured again
+STEAL_RETRY_PCT = report.CLEAN_STEAL_PCT  # a level during which the host stole more is measured again
 STEAL_RETRY_FROM = 32  # calls: smaller levels are far from any limit (and each attempt costs a minute or more)
 STEAL_ATTEMPTS = 2
 QUIET_CORES = 0.4  # before a level, wait (at most QUIET_WAIT s) until the rest of the machine is this idle
