@@ -15,6 +15,7 @@ from quart import Blueprint, Response, request
 
 from app.messages import failed, jsonable
 from app.registry import UnknownSession
+from app.shared import SharedRegistryUnavailable
 
 api = Blueprint("api", __name__)
 
@@ -35,6 +36,8 @@ async def input_hook() -> tuple[dict, int]:
         await services().set_input(call_id, *body.values())
     except UnknownSession:
         return _error(404, f"no call with webrtc_id {call_id!r}")
+    except SharedRegistryUnavailable as exc:
+        return _error(503, f"cannot reach the call {call_id!r} in another process: {exc}")
     return {"status": "ok"}, 200
 
 
@@ -49,6 +52,8 @@ async def updates() -> Response | tuple[dict, int]:
         stream = await services().output_stream(call_id)
     except UnknownSession:
         return _error(404, f"no call with webrtc_id {call_id!r}")
+    except SharedRegistryUnavailable as exc:
+        return _error(503, f"cannot reach the call {call_id!r} in another process: {exc}")
 
     async def events() -> AsyncIterator[bytes]:
         yield b": connected\n\n"

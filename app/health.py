@@ -15,13 +15,18 @@ async def healthz() -> tuple[dict, int]:
 
 @health.get("/readyz")
 async def readyz() -> tuple[dict, int]:
-    """Ready: models are loaded and the service accepts new calls (not while draining)."""
+    """Ready: models are loaded and the service accepts new calls (not while draining, nor while the
+    shared registry is out of reach: new calls would be refused)."""
     from app.server import services
+    from app.shared import SharedRegistryUnavailable
 
     state = services()
-    if state.ready:
+    if not state.ready:
+        return {"status": "draining" if state.draining else "starting"}, 503
+    try:
         return {"status": "ready", "calls": await state.count()}, 200
-    return {"status": "draining" if state.draining else "starting"}, 503
+    except SharedRegistryUnavailable as exc:
+        return {"status": "unavailable", "reason": str(exc)}, 503
 
 
 @health.get("/metrics")

@@ -7,6 +7,7 @@ Everything a request handler needs lives on one `Services` object created here a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -20,7 +21,6 @@ from functools import partial
 from typing import Any
 
 from quart import Quart, current_app
-from redis.exceptions import RedisError
 
 from app.api import api
 from app.call import Call
@@ -91,8 +91,10 @@ class Services:
             if self.shared is not None:
                 try:
                     await self.shared.claim(call_id)
-                except (RedisError, OSError) as exc:
-                    log.error("call %s refused: the shared registry is unreachable: %s", call_id, exc)
+                except SharedRegistryUnavailable as exc:
+                    log.error("call %s refused: %s", call_id, exc)
+                    with contextlib.suppress(SharedRegistryUnavailable):  # in case the claim went through
+                        await self.shared.release(call_id)
                     raise ServiceUnavailable("the service cannot reach its shared registry") from None
             session = self.registry.open(call_id, transport)
         except ConcurrencyLimitReached:
@@ -132,11 +134,12 @@ class Services:
         if self.shared is not None:
             try:
                 await self.shared.release(call_id)
-            except (RedisError, OSError) as exc:
+            except SharedRegistryUnavailable as exc:
                 log.error("call %s: could not free its shared slot: %s", call_id, exc)
 
     async def count(self) -> int:
-        """Calls in progress here: on every worker of this replica when the registry is shared."""
+        """Calls in progress here: on every worker of this replica when the registry is shared (then it
+        raises SharedRegistryUnavailable when Redis cannot be reached)."""
         return await self.shared.count() if self.shared is not None else self.registry.count()
 
     async def set_input(self, call_id: str, *args: Any) -> None:

@@ -13,6 +13,10 @@ leaves the process that holds the socket. Redis holds only what the other proces
   `output_stream` in other processes, then an end marker when the call ends.
 
 Values crossing processes are JSON: inputs come from JSON bodies anyway; outputs go through `jsonable`.
+
+Every request to Redis gets ANSWER_SECONDS: a Redis that is down, restarting or cut off raises
+SharedRegistryUnavailable quickly instead of holding a webhook or a readiness probe until TCP gives up.
+Calls in progress do not need Redis (their audio stays in their process); new calls do.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as redis
 
@@ -33,6 +37,11 @@ logger = logging.getLogger("callbridge.shared")
 
 PREFIX = "callbridge:"
 END = "__end__"  # the last message on a call's outputs channel
+#: How long one request to Redis may take (it answers in well under a millisecond when it is there);
+#: below the 2 s a Kubernetes readiness probe waits for /readyz.
+ANSWER_SECONDS = 1.0
+
+T = TypeVar("T")
 
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
@@ -69,7 +78,7 @@ CommandHandler = Callable[[str, Any], Awaitable[None]]
 
 
 class SharedRegistryUnavailable(Exception):
-    """Redis cannot be reached; the message says where and why."""
+    """Redis cannot be reached or did not answer in time; the message says where and why."""
 
 
 class SharedRegistry:
@@ -93,22 +102,19 @@ class SharedRegistry:
 
     async def start(self) -> None:
         """Forget what an earlier run of this worker left behind (a crash), then listen for commands."""
-        try:
-            await self._forget(keys=[self.key("owned", self.worker), self.key("calls", self.replica)],
-                               args=[PREFIX, self.worker, json.dumps(END)])
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            await pubsub.subscribe(self.key("worker", self.worker))
-        except (redis.RedisError, OSError) as exc:
-            raise SharedRegistryUnavailable(f"cannot use Redis at {self.url}: {exc}") from None
+        await self._ask(self._forget(keys=[self.key("owned", self.worker), self.key("calls", self.replica)],
+                                     args=[PREFIX, self.worker, json.dumps(END)]))
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await self._ask(pubsub.subscribe(self.key("worker", self.worker)))
         self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub), name="shared-commands")
 
     async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
-        with contextlib.suppress(redis.RedisError, OSError):
-            await self._forget(keys=[self.key("owned", self.worker), self.key("calls", self.replica)],
-                               args=[PREFIX, self.worker, json.dumps(END)])
+        with contextlib.suppress(SharedRegistryUnavailable):
+            await self._ask(self._forget(keys=[self.key("owned", self.worker), self.key("calls", self.replica)],
+                                         args=[PREFIX, self.worker, json.dumps(END)]))
         await self.redis.aclose()
 
     def on_command(self, kind: str, handler: CommandHandler) -> None:
@@ -118,11 +124,12 @@ class SharedRegistry:
     # Calls opening and ending.
 
     async def claim(self, call_id: str) -> None:
-        """Take the id and a slot of this replica's limit; raises ConnectionAlreadyExists or
-        ConcurrencyLimitReached."""
-        result = await self._claim(
+        """Take the id and a slot of this replica's limit; raises ConnectionAlreadyExists,
+        ConcurrencyLimitReached or SharedRegistryUnavailable (then the claim may or may not have been made:
+        `release` undoes it either way)."""
+        result = await self._ask(self._claim(
             keys=[self.key("session", call_id), self.key("calls", self.replica), self.key("owned", self.worker)],
-            args=[self.worker, self.limit, call_id])
+            args=[self.worker, self.limit, call_id]))
         if result == -1:
             raise ConnectionAlreadyExists(f"a call with id {call_id!r} already exists")
         if result == -2:
@@ -133,43 +140,56 @@ class SharedRegistry:
         self._mirrors[session.id] = asyncio.get_running_loop().create_task(self._mirror(session))
 
     async def release(self, call_id: str) -> None:
-        """Free the id and the slot; ends other processes' output streams (after the last output)."""
+        """Free the id and the slot; ends other processes' output streams (after the last output). Does
+        nothing for an id this worker does not hold. Raises SharedRegistryUnavailable."""
         mirror = self._mirrors.pop(call_id, None)
         if mirror is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(mirror), 2.0)
             mirror.cancel()
-        await self._release(
+        await self._ask(self._release(
             keys=[self.key("session", call_id), self.key("calls", self.replica), self.key("owned", self.worker),
                   self.key("output", call_id), self.key("outputs", call_id)],
-            args=[self.worker, call_id, json.dumps(END)])
+            args=[self.worker, call_id, json.dumps(END)]))
 
     async def count(self) -> int:
         """Calls in progress on this replica (every worker)."""
-        return sum(int(n) for n in (await self.redis.hvals(self.key("calls", self.replica))))
+        return sum(int(n) for n in (await self._ask(self.redis.hvals(self.key("calls", self.replica)))))
 
     # Calls held by other processes.
 
     async def send_command(self, call_id: str, kind: str, data: Any) -> None:
         """Deliver a command to the process holding `call_id`; raises UnknownSession when none does."""
-        owner = await self.redis.get(self.key("session", call_id))
+        owner = await self._ask(self.redis.get(self.key("session", call_id)))
         if owner is None:
             raise UnknownSession(f"no call with id {call_id!r}")
         message = json.dumps({"kind": kind, "id": call_id, "data": data})
-        if await self.redis.publish(self.key("worker", owner), message) == 0:
+        if await self._ask(self.redis.publish(self.key("worker", owner), message)) == 0:
             raise UnknownSession(f"the process holding call {call_id!r} is gone")
 
     async def output_stream(self, call_id: str) -> AsyncIterator[tuple[Any, ...]]:
         """Outputs published from now on, until the call ends; raises UnknownSession at once when no
         process holds the call. Subscribed before the check, so nothing published in between is lost."""
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self.key("outputs", call_id))
-        if not await self.redis.exists(self.key("session", call_id)):
+        try:
+            await self._ask(pubsub.subscribe(self.key("outputs", call_id)))
+            if not await self._ask(self.redis.exists(self.key("session", call_id))):
+                raise UnknownSession(f"no call with id {call_id!r}")
+        except BaseException:
             await pubsub.aclose()
-            raise UnknownSession(f"no call with id {call_id!r}")
+            raise
         return self._outputs(pubsub)
 
     # Internals.
+
+    async def _ask(self, request: Awaitable[T]) -> T:
+        """`request`'s answer within ANSWER_SECONDS, or SharedRegistryUnavailable."""
+        try:
+            async with asyncio.timeout(ANSWER_SECONDS):
+                return await request
+        except (redis.RedisError, OSError) as exc:  # TimeoutError is an OSError
+            reason = str(exc) or f"no answer in {ANSWER_SECONDS:g} s"
+            raise SharedRegistryUnavailable(f"cannot use Redis at {self.url}: {reason}") from None
 
     async def _outputs(self, pubsub: Any) -> AsyncIterator[tuple[Any, ...]]:
         try:
@@ -190,8 +210,8 @@ class SharedRegistry:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     pipe.set(self.key("output", session.id), encoded)
                     pipe.publish(self.key("outputs", session.id), encoded)
-                    await pipe.execute()
-            except (redis.RedisError, OSError) as exc:
+                    await self._ask(pipe.execute())
+            except SharedRegistryUnavailable as exc:
                 logger.warning("call %s: output not shared: %s", session.id, exc)
 
     async def _listen(self, pubsub: Any) -> None:
@@ -204,10 +224,15 @@ class SharedRegistry:
                 await pubsub.aclose()
                 raise
             except (redis.RedisError, OSError) as exc:
-                logger.error("shared registry: command channel lost (%s); resubscribing in 1 s", exc)
-                await asyncio.sleep(1.0)
-                with contextlib.suppress(redis.RedisError, OSError):
-                    await pubsub.subscribe(self.key("worker", self.worker))
+                logger.error("shared registry: command channel lost (%s); resubscribing every second", exc)
+                while True:  # one line when lost and one when back, not one a second while Redis is away
+                    await asyncio.sleep(1.0)
+                    try:
+                        await self._ask(pubsub.subscribe(self.key("worker", self.worker)))
+                        break
+                    except SharedRegistryUnavailable:
+                        continue
+                logger.info("shared registry: command channel back")
 
     async def _dispatch(self, raw: str) -> None:
         try:

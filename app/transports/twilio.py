@@ -23,6 +23,7 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from app.call import Call
 from app.messages import ClientMessage
+from app.shared import SharedRegistryUnavailable
 from app.transports.media import INVALID_PAYLOAD, POLICY_VIOLATION, MediaSocket, ProtocolError, field
 from app.transports.websocket import WebSocket
 
@@ -69,6 +70,20 @@ def signature_valid(settings: Any, url: str, params: dict[str, str], headers: An
     return bool(signature) and RequestValidator(token).validate(url, params, signature)
 
 
+async def _refusal(state: Any) -> str:
+    """Why a new call would be refused now, or "" when it would be taken."""
+    if not state.ready:
+        return "draining" if state.draining else "starting"
+    try:
+        calls = await state.count()
+    except SharedRegistryUnavailable as exc:
+        return str(exc)
+    if calls >= state.registry.limit:
+        state.metrics.rejections.inc()
+        return f"at capacity ({calls} calls, CONCURRENCY_LIMIT={state.registry.limit})"
+    return ""
+
+
 @telephone.post("/telephone/incoming")
 async def incoming() -> Response | tuple[str, int]:
     state = _services()
@@ -83,10 +98,9 @@ async def incoming() -> Response | tuple[str, int]:
     if not call_sid:
         return "CallSid is required", 422
     response = VoiceResponse()
-    if not state.ready or await state.count() >= state.registry.limit:
-        if state.ready:
-            state.metrics.rejections.inc()
-        logger.warning("webhook for %s rejected: %s", call_sid, "draining" if state.ready else "at capacity")
+    refusal = await _refusal(state)
+    if refusal:
+        logger.warning("webhook for %s rejected: %s", call_sid, refusal)
         response.reject(reason="busy")
         return Response(str(response), mimetype="text/xml")
     if state.settings.greeting:

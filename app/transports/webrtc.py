@@ -45,6 +45,7 @@ from app.call import Call
 from app.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, failed
 from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, RegistryError, UnknownSession
 from app.settings import Settings
+from app.shared import SharedRegistryUnavailable
 
 if TYPE_CHECKING:
     from app.server import Services
@@ -170,6 +171,8 @@ async def _add_candidate(call_id: str, candidate: Any) -> None:
         await shared.send_command(call_id, "ice", candidate)
     except UnknownSession:
         raise OfferError(f"no WebRTC call with webrtc_id {call_id!r}: send the offer first", 404) from None
+    except SharedRegistryUnavailable as exc:
+        raise OfferError(f"cannot pass the candidate to the process holding {call_id!r}: {exc}", 503) from None
 
 
 def parse_candidate(candidate: Any) -> RTCIceCandidate | None:

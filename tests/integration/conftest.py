@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import free_port, start_redis
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -81,25 +75,9 @@ def echo_server(server_factory) -> Server:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
-    """A real redis-server on loopback (installed by .ci/run: apt-get install redis-server)."""
-    if shutil.which("redis-server") is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server)")
     port = free_port()
-    log = open(tmp_path_factory.mktemp("redis") / "redis.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no"], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
-                    break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(10)
-    log.close()
+    with open(tmp_path_factory.mktemp("redis") / "redis.log", "w") as log:
+        process = start_redis(port, log)
+        yield f"redis://127.0.0.1:{port}/0"
+        process.terminate()
+        process.wait(10)

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, MemoryRegistry, UnknownSession
-from app.shared import SharedRegistry
+from app.shared import ANSWER_SECONDS, SharedRegistry, SharedRegistryUnavailable
 from app.simulator import Pause, Speak, WaitForReply, webhook
 from tests.integration.clients import browser_call, raw_exchange
-from tests.integration.conftest import Server, free_port
+from tests.integration.conftest import Server
 from tests.integration.test_api import check_input_hook_and_updates, run_cli
 from tests.integration.test_operations import metric_values
 from tests.integration.test_phone import HELLO, simulate
+from tests.processes import free_port, start_redis
 from tests.speech import peak_correlation, silence, speech
 
 RATE = 8000
@@ -102,6 +103,96 @@ async def test_a_restarted_worker_frees_what_it_held_before_it_crashed(redis_url
     for worker in (restarted, other):
         await worker.close()
     await crashed.redis.aclose()
+
+
+async def test_a_redis_that_never_answers_is_reported_not_waited_for():
+    """A Redis cut off mid-connection (no reset, no answer) must not hold a webhook or a probe."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # read nothing, answer nothing
+
+    listener = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    worker = SharedRegistry(f"redis://127.0.0.1:{port}/0", "mute", "mute/0", limit=1)
+    loop = asyncio.get_running_loop()
+    try:
+        for request in (worker.count, lambda: worker.claim("x"), lambda: worker.send_command("x", "input", [])):
+            started = loop.time()
+            with pytest.raises(SharedRegistryUnavailable, match=f"127.0.0.1:{port}.*no answer in 1 s"):
+                await request()
+            assert loop.time() - started < ANSWER_SECONDS + 1.0
+        assert accepted, "the requests did reach the listener"
+    finally:
+        await worker.redis.aclose()
+        for writer in accepted:
+            writer.close()
+        listener.close()
+
+
+async def test_losing_redis_refuses_new_calls_clearly_and_spares_calls_in_progress(tmp_path):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    redis_log = open(tmp_path / "redis.log", "w")  # noqa: SIM115 - closed below
+    redis = start_redis(port, redis_log)
+    server = Server({"WORKERS": "2", "REDIS_URL": url, "BOT": "tests.sample_bots:labeller", "LOG_FORMAT": "text"},
+                    tmp_path / "server.log")
+    try:
+        for _ in range(100):  # both workers listening (the server counts as up once one does)
+            webhook(server.url)
+            if worker_of(server, "webhook") == {"0", "1"}:
+                break
+            await asyncio.sleep(0.1)
+        said = speech(HELLO, RATE)
+        in_progress = asyncio.create_task(browser_call(
+            server.url, "up-before", np.concatenate([silence(2.0, RATE), said, silence(1.0, RATE)]), pace=0.02,
+            timeout=10))
+        await asyncio.sleep(0.5)
+        hook = httpx.post(server.url + "/input_hook", json={"webrtc_id": "up-before", "label": "kept"})
+        assert hook.status_code == 200
+        await asyncio.sleep(0.5)
+        redis.kill()  # a crash: nothing said to the clients
+        redis.wait(10)
+
+        browser_url = server.url.replace("http", "ws") + "/websocket/offer"
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            for i in range(6):  # a new connection each: whichever worker answers
+                ready = await client.get("/readyz", headers={"Connection": "close"})
+                assert ready.status_code == 503
+                assert ready.json()["status"] == "unavailable" and url in ready.json()["reason"]
+                with pytest.raises(RuntimeError, match="call rejected"):
+                    webhook(server.url)
+                received, code = await raw_exchange(browser_url, [json.dumps({"event": "start",
+                                                                              "websocket_id": f"down-{i}"})])
+                assert json.loads(received[0])["meta"]["error"] == "service_unavailable" and code == 1013
+                hook = await client.post("/input_hook", json={"webrtc_id": "elsewhere", "label": "x"},
+                                         headers={"Connection": "close"})
+                assert hook.status_code == 503 and "cannot reach" in hook.json()["meta"]["error"]
+
+        result = await in_progress  # the call that was up when Redis went away goes on to the end
+        assert result.close_code == 1000 and "playback_finished" in result.logs
+        assert peak_correlation(result.reply, said) > 0.9
+        assert [m["data"][0]["label"] for m in result.messages if m["type"] == "fetch_output"] == ["kept"]
+
+        redis = start_redis(port, redis_log)  # back, empty
+        for _ in range(100):
+            if all(httpx.get(server.url + "/readyz", headers={"Connection": "close"}).status_code == 200
+                   for _ in range(6)):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("/readyz did not recover with Redis")
+        # Each worker listens for commands again: inputs and outputs cross workers as before.
+        await check_input_hook_and_updates(server, "after-redis")
+        logs = server.logs()
+        assert worker_of(server, "shared registry: command channel back") == {"0", "1"}
+        assert "could not free its shared slot" in logs
+        assert "Traceback" not in logs
+    finally:
+        server.stop()
+        redis.kill()
+        redis.wait(10)
+        redis_log.close()
 
 
 @pytest.fixture(scope="module")
