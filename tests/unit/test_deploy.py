@@ -22,14 +22,17 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
 from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
 
 from app.metrics import Metrics
 from app.settings import Settings, load_settings
+from tests.processes import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -423,25 +426,30 @@ def test_compose_redis(compose: dict) -> None:
 
 @pytest.fixture(scope="module")
 def manifests() -> dict[str, dict]:
-    """Every object in deploy/k8s, by kind."""
+    """Every object in deploy/k8s, by "Kind/name"."""
     objects: dict[str, dict] = {}
     for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text()):
             if document is None:
                 continue
-            assert document["kind"] not in objects, f"two {document['kind']} objects"
-            objects[document["kind"]] = document
+            key = f"{document['kind']}/{document['metadata']['name']}"
+            assert key not in objects, f"two objects {key}"
+            objects[key] = document
     return objects
 
 
 def test_every_manifest_matches_the_kubernetes_schema(manifests: dict[str, dict]) -> None:
-    assert set(manifests) == {"ConfigMap", "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    assert set(manifests) == {
+        "ConfigMap/callbridge", "Deployment/callbridge", "Service/callbridge", "HorizontalPodAutoscaler/callbridge",
+        "PodDisruptionBudget/callbridge",
+        "Deployment/callbridge-redis", "Service/callbridge-redis", "NetworkPolicy/callbridge-redis",
+    }
     errors = []
-    for kind, document in manifests.items():
+    for key, document in manifests.items():
         try:
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            errors.append(f"{kind}: {exc.message} at {'.'.join(map(str, exc.path))}")
+            errors.append(f"{key}: {exc.message} at {'.'.join(map(str, exc.path))}")
     assert not errors, "\n".join(errors)
 
 
@@ -452,20 +460,21 @@ def test_manifests_in_the_docs_match_the_kubernetes_schema(manifests: dict[str, 
     assert [doc["kind"] for doc in documented] == ["HorizontalPodAutoscaler"]
     for document in documented:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
-        assert document["spec"]["scaleTargetRef"] == manifests["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]
+        shipped = manifests["HorizontalPodAutoscaler/callbridge"]
+        assert document["spec"]["scaleTargetRef"] == shipped["spec"]["scaleTargetRef"]
 
 
 def container(manifests: dict[str, dict]) -> dict:
-    (only,) = manifests["Deployment"]["spec"]["template"]["spec"]["containers"]
+    (only,) = manifests["Deployment/callbridge"]["spec"]["template"]["spec"]["containers"]
     return only
 
 
 def pod_labels(manifests: dict[str, dict]) -> dict[str, str]:
-    return manifests["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    return manifests["Deployment/callbridge"]["spec"]["template"]["metadata"]["labels"]
 
 
 def config(manifests: dict[str, dict]) -> dict[str, str]:
-    return manifests["ConfigMap"]["data"]
+    return manifests["ConfigMap/callbridge"]["data"]
 
 
 def test_configmap_holds_valid_settings(manifests: dict[str, dict]) -> None:
@@ -475,7 +484,7 @@ def test_configmap_holds_valid_settings(manifests: dict[str, dict]) -> None:
     assert settings.host == "0.0.0.0"
     assert settings.log_format == "json"
     refs = [source["configMapRef"]["name"] for source in container(manifests)["envFrom"] if "configMapRef" in source]
-    assert refs == [manifests["ConfigMap"]["metadata"]["name"]]
+    assert refs == [manifests["ConfigMap/callbridge"]["metadata"]["name"]]
 
 
 def test_deployment_probes_ports_and_image(manifests: dict[str, dict], stages: list[Stage]) -> None:
@@ -491,13 +500,13 @@ def test_deployment_probes_ports_and_image(manifests: dict[str, dict], stages: l
     for probe in probes.values():
         assert ports.get(probe["port"], probe["port"]) == port
     assert main["image"].endswith(":" + PYPROJECT["project"]["version"])
-    annotations = manifests["Deployment"]["spec"]["template"]["metadata"]["annotations"]
+    annotations = manifests["Deployment/callbridge"]["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(port)
     assert annotations["prometheus.io/path"] == "/metrics"
 
 
 def test_termination_grace_outlasts_the_drain(manifests: dict[str, dict]) -> None:
-    grace = manifests["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    grace = manifests["Deployment/callbridge"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     shutdown_grace = float(config(manifests).get("SHUTDOWN_GRACE_SECONDS", SHUTDOWN_GRACE_DEFAULT))
     assert grace >= shutdown_grace + DRAIN_MARGIN_SECONDS
 
@@ -516,7 +525,7 @@ def test_resources_and_security(manifests: dict[str, dict], stages: list[Stage])
         assert quantity(resources["limits"][resource]) >= quantity(resources["requests"][resource])
     # The idle process measured ~180 MB (onnx VAD); with VAD_BACKEND=torch it needs ~190 MB more.
     assert quantity(resources["requests"]["memory"]) >= 384 * 2**20
-    pod = manifests["Deployment"]["spec"]["template"]["spec"]
+    pod = manifests["Deployment/callbridge"]["spec"]["template"]["spec"]
     uid = int(stages[-1].last("USER").split(":")[0])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == uid
@@ -524,7 +533,7 @@ def test_resources_and_security(manifests: dict[str, dict], stages: list[Stage])
 
 
 def test_service_reaches_the_pods(manifests: dict[str, dict]) -> None:
-    spec = manifests["Service"]["spec"]
+    spec = manifests["Service/callbridge"]["spec"]
     labels = pod_labels(manifests)
     assert spec["selector"].items() <= labels.items()
     port_names = {port["name"] for port in container(manifests)["ports"]}
@@ -532,9 +541,9 @@ def test_service_reaches_the_pods(manifests: dict[str, dict]) -> None:
 
 
 def test_autoscaler_and_disruption_budget(manifests: dict[str, dict]) -> None:
-    deployment = manifests["Deployment"]
+    deployment = manifests["Deployment/callbridge"]
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
-    hpa = manifests["HorizontalPodAutoscaler"]
+    hpa = manifests["HorizontalPodAutoscaler/callbridge"]
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": deployment["apiVersion"], "kind": "Deployment", "name": deployment["metadata"]["name"]
@@ -544,10 +553,63 @@ def test_autoscaler_and_disruption_budget(manifests: dict[str, dict]) -> None:
     min_replicas = hpa["spec"]["minReplicas"]
     assert min_replicas >= 2
 
-    pdb = manifests["PodDisruptionBudget"]["spec"]
+    pdb = manifests["PodDisruptionBudget/callbridge"]["spec"]
     assert pdb["selector"]["matchLabels"].items() <= pod_labels(manifests).items()
     assert deployment["spec"]["selector"]["matchLabels"] == pdb["selector"]["matchLabels"]
     assert pdb["maxUnavailable"] < min_replicas, "a voluntary disruption must leave a pod serving"
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_redis_runs_as_in_compose_and_the_pods_find_it(manifests: dict[str, dict], compose: dict) -> None:
+    deployment = manifests["Deployment/callbridge-redis"]
+    template = deployment["spec"]["template"]
+    (redis,) = template["spec"]["containers"]
+    assert redis["image"] == compose["services"]["redis"]["image"]
+    assert redis["args"] == compose["services"]["redis"]["command"], "one Redis configuration, nothing persisted"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate", "a second, empty Redis would split the registry"
+    # REDIS_URL names the Service, and its port leads to the container's.
+    url = urlsplit(config(manifests)["REDIS_URL"])
+    service = manifests["Service/callbridge-redis"]
+    assert url.scheme == "redis" and url.hostname == service["metadata"]["name"]
+    (port,) = [port for port in service["spec"]["ports"] if port["port"] == url.port]
+    container_ports = {port["name"]: port["containerPort"] for port in redis["ports"]}
+    assert container_ports.get(port["targetPort"], port["targetPort"]) == 6379
+    assert selects(service["spec"]["selector"], template["metadata"]["labels"])
+    # The callbridge Service, budget and Redis's Service each select their own pods only.
+    redis_labels, callbridge_labels = template["metadata"]["labels"], pod_labels(manifests)
+    assert not selects(manifests["Service/callbridge"]["spec"]["selector"], redis_labels)
+    assert not selects(manifests["PodDisruptionBudget/callbridge"]["spec"]["selector"]["matchLabels"], redis_labels)
+    assert not selects(service["spec"]["selector"], callbridge_labels)
+    # Redis has no password: the policy admits the callbridge pods, on the Redis port.
+    policy = manifests["NetworkPolicy/callbridge-redis"]["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], redis_labels) and policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    assert [selects(peer["podSelector"]["matchLabels"], callbridge_labels) for peer in rule["from"]] == [True]
+    assert [port["port"] for port in rule["ports"]] == [port["targetPort"]]
+    pod_security = template["spec"]["securityContext"]
+    assert pod_security["runAsNonRoot"] is True and redis["securityContext"]["readOnlyRootFilesystem"] is True
+    assert [mount["mountPath"] for mount in redis["volumeMounts"]] == ["/data"], "its working directory, writable"
+
+
+def test_redis_server_takes_the_deployed_arguments(manifests: dict[str, dict], tmp_path: Path) -> None:
+    """The arguments are the real server's (a misspelt option stops redis-server from starting)."""
+    (redis,) = manifests["Deployment/callbridge-redis"]["spec"]["template"]["spec"]["containers"]
+    assert redis["args"][0] == "redis-server"
+    port = free_port()
+    with open(tmp_path / "redis.log", "w") as log:
+        process = start_redis(port, log, redis["args"][1:])
+        try:
+            client = Redis(port=port, decode_responses=True)
+            assert client.config_get("save") == {"save": ""}
+            assert client.config_get("appendonly") == {"appendonly": "no"}
+            client.close()
+        finally:
+            process.terminate()
+            process.wait(10)
 
 
 # --- docs -----------------------------------------------------------------------------------------------
