@@ -71,7 +71,8 @@ def signature_valid(settings: Any, url: str, params: dict[str, str], headers: An
 
 
 async def _refusal(state: Any) -> str:
-    """Why a new call would be refused now, or "" when it would be taken."""
+    """Why a new call would be refused now, or "" when it would be taken (a refusal at capacity is counted
+    in the metrics)."""
     if not state.ready:
         return "draining" if state.draining else "starting"
     try:
