@@ -193,7 +193,9 @@ def create_app(settings: Settings, worker: int = 0) -> Quart:
         settings=settings, bot_factory=load_bot(settings.bot), registry=MemoryRegistry(settings.concurrency_limit)
     )
     if settings.redis_url:
-        replica = socket.gethostname()
+        # One replica = one host and port: two services on one machine sharing a Redis keep their own calls,
+        # limits and worker names apart (Kubernetes pods differ by host name, the port is the same).
+        replica = f"{socket.gethostname()}:{settings.port}"
         state.shared = SharedRegistry(settings.redis_url, replica, f"{replica}/{worker}", settings.concurrency_limit)
     app.extensions["callbridge"] = state
     app.register_blueprint(health)

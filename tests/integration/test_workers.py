@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import signal
+import time
 import uuid
 
 import httpx
@@ -15,6 +17,7 @@ import pytest
 from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, MemoryRegistry, UnknownSession
 from app.shared import ANSWER_SECONDS, SharedRegistry, SharedRegistryUnavailable
 from app.simulator import Pause, Speak, WaitForReply, webhook
+from app.workers import START_GRACE_SECONDS
 from tests.integration.clients import browser_call, raw_exchange
 from tests.integration.conftest import Server
 from tests.integration.test_api import check_input_hook_and_updates, run_cli
@@ -269,6 +272,66 @@ async def test_metrics_add_up_every_worker_whichever_one_is_scraped(server_facto
         assert scrape[("callbridge_calls_total", twilio)] == 9
         assert scrape[("callbridge_calls_in_progress", twilio)] == 0
         assert scrape[("callbridge_turn_latency_seconds_count", ())] == 8
+
+
+async def test_two_services_on_one_machine_keep_their_calls_apart(server_factory, redis_url):
+    """Same host, same Redis, different ports: each has its own limit and its own worker names."""
+    first, second = (server_factory(redis_url=redis_url, concurrency_limit=1, log_format="text", bot=bot)
+                     for bot in ("echo", "tests.sample_bots:labeller"))  # two distinct configurations
+    holder = asyncio.create_task(browser_call(first.url, "held-on-first", silence(0.1, RATE), until="never",
+                                              timeout=4.0))
+    await asyncio.sleep(1.0)
+    assert httpx.get(first.url + "/readyz").json()["calls"] == 1
+    assert httpx.get(second.url + "/readyz").json()["calls"] == 0, "the other service's call is not ours"
+    webhook(second.url)  # not rejected: the second service's one slot is free
+    with pytest.raises(RuntimeError, match="rejected"):
+        webhook(first.url)
+    await holder
+
+
+async def test_a_worker_that_dies_mid_call_is_replaced_and_its_call_leaves_the_counts(tmp_path, redis_url):
+    started = time.monotonic()
+    server = Server({"WORKERS": "2", "REDIS_URL": redis_url, "LOG_FORMAT": "text", "CONCURRENCY_LIMIT": "10"},
+                    tmp_path / "workers.log")
+    try:
+        for _ in range(100):  # both workers listening
+            webhook(server.url)
+            if worker_of(server, "webhook") == {"0", "1"}:
+                break
+            await asyncio.sleep(0.1)
+        # Past the start-up grace: a worker dying now is restarted rather than taken for one that cannot start.
+        await asyncio.sleep(max(0.0, START_GRACE_SECONDS + 1 - (time.monotonic() - started)))
+        doomed = asyncio.create_task(browser_call(server.url, "doomed", silence(0.1, RATE), until="never",
+                                                  timeout=10.0))
+        await asyncio.sleep(1.0)
+        (index,) = worker_of(server, "call doomed started")
+        pid = int(re.findall(rf"worker {index} started \(pid (\d+)\)", server.logs())[-1])
+        websocket = (("transport", "websocket"),)
+        assert metric_values(httpx.get(server.url + "/metrics").text)[("callbridge_calls_in_progress", websocket)] == 1
+        os.kill(pid, signal.SIGKILL)
+        result = await doomed
+        assert result.close_code not in (None, 1000), "the socket died with its worker"
+
+        for _ in range(150):  # restarted, and both workers answer again
+            logs = server.logs()
+            if f"worker {index} exited with code -9: starting it again" in logs and len(
+                    re.findall(rf"\[worker {index}\] callbridge: serving on", logs)) == 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"worker {index} was not restarted:\n{server.logs()[-3000:]}")
+        for _ in range(8):  # whichever worker answers
+            scrape = metric_values(httpx.get(server.url + "/metrics", headers={"Connection": "close"}).text)
+            # No live process has a websocket call: the series is gone or 0.
+            assert scrape.get(("callbridge_calls_in_progress", websocket), 0) == 0, "the dead worker's call is over"
+            assert scrape[("callbridge_calls_total", websocket)] == 1, "what it did still counts"
+            assert httpx.get(server.url + "/readyz", headers={"Connection": "close"}).json()["calls"] == 0
+        said = speech(HELLO, RATE)
+        for _ in range(4):
+            report = await simulate(server, [Pause(0.3), Speak(said), WaitForReply("heard")])
+            assert peak_correlation(report.heard_audio, said) > 0.9
+    finally:
+        server.stop()
 
 
 def test_workers_need_redis():
