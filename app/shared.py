@@ -102,8 +102,7 @@ class SharedRegistry:
 
     async def start(self) -> None:
         """Forget what an earlier run of this worker left behind (a crash), then listen for commands."""
-        await self._ask(self._forget(keys=[self.key("owned", self.worker), self.key("calls", self.replica)],
-                                     args=[PREFIX, self.worker, json.dumps(END)]))
+        await self._forget_mine()
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         await self._ask(pubsub.subscribe(self.key("worker", self.worker)))
         self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub), name="shared-commands")
@@ -113,8 +112,7 @@ class SharedRegistry:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
         with contextlib.suppress(SharedRegistryUnavailable):
-            await self._ask(self._forget(keys=[self.key("owned", self.worker), self.key("calls", self.replica)],
-                                         args=[PREFIX, self.worker, json.dumps(END)]))
+            await self._forget_mine()
         await self.redis.aclose()
 
     def on_command(self, kind: str, handler: CommandHandler) -> None:
@@ -181,6 +179,11 @@ class SharedRegistry:
         return self._outputs(pubsub)
 
     # Internals.
+
+    async def _forget_mine(self) -> None:
+        """Drop every id and slot this worker holds (at start after a crash, and at close)."""
+        await self._ask(self._forget(keys=[self.key("owned", self.worker), self.key("calls", self.replica)],
+                                     args=[PREFIX, self.worker, json.dumps(END)]))
 
     async def _ask(self, request: Awaitable[T]) -> T:
         """`request`'s answer within ANSWER_SECONDS, or SharedRegistryUnavailable."""
