@@ -33,27 +33,23 @@ def holds(level: dict[str, Any], baseline: dict[str, Any]) -> bool:
             and (level["stall_pct"] or 0.0) < 1.0)
 
 
-def capacity(levels: list[dict[str, Any]], test: Any) -> int:
-    """The highest N that passes `test`, with every lower N passing too (0: none)."""
-    best = 0
-    for level in sorted(levels, key=lambda lv: lv["calls"]):
-        if not test(level):
-            break
-        best = level["calls"]
-    return best
-
-
-def capacity_despite_steal(levels: list[dict[str, Any]], test: Any) -> int:
-    """The highest N that passes `test` with no lower N missing it on a clean run (at most CLEAN_STEAL_PCT
-    stolen). Steal only ever makes a level harder: a pass holds whatever was stolen, a miss while the host
-    took more than that shows the host, not the server."""
+def capacity(levels: list[dict[str, Any]], test: Any, excused: Any = None) -> int:
+    """The highest N that passes `test`, with every lower N passing too, or missing it where `excused(level)`
+    says the miss does not count (0: none)."""
     best = 0
     for level in sorted(levels, key=lambda lv: lv["calls"]):
         if test(level):
             best = level["calls"]
-        elif not _stolen_much(level):
+        elif excused is None or not excused(level):
             break
     return best
+
+
+def capacity_despite_steal(levels: list[dict[str, Any]], test: Any) -> int:
+    """`capacity` not counting misses on levels during which the host stole more than CLEAN_STEAL_PCT of the
+    CPU. Steal only ever makes a level harder: a pass holds whatever was stolen, a miss while the host took
+    more than that shows the host, not the server."""
+    return capacity(levels, test, excused=_stolen_much)
 
 
 def _stolen_much(level: dict[str, Any]) -> bool:
@@ -166,17 +162,16 @@ def write_markdown(data: dict[str, Any], path: Path) -> None:
     def row(label: str, values: list[str], ratio: str = "") -> str:
         return f"| {label} | " + " | ".join(values) + f" | {ratio} |"
 
+    despite_steal = f"highest N sustained despite steal (misses with > {CLEAN_STEAL_PCT:g}% stolen not counted)"
     if len(names) == 2:
         a, b = names
         lines.append(row("highest N sustained", [str(caps[n][0]) for n in names], _ratio(caps[a][0], caps[b][0])))
-        lines.append(row(f"highest N sustained despite steal (misses with > {CLEAN_STEAL_PCT:g}% stolen not counted)",
-                         [str(caps[n][2]) for n in names], _ratio(caps[a][2], caps[b][2])))
+        lines.append(row(despite_steal, [str(caps[n][2]) for n in names], _ratio(caps[a][2], caps[b][2])))
         lines.append(row("highest N holding N=1 quality", [str(caps[n][1]) for n in names],
                          _ratio(caps[a][1], caps[b][1])))
     else:
         lines.append(row("highest N sustained", [str(caps[n][0]) for n in names]))
-        lines.append(row(f"highest N sustained despite steal (misses with > {CLEAN_STEAL_PCT:g}% stolen not counted)",
-                         [str(caps[n][2]) for n in names]))
+        lines.append(row(despite_steal, [str(caps[n][2]) for n in names]))
     lines.append(row("silence the turn end waits for (ms)", [str(servers[n]["silence_ms"]) for n in names]))
     first = {n: data["levels"][n][0] for n in names}
     lines.append(row("turn latency p50 / p95 at N=1 (ms)",
