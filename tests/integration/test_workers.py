@@ -141,11 +141,7 @@ async def test_losing_redis_refuses_new_calls_clearly_and_spares_calls_in_progre
     server = Server({"WORKERS": "2", "REDIS_URL": url, "BOT": "tests.sample_bots:labeller", "LOG_FORMAT": "text"},
                     tmp_path / "server.log")
     try:
-        for _ in range(100):  # both workers listening (the server counts as up once one does)
-            webhook(server.url)
-            if worker_of(server, "webhook") == {"0", "1"}:
-                break
-            await asyncio.sleep(0.1)
+        await both_workers_listening(server)
         said = speech(HELLO, RATE)
         in_progress = asyncio.create_task(browser_call(
             server.url, "up-before", np.concatenate([silence(2.0, RATE), said, silence(1.0, RATE)]), pace=0.02,
@@ -207,6 +203,16 @@ def worker_of(server: Server, pattern: str) -> set[str]:
     return set(re.findall(r"\[worker (\d)\] [\w.]+: " + pattern, server.logs()))
 
 
+async def both_workers_listening(server: Server) -> None:
+    """Webhooks until each of the two workers has taken one (the server counts as up once one listens)."""
+    for _ in range(100):
+        webhook(server.url)
+        if worker_of(server, "webhook") == {"0", "1"}:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"one worker never took a webhook:\n{server.logs()[-3000:]}")
+
+
 async def test_two_workers_share_the_port_and_each_call_works_wherever_it_lands(two_workers):
     said = speech(HELLO, RATE)
     for _ in range(6):  # each call's webhook and stream land on either worker
@@ -249,11 +255,7 @@ async def test_inputs_and_outputs_reach_a_call_on_another_worker(server_factory,
 async def test_metrics_add_up_every_worker_whichever_one_is_scraped(server_factory, redis_url):
     """A scrape reaches one worker (the kernel picks): each must serve the replica's totals, not its own."""
     server = server_factory(workers=2, redis_url=redis_url, concurrency_limit=10, log_format="text")
-    for _ in range(100):  # until both workers listen (the server counts as up once one does)
-        webhook(server.url)
-        if worker_of(server, "webhook") == {"0", "1"}:
-            break
-        await asyncio.sleep(0.1)
+    await both_workers_listening(server)
     said = speech(HELLO, RATE)
     reports = await asyncio.gather(*(simulate(server, [Pause(0.3), Speak(said), WaitForReply("heard")])
                                      for _ in range(8)))
@@ -294,11 +296,7 @@ async def test_a_worker_that_dies_mid_call_is_replaced_and_its_call_leaves_the_c
     server = Server({"WORKERS": "2", "REDIS_URL": redis_url, "LOG_FORMAT": "text", "CONCURRENCY_LIMIT": "10"},
                     tmp_path / "workers.log")
     try:
-        for _ in range(100):  # both workers listening
-            webhook(server.url)
-            if worker_of(server, "webhook") == {"0", "1"}:
-                break
-            await asyncio.sleep(0.1)
+        await both_workers_listening(server)
         # Past the start-up grace: a worker dying now is restarted rather than taken for one that cannot start.
         await asyncio.sleep(max(0.0, START_GRACE_SECONDS + 1 - (time.monotonic() - started)))
         doomed = asyncio.create_task(browser_call(server.url, "doomed", silence(0.1, RATE), until="never",
