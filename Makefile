@@ -19,11 +19,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "torch==2.13.0" 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q -e ".[test,bench]" 2>&1 | $(QUIET_PIP)
-	$(BIN)/python -c "import app, codec, bots, torch, onnxruntime"
+	$(BIN)/python -c "import callbridge, torch, onnxruntime"
 	touch $@
 
 run: install
-	$(BIN)/python -m app
+	$(BIN)/python -m callbridge
 
 test: install
 	$(BIN)/python -m pytest

@@ -1,6 +1,6 @@
-"""One benchmark phone call: app.simulator's Twilio caller, instrumented, and what its recording means.
+"""One benchmark phone call: callbridge.simulator's Twilio caller, instrumented, and what its recording means.
 
-`LoadCaller` is `app.simulator.SimulatedCaller` (same webhook, `start`, 20 ms real-time media frames, mark
+`LoadCaller` is `callbridge.simulator.SimulatedCaller` (same webhook, `start`, 20 ms real-time media frames, mark
 echoes, buffer emptied on `clear`) with what a load run needs on top:
 
 - It never raises: a refused webhook, a failed connection or a dropped socket end up in `failure`.
@@ -52,7 +52,7 @@ from websockets.http11 import USER_AGENT
 from websockets.protocol import OPEN
 from websockets.uri import WebSocketURI, parse_uri
 
-from app.simulator import (
+from callbridge.simulator import (
     FRAME,
     RATE,
     TICK,
@@ -66,7 +66,7 @@ from app.simulator import (
     stop_message,
     webhook,
 )
-from codec import ulaw_decode, ulaw_encode
+from callbridge.codec import ulaw_decode, ulaw_encode
 
 GAP_SECONDS = 0.3
 OPEN_TIMEOUT = 10.0  # seconds for TCP connect + WebSocket handshake (as websockets' connect(open_timeout=10))

@@ -27,7 +27,7 @@ import scipy.signal
 import soxr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from codec import Resampler, ulaw_decode, ulaw_encode
+from callbridge.codec import Resampler, ulaw_decode, ulaw_encode
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

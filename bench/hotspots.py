@@ -30,7 +30,7 @@ STAGES: list[tuple[str, tuple[str, ...], str]] = [
      "Allocation-light per-frame work: avoid per-window np.concatenate/np.array copies in TurnDetector.push."),
     ("VAD input/state shuffling (numpy around the model)", ("app/vad.py",),
      "Allocation-light per-frame work: each call's state and context live in rows of shared arrays "
-     "(app.vad.StateRows); what is left is one gather and one scatter per batch."),
+     "(callbridge.core.vad.StateRows); what is left is one gather and one scatter per batch."),
     ("Twilio JSON parse + base64/µ-law decode", ("parse_message", "decode_payload", "json/decoder.py",
                                                  "json/__init__.py", "ulaw_decode"),
      "Lean Twilio path: find the payload without a full json.loads (or use a faster parser), decode base64 "

@@ -98,9 +98,9 @@ def time_vad_answers() -> tuple[list[float], list[float]]:
     before any call exists (a call hands its bound `_on_window` to its VAD stream when it is made)."""
     from collections import deque
 
-    from app.call import Call
-    from app.turns import TurnDetector
-    from app.vad import BatchedVadStream
+    from callbridge.core.call import Call
+    from callbridge.core.turns import TurnDetector
+    from callbridge.core.vad import BatchedVadStream
 
     deciding: list[float] = []
     others: list[float] = []
@@ -135,14 +135,14 @@ def ms_percentiles(values: list[float]) -> str:
 
 
 async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_loop: bool) -> dict[str, Any]:
-    from app.registry import MemoryRegistry
-    from app.server import MEDIA_ROUTES, Services, load_bot
-    from app.settings import Settings
-    from app.simulator import start_message
-    from app.transports.edge import Connection, Edge
-    from app.transports.twilio import call_token, token_secret
-    from app.vad import VadBatcher, load_vad
-    from codec import ulaw_encode
+    from callbridge.sessions.registry import MemoryRegistry
+    from callbridge.serve import MEDIA_ROUTES, Services, load_bot
+    from callbridge.settings import Settings
+    from callbridge.simulator import start_message
+    from callbridge.edge.server import Connection, Edge
+    from callbridge.transports.twilio import call_token, token_secret
+    from callbridge.core.vad import VadBatcher, load_vad
+    from callbridge.codec import ulaw_encode
 
     waits = time_vad_answers() if answers else None
     settings = Settings(bot="echo")

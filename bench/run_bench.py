@@ -51,7 +51,7 @@ RESULTS = ROOT / "bench" / "results"
 FASTRTC_VENV = WORK / "fastrtc-venv"
 FASTRTC_REQUIREMENTS = ["fastrtc[vad]==0.0.34", "twilio", "uvicorn"]
 PAUSE_MS = 512  # callbridge's PAUSE_MS (its default), set explicitly so the criterion and the server agree
-#: callbridge's WORKERS: one event loop per core (app.workers); they share a Redis started for the run.
+#: callbridge's WORKERS: one event loop per core (callbridge.workers); they share a Redis started for the run.
 WORKERS = os.cpu_count() or 1
 #: FastRTC has no silence setting: ReplyOnPause ends a turn on the first 0.6 s chunk with < 0.1 s of speech.
 FASTRTC_SILENCE_MS = 600
@@ -111,7 +111,7 @@ def now() -> str:
 
 def snapshot_code() -> tuple[Path, str]:
     """Copy app/, codec/ and bots/ to bench/work/snapshot, which every callbridge server of the run starts
-    from (`python -m app` there imports the copy): others edit the tree while a run goes on, and one run
+    from (`python -m callbridge` there imports the copy): others edit the tree while a run goes on, and one run
     must measure one version. Returns the folder and a short hash of what it holds."""
     target = WORK / "snapshot"
     shutil.rmtree(target, ignore_errors=True)
@@ -130,7 +130,7 @@ def specs(snapshot: Path = ROOT, redis: RedisServer | None = None) -> dict[str, 
     return {
         "callbridge": ServerSpec(
             name="callbridge",
-            command=(sys.executable, "-m", "app"),
+            command=(sys.executable, "-m", "callbridge"),
             cwd=snapshot,
             env={"HOST": "127.0.0.1", "PORT": "{port}", "CONCURRENCY_LIMIT": str(top + 40), "BOT": "echo",
                  "PAUSE_MS": str(PAUSE_MS), "LOG_LEVEL": "INFO", "TWILIO_AUTH_TOKEN": "", "PUBLIC_URL": "",
@@ -156,7 +156,7 @@ def ensure_fastrtc() -> None:
         print(f"installing FastRTC into {FASTRTC_VENV} ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(FASTRTC_VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *FASTRTC_REQUIREMENTS], check=True)
-    from app.vad import model_file
+    from callbridge.core.vad import model_file
 
     install_model(model_file("silero_vad.onnx"), WORK / "hf")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.vad import VadModel, load_vad
+from callbridge.core.vad import VadModel, load_vad
 from tests.speech import have_tools
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bots.base import AdditionalOutputs, Audio, Bot, EndCall, Turn
+from callbridge.bots.base import AdditionalOutputs, Audio, Bot, EndCall, Turn
 
 
 def tone(seconds: float, rate: int = 8000, hz: float = 440.0) -> np.ndarray:

@@ -2,7 +2,7 @@
 
     unshare -n python -m tests.browser.softphone_session RESULTS.json
 
-Brings up `lo`, starts `python -m app` on 127.0.0.1 with a FastRTC-style bot that echoes the caller's
+Brings up `lo`, starts `python -m callbridge` on 127.0.0.1 with a FastRTC-style bot that echoes the caller's
 turn and publishes an additional output, and for each transport launches Chromium with a fake microphone
 that plays a spoken sentence once. On the page it clicks Call, sets the bot's input through
 `/input_hook`, waits for the echo to be played, saves a screenshot while the bot speaks

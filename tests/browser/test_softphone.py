@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from codec import ulaw_encode
+from callbridge.codec import ulaw_encode
 from tests.browser.softphone_session import CHROMIUM, LABEL
 
 ROOT = Path(__file__).resolve().parents[2]

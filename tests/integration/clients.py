@@ -13,7 +13,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from codec import ulaw_decode, ulaw_encode
+from callbridge.codec import ulaw_decode, ulaw_encode
 
 FRAME = 160
 

@@ -1,4 +1,4 @@
-"""Real callbridge servers (`python -m app`) on loopback, one per distinct configuration."""
+"""Real callbridge servers (`python -m callbridge`) on loopback, one per distinct configuration."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class Server:
         full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "INFO", **env}
         full_env = {k: v.replace("{port}", str(self.port)) for k, v in full_env.items()}
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen([sys.executable, "-m", "app"], cwd=ROOT, env=full_env,
+        self.process = subprocess.Popen([sys.executable, "-m", "callbridge"], cwd=ROOT, env=full_env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

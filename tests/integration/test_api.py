@@ -26,7 +26,7 @@ def test_probes(echo_server):
 
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "callbridge", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=60)
 
 

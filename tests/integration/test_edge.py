@@ -1,4 +1,4 @@
-"""The edge in front of Hypercorn (app.transports.edge), spoken to with raw sockets where a client library
+"""The edge in front of Hypercorn (callbridge.edge.server), spoken to with raw sockets where a client library
 would hide what is being checked: routing, client addresses, WebSocket framing corner cases."""
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def test_framing_errors_close_with_the_fitting_code(echo_server, name, frames, e
 
 
 def test_frames_coalesced_split_or_fragmented_are_read_alike(echo_server):
-    """Whole text frames are read by the edge itself (app.transports.edge: _whole_text_frames); several frames
+    """Whole text frames are read by the edge itself (callbridge.edge.server: _whole_text_frames); several frames
     in one segment, a frame cut into single bytes, fragments and control frames between them must all be read
     exactly as websockets' parser reads them."""
     sock, head = open_raw_websocket(echo_server.port, "/websocket/offer")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.simulator import Pause, SimulatedCaller, Speak, WaitForReply, webhook
+from callbridge.simulator import Pause, SimulatedCaller, Speak, WaitForReply, webhook
 from tests.integration.clients import raw_exchange
 from tests.integration.conftest import Server
 from tests.speech import peak_correlation, speech

@@ -14,7 +14,7 @@ import pytest
 from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
-from app.simulator import Dtmf, Pause, SimulatedCaller, Speak, WaitForReply, webhook
+from callbridge.simulator import Dtmf, Pause, SimulatedCaller, Speak, WaitForReply, webhook
 from tests.integration.clients import browser_call, media_event, raw_exchange
 from tests.speech import peak_correlation, silence, speech
 

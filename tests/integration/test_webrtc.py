@@ -19,7 +19,7 @@ import pytest
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from codec import resample
+from callbridge.codec import resample
 from tests.integration.webrtc_bots import GREETING_SECONDS
 from tests.speech import peak_correlation, silence, speech
 

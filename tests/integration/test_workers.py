@@ -14,10 +14,10 @@ import httpx
 import numpy as np
 import pytest
 
-from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, MemoryRegistry, UnknownSession
-from app.shared import ANSWER_SECONDS, SharedRegistry, SharedRegistryUnavailable
-from app.simulator import Pause, Speak, WaitForReply, webhook
-from app.workers import START_GRACE_SECONDS
+from callbridge.sessions.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, MemoryRegistry, UnknownSession
+from callbridge.sessions.shared import ANSWER_SECONDS, SharedRegistry, SharedRegistryUnavailable
+from callbridge.simulator import Pause, Speak, WaitForReply, webhook
+from callbridge.workers import START_GRACE_SECONDS
 from tests.integration.clients import browser_call, raw_exchange
 from tests.integration.conftest import Server
 from tests.integration.test_api import check_input_hook_and_updates, run_cli

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from bots.base import Audio, Bot, BotOutput, EndCall, Turn
+from callbridge.bots.base import Audio, Bot, BotOutput, EndCall, Turn
 
 GREETING_SECONDS = 0.6
 GREETING_RATE = 48000

@@ -9,14 +9,14 @@ from functools import partial
 import numpy as np
 import pytest
 
-from app.call import Call
-from app.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
-from app.registry import MemoryRegistry
-from app.turns import TurnConfig
-from app.vad import VadBatcher
-from bots.base import AdditionalOutputs, Audio, Bot, CallInfo, EndCall, Turn
-from bots.echo import EchoBot
-from bots.function import FunctionBot
+from callbridge.core.call import Call
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
+from callbridge.sessions.registry import MemoryRegistry
+from callbridge.core.turns import TurnConfig
+from callbridge.core.vad import VadBatcher
+from callbridge.bots.base import AdditionalOutputs, Audio, Bot, CallInfo, EndCall, Turn
+from callbridge.bots.echo import EchoBot
+from callbridge.bots.function import FunctionBot
 from tests.speech import silence, speech
 
 RATE = 8000
@@ -321,7 +321,7 @@ async def test_close_cancels_a_running_reply(batcher, barge_in):
 
 
 def test_bot_audio_layouts_become_mono_int16():
-    from app.call import to_int16
+    from callbridge.core.call import to_int16
 
     mono = np.array([1000, -2000, 3000], np.int16)
     np.testing.assert_array_equal(to_int16(mono), mono)
@@ -335,7 +335,7 @@ def test_bot_audio_layouts_become_mono_int16():
 async def test_paced_writer_sends_a_barge_in_flush_at_once_not_after_the_audio_it_waits_to_send(batcher):
     """The writer holds the next audio message until its time (the lead ahead of playback); a barge-in
     meanwhile must go out as the next thing on the wire, not after that held audio."""
-    from app.transports.media import FRAMES_PER_MESSAGE, PacedWriter
+    from callbridge.transports.media import FRAMES_PER_MESSAGE, PacedWriter
 
     call = make_call(vad=batcher)  # not started: this test alone fills the outbox
     for _ in range(50):  # 1 s of reply audio

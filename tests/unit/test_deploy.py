@@ -30,8 +30,8 @@ from kubernetes_validate import utils as kubernetes_validate
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 
-from app.metrics import Metrics
-from app.settings import Settings, load_settings
+from callbridge.metrics import Metrics
+from callbridge.settings import Settings, load_settings
 from tests.processes import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,7 +253,7 @@ def test_runtime_stage(stages: list[Stage]) -> None:
     env = image_env(runtime)
     assert env["HOST"] == "0.0.0.0"
     assert runtime.last("EXPOSE") == env["PORT"]
-    assert json.loads(runtime.last("CMD")) == ["python", "-m", "app"]
+    assert json.loads(runtime.last("CMD")) == ["python", "-m", "callbridge"]
     assert runtime.last("STOPSIGNAL") == "SIGTERM"
 
 
@@ -351,13 +351,13 @@ def test_build_context_holds_the_sources_and_no_secrets(stages: list[Stage]) -> 
     sources = [source for a in stages[0].all("COPY") for source in a.split()[:-1]]
     for source in sources:
         assert dockerignore_includes(source), f".dockerignore leaves out {source}, which the build copies"
-    assert dockerignore_includes("app/static/index.html")
-    for kept_out in (".env", ".venv/bin/python", "tests/unit/test_deploy.py", "app/__pycache__/call.cpython-311.pyc"):
+    assert dockerignore_includes("callbridge/web/static/index.html")
+    for kept_out in (".env", ".venv/bin/python", "tests/unit/test_deploy.py", "callbridge/__pycache__/serve.cpython-311.pyc"):
         assert not dockerignore_includes(kept_out), f"{kept_out} would be sent to the image build"
 
 
 def test_installed_package_carries_the_softphone_page(tmp_path: Path) -> None:
-    """The image runs the installed package, not the source tree: its wheel must hold app/static."""
+    """The image runs the installed package, not the source tree: its wheel must hold callbridge/web/static."""
     for name in ("pyproject.toml", PYPROJECT["project"]["readme"]):
         shutil.copy(ROOT / name, tmp_path / name)
     for package in project_packages():
@@ -369,7 +369,7 @@ def test_installed_package_carries_the_softphone_page(tmp_path: Path) -> None:
     )
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    static = {p.relative_to(ROOT).as_posix() for p in (ROOT / "app" / "static").iterdir()}
+    static = {p.relative_to(ROOT).as_posix() for p in (ROOT / "callbridge" / "web" / "static").iterdir()}
     assert static <= names, f"missing from the wheel: {sorted(static - names)}"
 
 

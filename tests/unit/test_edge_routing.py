@@ -1,10 +1,10 @@
-"""The edge's request-head routing and rewriting (app.transports.edge), without sockets."""
+"""The edge's request-head routing and rewriting (callbridge.edge.server), without sockets."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.transports.edge import media_upgrade_path, with_peer
+from callbridge.edge.server import media_upgrade_path, with_peer
 
 
 @pytest.mark.parametrize(("head", "path"), [

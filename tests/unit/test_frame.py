@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec import PCMFrame, Rechunker
+from callbridge.codec import PCMFrame, Rechunker
 
 
 def test_frame_duration_and_silence() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from codec import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from callbridge.codec import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 
 ALL_CODES = bytes(range(256))
 ALL_PCM = np.arange(-32768, 32768, dtype=np.int16)

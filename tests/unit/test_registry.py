@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, MemoryRegistry, UnknownSession
+from callbridge.sessions.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, MemoryRegistry, UnknownSession
 
 
 def test_one_limit_for_every_transport_and_unique_ids():

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codec import SUPPORTED_RATES, Resampler, resample
+from callbridge.codec import SUPPORTED_RATES, Resampler, resample
 
 PAIRS = list(itertools.permutations(SUPPORTED_RATES, 2))
 SAME_RATE = [(8000, 8000), (48000, 48000)]

@@ -8,8 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-import app.vad
-from app.vad import WINDOW_SAMPLES, VadBatcher, VadStream, model_file
+import callbridge.core.vad
+from callbridge.core.vad import WINDOW_SAMPLES, VadBatcher, VadStream, model_file
 from tests.speech import speech
 
 
@@ -136,7 +136,7 @@ async def test_on_the_event_loop_batches_give_the_same_results_and_let_the_loop_
                                                                                              monkeypatch):
     """Inference on the event loop (VAD_THREAD=loop): same probabilities as a stream alone, no thread, and a
     backlog (here: no wait between batches at all) still lets other callbacks run between batches."""
-    monkeypatch.setattr(app.vad, "MIN_BATCH_INTERVAL", 0.0)
+    monkeypatch.setattr(callbridge.core.vad, "MIN_BATCH_INTERVAL", 0.0)
     rate = 8000
     audio = windows(speech("Counting one two three on the event loop.", rate), rate)[:12]
     alone = VadStream(onnx_vad, rate)

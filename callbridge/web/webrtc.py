@@ -41,14 +41,14 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from quart import Blueprint, current_app, request
 
-from app.call import Call
-from app.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, failed
-from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, RegistryError, UnknownSession
-from app.settings import Settings
-from app.shared import SharedRegistryUnavailable
+from callbridge.core.call import Call
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, failed
+from callbridge.sessions.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, RegistryError, UnknownSession
+from callbridge.settings import Settings
+from callbridge.sessions.shared import SharedRegistryUnavailable
 
 if TYPE_CHECKING:
-    from app.server import Services
+    from callbridge.serve import Services
 
 logger = logging.getLogger("callbridge.webrtc")
 
@@ -108,7 +108,7 @@ async def _close_peer_connections() -> None:
 
 @webrtc.post("/webrtc/offer")
 async def offer() -> tuple[dict[str, Any], int]:
-    from app.server import services
+    from callbridge.serve import services
 
     body = await request.get_json(force=True, silent=True)
     try:
@@ -157,7 +157,7 @@ def _refusal_status(exc: RegistryError, settings: Settings) -> int:
 async def _add_candidate(call_id: str, candidate: Any) -> None:
     """A trickled ICE candidate (the browser's RTCIceCandidate.toJSON()) for a call whose offer was sent.
     With several workers the offer may have reached another process: the candidate is passed to it."""
-    from app.server import services
+    from callbridge.serve import services
 
     parsed = parse_candidate(candidate)
     peer = peers().get(call_id)

@@ -27,7 +27,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from app.transports.websocket import ClientGone, Handler, Listener
+from callbridge.edge.websocket import ClientGone, Handler, Listener
 
 logger = logging.getLogger("callbridge.edge")
 # websockets logs every opened and closed connection at INFO; the handlers log what matters.
@@ -284,7 +284,7 @@ class MediaConnection:
                 await self.close(1011, "handler ended without closing")
             self.edge.sockets.discard(self)
 
-    # The handlers' interface (app.transports.websocket.WebSocket).
+    # The handlers' interface (callbridge.edge.websocket.WebSocket).
 
     async def receive(self) -> str | bytes:
         while not self.messages:

@@ -1,7 +1,7 @@
 """The call runtime: inbound audio and control events in, outbound audio and messages out.
 
 A transport feeds a Call PCM frames (`push_audio`), DTMF digits and playback confirmations, and
-drains `next_outbound()`. The Call detects turns (app.turns), runs the bot one reply at a time, and
+drains `next_outbound()`. The Call detects turns (callbridge.core.turns), runs the bot one reply at a time, and
 cancels a reply the moment the caller starts speaking over it (barge-in). It owns no sockets and
 reads time only through the injected clock, so tests drive it with synthetic audio.
 """
@@ -19,12 +19,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from app.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, log
-from app.registry import Session
-from app.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
-from app.vad import VAD_WINDOW_MS, VadBatcher
-from bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Message, Turn
-from codec import Rechunker, Resampler, resample
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, log
+from callbridge.sessions.registry import Session
+from callbridge.core.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
+from callbridge.core.vad import VAD_WINDOW_MS, VadBatcher
+from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Message, Turn
+from callbridge.codec import Rechunker, Resampler, resample
 
 logger = logging.getLogger("callbridge.call")
 
@@ -101,7 +101,7 @@ class CallStats:
 
 
 class CallObserver(Protocol):
-    """Where a Call reports what metrics count (app.metrics.Metrics implements it)."""
+    """Where a Call reports what metrics count (callbridge.metrics.Metrics implements it)."""
 
     def barge_in(self) -> None: ...
     def turn_answered(self, latency_seconds: float) -> None: ...

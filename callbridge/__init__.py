@@ -1,5 +1,5 @@
 """callbridge: a telephony voice-bot bridge (Quart on Hypercorn)."""
 
-from app.server import create_app
+from callbridge.serve import create_app
 
 __all__ = ["create_app"]

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.messages import failed
+from callbridge.core.messages import failed
 
 
 class RegistryError(Exception):

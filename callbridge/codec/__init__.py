@@ -1,8 +1,8 @@
 """The codec layer: G.711 µ-law/A-law <-> PCM16, streaming resampling, and the PCM frame type."""
 
-from codec.frame import PCMFrame, Rechunker
-from codec.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
-from codec.resample import SUPPORTED_RATES, Resampler, resample
+from callbridge.codec.frame import PCMFrame, Rechunker
+from callbridge.codec.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from callbridge.codec.resample import SUPPORTED_RATES, Resampler, resample
 
 __all__ = [
     "SUPPORTED_RATES",

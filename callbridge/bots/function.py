@@ -13,7 +13,7 @@ import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from bots.base import Bot, BotOutput, CallInfo, Turn
+from callbridge.bots.base import Bot, BotOutput, CallInfo, Turn
 
 _DONE = object()
 

@@ -1,7 +1,7 @@
 """What a media socket handler needs from a WebSocket, whoever serves it.
 
-The edge (app.transports.edge) serves the media sockets on websockets' sans-I/O protocol; connections
-that reach Hypercorn instead are served through ASGI (app.transports.asgi). Both give the handlers the
+The edge (callbridge.edge.server) serves the media sockets on websockets' sans-I/O protocol; connections
+that reach Hypercorn instead are served through ASGI (callbridge.edge.asgi). Both give the handlers the
 same few operations.
 """
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m app` serves callbridge; `python -m app --help` lists the commands."""
+"""Command line: `python -m callbridge` serves callbridge; `python -m callbridge --help` lists the commands."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import asyncio
 import sys
 from collections.abc import Callable
 
-from app.settings import SettingsError, load_settings
+from callbridge.settings import SettingsError, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m app",
+        prog="python -m callbridge",
         description="callbridge: a telephony voice-bot bridge. Settings come from the environment and .env "
         "(see .env.example).",
     )
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the HTTP/WebSocket API (the default command)")
     serve.add_argument("--host", help="override HOST")
     serve.add_argument("--port", type=int, help="override PORT")
-    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor (app.workers)
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor (callbridge.workers)
     call = commands.add_parser(
         "call", help="simulate a Twilio phone call: play a WAV into /telephone/handler and record the reply",
         description="Plays WAV into the Twilio handler in real time as Twilio would (webhook, connected, "
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "serve"
     if command == "call":
-        from app.simulator import main as simulate
+        from callbridge.simulator import main as simulate
 
         return simulate(args)
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
     if command == "serve":
-        from app.server import ServeError, configure_logging, serve
-        from bots.loader import BotLoadError, load_bot
+        from callbridge.serve import ServeError, configure_logging, serve
+        from callbridge.bots.loader import BotLoadError, load_bot
 
         try:
             load_bot(settings.bot)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         worker = getattr(args, "worker", None)
         configure_logging(settings.log_level, settings.log_format, worker)
         if settings.workers > 1 and worker is None:
-            from app.workers import supervise
+            from callbridge.workers import supervise
 
             return supervise(settings)
         try:

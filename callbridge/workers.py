@@ -3,7 +3,7 @@
 One event loop runs on one core, and under load it is what runs out first (bench/results/profile.md).
 Each worker listens on HOST:PORT with SO_REUSEPORT, so the kernel spreads new connections over them;
 what must be shared between them (ids, the limit, set_input and outputs, trickled ICE candidates) goes
-through Redis (app.shared); their metrics through files in a shared directory (app.metrics). The
+through Redis (callbridge.sessions.shared); their metrics through files in a shared directory (callbridge.metrics). The
 supervisor only starts workers, passes signals on (SIGTERM drains every worker), restarts a worker that
 dies mid-run and stops everything when one cannot start.
 """
@@ -24,8 +24,8 @@ from types import FrameType
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from app.metrics import MULTIPROCESS_DIR
-from app.settings import Settings
+from callbridge.metrics import MULTIPROCESS_DIR
+from callbridge.settings import Settings
 
 log = logging.getLogger("callbridge.workers")
 
@@ -62,7 +62,7 @@ def _run_workers(settings: Settings, env: dict[str, str], metrics_dir: str) -> i
                 process.send_signal(signum)
 
     def start(index: int) -> tuple[subprocess.Popen[bytes], float]:
-        process = subprocess.Popen([sys.executable, "-m", "app", "serve", "--worker", str(index)], env=env)
+        process = subprocess.Popen([sys.executable, "-m", "callbridge", "serve", "--worker", str(index)], env=env)
         log.info("worker %d started (pid %d)", index, process.pid)
         return process, time.monotonic()
 

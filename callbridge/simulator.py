@@ -28,7 +28,7 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from codec import ulaw_decode, ulaw_encode
+from callbridge.codec import ulaw_decode, ulaw_encode
 
 RATE = 8000
 FRAME = 160
@@ -355,7 +355,7 @@ def load_wav(path: str) -> np.ndarray:
     """A mono 16-bit WAV as int16 at 8 kHz."""
     import wave
 
-    from codec import resample
+    from callbridge.codec import resample
 
     with wave.open(path, "rb") as w:
         if w.getsampwidth() != 2:
@@ -378,7 +378,7 @@ def save_wav(path: str, samples: np.ndarray) -> None:
 
 
 def main(args) -> int:
-    """`python -m app call WAV ...`: one simulated phone call, with a printed timeline."""
+    """`python -m callbridge call WAV ...`: one simulated phone call, with a printed timeline."""
     try:
         speech = load_wav(args.wav)
     except (OSError, ValueError, EOFError) as exc:

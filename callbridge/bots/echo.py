@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from bots.base import Audio, Bot, BotOutput, Turn
+from callbridge.bots.base import Audio, Bot, BotOutput, Turn
 
 #: Echoed audio is yielded in pieces of this length, as a real text-to-speech bot streams its reply.
 CHUNK_SECONDS = 0.1

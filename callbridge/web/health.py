@@ -17,8 +17,8 @@ async def healthz() -> tuple[dict, int]:
 async def readyz() -> tuple[dict, int]:
     """Ready: models are loaded and the service accepts new calls (not while draining, nor while the
     shared registry is out of reach: new calls would be refused)."""
-    from app.server import services
-    from app.shared import SharedRegistryUnavailable
+    from callbridge.serve import services
+    from callbridge.sessions.shared import SharedRegistryUnavailable
 
     state = services()
     if not state.ready:
@@ -32,7 +32,7 @@ async def readyz() -> tuple[dict, int]:
 @health.get("/metrics")
 async def metrics() -> Response:
     """Prometheus text format."""
-    from app.metrics import CONTENT_TYPE
-    from app.server import services
+    from callbridge.metrics import CONTENT_TYPE
+    from callbridge.serve import services
 
     return Response(services().metrics.render(), content_type=CONTENT_TYPE)

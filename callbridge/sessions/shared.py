@@ -30,8 +30,8 @@ from typing import Any, TypeVar
 
 import redis.asyncio as redis
 
-from app.messages import jsonable
-from app.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, Session, UnknownSession
+from callbridge.core.messages import jsonable
+from callbridge.sessions.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, Session, UnknownSession
 
 logger = logging.getLogger("callbridge.shared")
 

@@ -21,11 +21,11 @@ from quart import Blueprint, Response, request
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
-from app.call import Call
-from app.messages import ClientMessage
-from app.shared import SharedRegistryUnavailable
-from app.transports.media import INVALID_PAYLOAD, POLICY_VIOLATION, MediaSocket, ProtocolError, field
-from app.transports.websocket import WebSocket
+from callbridge.core.call import Call
+from callbridge.core.messages import ClientMessage
+from callbridge.sessions.shared import SharedRegistryUnavailable
+from callbridge.transports.media import INVALID_PAYLOAD, POLICY_VIOLATION, MediaSocket, ProtocolError, field
+from callbridge.edge.websocket import WebSocket
 
 logger = logging.getLogger("callbridge.twilio")
 
@@ -36,7 +36,7 @@ RATE = 8000
 
 
 def _services() -> Any:
-    from app.server import services
+    from callbridge.serve import services
 
     return services()
 
@@ -119,7 +119,7 @@ async def incoming() -> Response | tuple[str, int]:
 
 
 async def handler(state: Any, ws: WebSocket) -> None:
-    """WS /telephone/handler (routed by app.transports.edge): check the upgrade's signature, then run."""
+    """WS /telephone/handler (routed by callbridge.edge.server): check the upgrade's signature, then run."""
     base = public_base(state.settings, "https" if ws.scheme == "wss" else "http", ws.host)
     if not signature_valid(state.settings, stream_url(base), {}, ws.headers):
         state.metrics.errors.labels("signature").inc()

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 
 from quart import Blueprint, Response, request
 
-from app.messages import failed, jsonable
-from app.registry import UnknownSession
-from app.shared import SharedRegistryUnavailable
+from callbridge.core.messages import failed, jsonable
+from callbridge.sessions.registry import UnknownSession
+from callbridge.sessions.shared import SharedRegistryUnavailable
 
 api = Blueprint("api", __name__)
 
@@ -26,7 +26,7 @@ def _error(status: int, message: str) -> tuple[dict, int]:
 
 @api.post("/input_hook")
 async def input_hook() -> tuple[dict, int]:
-    from app.server import services
+    from callbridge.serve import services
 
     body = await request.get_json(force=True, silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("webrtc_id"), str) or not body["webrtc_id"]:
@@ -43,7 +43,7 @@ async def input_hook() -> tuple[dict, int]:
 
 @api.get("/updates")
 async def updates() -> Response | tuple[dict, int]:
-    from app.server import services
+    from callbridge.serve import services
 
     call_id = request.args.get("webrtc_id", "")
     if not call_id:

@@ -22,28 +22,27 @@ from typing import Any
 
 from quart import Quart, current_app
 
-from app.api import api
-from app.call import Call
-from app.health import health
-from app.logs import configure_logging
-from app.metrics import Metrics
-from app.registry import ConcurrencyLimitReached, MemoryRegistry, RegistryError, UnknownSession
-from app.settings import Settings
-from app.shared import SharedRegistry, SharedRegistryUnavailable
-from app.softphone import softphone
-from app.transports.asgi import MediaSocketRoutes
-from app.transports.browser import OFFER_PATH
-from app.transports.browser import offer as browser_offer
-from app.transports.edge import ClientAddress, Edge
-from app.transports.twilio import HANDLER_PATH, telephone
-from app.transports.twilio import handler as twilio_handler
-from app.transports.webrtc import webrtc
-from app.transports.websocket import Handler
-from app.turns import TurnConfig
-from app.vad import VadBatcher, load_vad
-from bots.base import CallInfo
-from bots.loader import BotFactory, load_bot
-from codec import SUPPORTED_RATES, Resampler
+from callbridge.web.io import api
+from callbridge.core.call import Call
+from callbridge.web.health import health
+from callbridge.logs import configure_logging
+from callbridge.metrics import Metrics
+from callbridge.sessions.registry import ConcurrencyLimitReached, MemoryRegistry, RegistryError, UnknownSession
+from callbridge.settings import Settings
+from callbridge.sessions.shared import SharedRegistry, SharedRegistryUnavailable
+from callbridge.web.softphone import softphone
+from callbridge.transports.browser import OFFER_PATH
+from callbridge.transports.browser import offer as browser_offer
+from callbridge.edge.server import ClientAddress, Edge
+from callbridge.transports.twilio import HANDLER_PATH, telephone
+from callbridge.transports.twilio import handler as twilio_handler
+from callbridge.web.webrtc import webrtc
+from callbridge.edge.websocket import Handler
+from callbridge.core.turns import TurnConfig
+from callbridge.core.vad import VadBatcher, load_vad
+from callbridge.bots.base import CallInfo
+from callbridge.bots.loader import BotFactory, load_bot
+from callbridge.codec import SUPPORTED_RATES, Resampler
 
 log = logging.getLogger("callbridge")
 
@@ -188,7 +187,7 @@ def services() -> Services:
 
 def create_app(settings: Settings, worker: int = 0) -> Quart:
     """The Quart app; `worker` numbers this process among WORKERS (it names the process in Redis)."""
-    app = Quart(__name__)
+    app = Quart("callbridge.web")
     state = Services(
         settings=settings, bot_factory=load_bot(settings.bot), registry=MemoryRegistry(settings.concurrency_limit)
     )
@@ -206,8 +205,6 @@ def create_app(settings: Settings, worker: int = 0) -> Quart:
     app.register_blueprint(webrtc)
     app.register_blueprint(softphone)
 
-    # The two µ-law media sockets bypass Quart's websocket layer (see app.transports.asgi).
-    app.asgi_app = MediaSocketRoutes(app.asgi_app, state, MEDIA_ROUTES)  # type: ignore[method-assign]
 
     @app.before_serving
     async def _start() -> None:
@@ -242,9 +239,9 @@ def prepare_resamplers() -> None:
 
 async def serve(settings: Settings, worker: int = 0) -> None:
     """Serve: the edge listens on HOST:PORT and serves the media sockets; Hypercorn serves the Quart app on
-    a private Unix socket behind it (app.transports.edge). SIGTERM drains (new calls refused, calls in
+    a private Unix socket behind it (callbridge.edge.server). SIGTERM drains (new calls refused, calls in
     progress finish within SHUTDOWN_GRACE_SECONDS, then the bot says goodbye) and exits; a second signal
-    stops at once. With WORKERS > 1 this is one of several processes sharing the port (app.workers)."""
+    stops at once. With WORKERS > 1 this is one of several processes sharing the port (callbridge.workers)."""
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 

@@ -13,10 +13,10 @@ import asyncio
 import logging
 from typing import Any
 
-from app.call import Call
-from app.messages import ClientMessage
-from app.transports.media import INVALID_PAYLOAD, MediaSocket, ProtocolError, field
-from app.transports.websocket import WebSocket
+from callbridge.core.call import Call
+from callbridge.core.messages import ClientMessage
+from callbridge.transports.media import INVALID_PAYLOAD, MediaSocket, ProtocolError, field
+from callbridge.edge.websocket import WebSocket
 
 logger = logging.getLogger("callbridge.browser")
 
@@ -27,7 +27,7 @@ OFFER_PATH = "/websocket/offer"
 
 
 async def offer(state: Any, ws: WebSocket) -> None:
-    """WS /websocket/offer (routed by app.transports.edge)."""
+    """WS /websocket/offer (routed by callbridge.edge.server)."""
     stream = BrowserStream(state, ws)
     try:
         await stream.run()

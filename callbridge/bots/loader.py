@@ -11,9 +11,9 @@ import inspect
 from collections.abc import Callable
 from functools import partial
 
-from bots.base import Bot, CallInfo
-from bots.echo import EchoBot
-from bots.function import FunctionBot
+from callbridge.bots.base import Bot, CallInfo
+from callbridge.bots.echo import EchoBot
+from callbridge.bots.function import FunctionBot
 
 BotFactory = Callable[[CallInfo], Bot]
 
