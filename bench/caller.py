@@ -52,6 +52,7 @@ from websockets.http11 import USER_AGENT
 from websockets.protocol import OPEN
 from websockets.uri import WebSocketURI, parse_uri
 
+from callbridge.codec import ulaw_decode, ulaw_encode
 from callbridge.simulator import (
     FRAME,
     RATE,
@@ -66,7 +67,6 @@ from callbridge.simulator import (
     stop_message,
     webhook,
 )
-from callbridge.codec import ulaw_decode, ulaw_encode
 
 GAP_SECONDS = 0.3
 OPEN_TIMEOUT = 10.0  # seconds for TCP connect + WebSocket handshake (as websockets' connect(open_timeout=10))

@@ -135,14 +135,14 @@ def ms_percentiles(values: list[float]) -> str:
 
 
 async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_loop: bool) -> dict[str, Any]:
-    from callbridge.sessions.registry import MemoryRegistry
+    from callbridge.codec import ulaw_encode
+    from callbridge.core.vad import VadBatcher, load_vad
+    from callbridge.edge.server import Connection, Edge
     from callbridge.serve import MEDIA_ROUTES, Services, load_bot
+    from callbridge.sessions.registry import MemoryRegistry
     from callbridge.settings import Settings
     from callbridge.simulator import start_message
-    from callbridge.edge.server import Connection, Edge
     from callbridge.transports.twilio import call_token, token_secret
-    from callbridge.core.vad import VadBatcher, load_vad
-    from callbridge.codec import ulaw_encode
 
     waits = time_vad_answers() if answers else None
     settings = Settings(bot="echo")

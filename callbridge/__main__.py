@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"callbridge: {exc}", file=sys.stderr)
         return 2
     if command == "serve":
-        from callbridge.serve import ServeError, configure_logging, serve
         from callbridge.bots.loader import BotLoadError, load_bot
+        from callbridge.serve import ServeError, configure_logging, serve
 
         try:
             load_bot(settings.bot)

@@ -22,27 +22,27 @@ from typing import Any
 
 from quart import Quart, current_app
 
-from callbridge.web.io import api
-from callbridge.core.call import Call
-from callbridge.web.health import health
-from callbridge.logs import configure_logging
-from callbridge.metrics import Metrics
-from callbridge.sessions.registry import ConcurrencyLimitReached, MemoryRegistry, RegistryError, UnknownSession
-from callbridge.settings import Settings
-from callbridge.sessions.shared import SharedRegistry, SharedRegistryUnavailable
-from callbridge.web.softphone import softphone
-from callbridge.transports.browser import OFFER_PATH
-from callbridge.transports.browser import offer as browser_offer
-from callbridge.edge.server import ClientAddress, Edge
-from callbridge.transports.twilio import HANDLER_PATH, telephone
-from callbridge.transports.twilio import handler as twilio_handler
-from callbridge.web.webrtc import webrtc
-from callbridge.edge.websocket import Handler
-from callbridge.core.turns import TurnConfig
-from callbridge.core.vad import VadBatcher, load_vad
 from callbridge.bots.base import CallInfo
 from callbridge.bots.loader import BotFactory, load_bot
 from callbridge.codec import SUPPORTED_RATES, Resampler
+from callbridge.core.call import Call
+from callbridge.core.turns import TurnConfig
+from callbridge.core.vad import VadBatcher, load_vad
+from callbridge.edge.server import ClientAddress, Edge
+from callbridge.edge.websocket import Handler
+from callbridge.logs import configure_logging
+from callbridge.metrics import Metrics
+from callbridge.sessions.registry import ConcurrencyLimitReached, MemoryRegistry, RegistryError, UnknownSession
+from callbridge.sessions.shared import SharedRegistry, SharedRegistryUnavailable
+from callbridge.settings import Settings
+from callbridge.transports.browser import OFFER_PATH
+from callbridge.transports.browser import offer as browser_offer
+from callbridge.transports.twilio import HANDLER_PATH, telephone
+from callbridge.transports.twilio import handler as twilio_handler
+from callbridge.web.health import health
+from callbridge.web.io import api
+from callbridge.web.softphone import softphone
+from callbridge.web.webrtc import webrtc
 
 log = logging.getLogger("callbridge")
 

@@ -8,6 +8,10 @@ generator, any of:
   float in [-1, 1]; the runtime resamples and paces it;
 - `AdditionalOutputs`: values for the client (`fetch_output`, `fetch_latest_output`, `output_stream`);
 - `Message`: a client message such as a `log` or `warning`;
+- `Mark`: a point in the reply; once the caller has heard everything yielded before it, the runtime
+  calls `on_heard(mark.name)` (Twilio marks on the phone, frames sent on WebRTC, paced playback on the
+  browser socket). After a barge-in no further marks of that reply are reported, and `on_interrupted()`
+  is called: a bot learns exactly what the caller heard;
 - `EndCall`: hang up once everything said so far has been heard.
 
 One bot object is made per call, so a bot may keep per-call state on `self`.
@@ -45,11 +49,18 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Mark:
+    """Report `on_heard(name)` once the caller has heard everything yielded before this."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class EndCall:
     """Hang up after the audio yielded before this has played to the caller."""
 
 
-BotOutput = Audio | AdditionalOutputs | Message | EndCall | tuple[int, np.ndarray]
+BotOutput = Audio | AdditionalOutputs | Message | Mark | EndCall | tuple[int, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -96,3 +107,9 @@ class Bot:
         """What to say when the service shuts down under a call in progress; the call ends after it."""
         return
         yield  # pragma: no cover
+
+    def on_heard(self, name: str) -> None:
+        """The caller has heard everything yielded before `Mark(name)`."""
+
+    def on_interrupted(self) -> None:
+        """The caller spoke over the reply: it was cut off after the last mark reported heard."""

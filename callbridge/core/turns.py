@@ -22,8 +22,8 @@ from typing import Literal
 
 import numpy as np
 
-from callbridge.settings import Settings
 from callbridge.core.vad import WINDOW_SAMPLES
+from callbridge.settings import Settings
 
 #: Windows of Silero's lingering probability after speech stops that count toward the pause (see above).
 HANGOVER_WINDOWS = {8000: 2, 16000: 1}

@@ -15,8 +15,8 @@ from typing import Any
 
 from callbridge.core.call import Call
 from callbridge.core.messages import ClientMessage
-from callbridge.transports.media import INVALID_PAYLOAD, MediaSocket, ProtocolError, field
 from callbridge.edge.websocket import WebSocket
+from callbridge.transports.media import INVALID_PAYLOAD, MediaSocket, ProtocolError, field
 
 logger = logging.getLogger("callbridge.browser")
 

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import orjson
 
+from callbridge.codec import ulaw_decode, ulaw_encode
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
-from callbridge.sessions.registry import ConnectionAlreadyExists, RegistryError
 from callbridge.edge.websocket import ClientGone, WebSocket
-from callbridge.codec import ulaw_decode, ulaw_encode
+from callbridge.sessions.registry import ConnectionAlreadyExists, RegistryError
 
 logger = logging.getLogger("callbridge.transport")
 

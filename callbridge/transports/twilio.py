@@ -23,9 +23,9 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from callbridge.core.call import Call
 from callbridge.core.messages import ClientMessage
+from callbridge.edge.websocket import WebSocket
 from callbridge.sessions.shared import SharedRegistryUnavailable
 from callbridge.transports.media import INVALID_PAYLOAD, POLICY_VIOLATION, MediaSocket, ProtocolError, field
-from callbridge.edge.websocket import WebSocket
 
 logger = logging.getLogger("callbridge.twilio")
 

@@ -44,8 +44,8 @@ from quart import Blueprint, current_app, request
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, failed
 from callbridge.sessions.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, RegistryError, UnknownSession
-from callbridge.settings import Settings
 from callbridge.sessions.shared import SharedRegistryUnavailable
+from callbridge.settings import Settings
 
 if TYPE_CHECKING:
     from callbridge.serve import Services

@@ -14,7 +14,12 @@ import httpx
 import numpy as np
 import pytest
 
-from callbridge.sessions.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, MemoryRegistry, UnknownSession
+from callbridge.sessions.registry import (
+    ConcurrencyLimitReached,
+    ConnectionAlreadyExists,
+    MemoryRegistry,
+    UnknownSession,
+)
 from callbridge.sessions.shared import ANSWER_SECONDS, SharedRegistry, SharedRegistryUnavailable
 from callbridge.simulator import Pause, Speak, WaitForReply, webhook
 from callbridge.workers import START_GRACE_SECONDS

@@ -9,14 +9,14 @@ from functools import partial
 import numpy as np
 import pytest
 
-from callbridge.core.call import Call
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
-from callbridge.sessions.registry import MemoryRegistry
-from callbridge.core.turns import TurnConfig
-from callbridge.core.vad import VadBatcher
 from callbridge.bots.base import AdditionalOutputs, Audio, Bot, CallInfo, EndCall, Turn
 from callbridge.bots.echo import EchoBot
 from callbridge.bots.function import FunctionBot
+from callbridge.core.call import Call
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
+from callbridge.core.turns import TurnConfig
+from callbridge.core.vad import VadBatcher
+from callbridge.sessions.registry import MemoryRegistry
 from tests.speech import silence, speech
 
 RATE = 8000

@@ -6,7 +6,12 @@ import asyncio
 
 import pytest
 
-from callbridge.sessions.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, MemoryRegistry, UnknownSession
+from callbridge.sessions.registry import (
+    ConcurrencyLimitReached,
+    ConnectionAlreadyExists,
+    MemoryRegistry,
+    UnknownSession,
+)
 
 
 def test_one_limit_for_every_transport_and_unique_ids():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from callbridge.codec import Rechunker
 from callbridge.core.turns import HANGOVER_WINDOWS, SpeechStarted, TurnConfig, TurnDetector, TurnEnded
 from callbridge.core.vad import VAD_WINDOW_MS, VadStream
-from callbridge.codec import Rechunker
 from tests.speech import silence, speech
 
 COMMAS = "Hello, this is a test call, with several commas, in one sentence, and it keeps going."
