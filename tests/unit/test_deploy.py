@@ -352,7 +352,8 @@ def test_build_context_holds_the_sources_and_no_secrets(stages: list[Stage]) -> 
     for source in sources:
         assert dockerignore_includes(source), f".dockerignore leaves out {source}, which the build copies"
     assert dockerignore_includes("callbridge/web/static/index.html")
-    kept_out_paths = (".env", ".venv/bin/python", "tests/unit/test_deploy.py", "callbridge/__pycache__/serve.cpython-311.pyc")
+    kept_out_paths = (".env", ".venv/bin/python", "tests/unit/test_deploy.py",
+                      "callbridge/__pycache__/serve.cpython-311.pyc")
     for kept_out in kept_out_paths:
         assert not dockerignore_includes(kept_out), f"{kept_out} would be sent to the image build"
 
