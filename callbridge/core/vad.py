@@ -2,8 +2,8 @@
 
 The model files ship inside the silero-vad wheel; they are located with `importlib.util.find_spec`
 so that the package `__init__` (which imports torch) is not run for the default onnxruntime backend.
-Both backends take a batch of windows with one state per row, so per-call state is never shared and
-calls can be batched into one inference later without changing callers.
+Both backends take a batch of windows with one state per row, so per-call state is never shared while
+one inference serves every call (VadBatcher).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -40,68 +39,16 @@ def model_file(name: str) -> Path:
     return path
 
 
-@dataclass
-class VadState:
-    """The recurrent state and audio context of one call's VAD stream."""
-
-    sample_rate: int
-    state: np.ndarray = field(init=False)
-    context: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.sample_rate not in WINDOW_SAMPLES:
-            raise ValueError(f"VAD runs at 8000 or 16000 Hz, not {self.sample_rate}")
-        self.reset()
-
-    def reset(self) -> None:
-        self.state = np.zeros((2, 1, 128), dtype=np.float32)
-        self.context = np.zeros(CONTEXT_SAMPLES[self.sample_rate], dtype=np.float32)
-
-
 class VadModel(Protocol):
-    """A speech-probability model: one row of `windows` (float32, [-1, 1)) per state, all at one rate."""
-
-    def infer(self, windows: np.ndarray, states: list[VadState]) -> np.ndarray: ...
+    """A speech-probability model over a batch of windows, one row of recurrent state per window."""
 
     def infer_rows(self, x: np.ndarray, state: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
-        """The model itself: `x` (batch, context + window) float32, `state` (2, batch, 128) ->
-        (probabilities (batch,), new state). Touches no Python objects but its arguments (runs off the loop)."""
+        """`x` (batch, context + window) float32, `state` (2, batch, 128) -> (probabilities (batch,), new
+        state). Touches no Python objects but its arguments, so it can run off the event loop."""
         ...
 
 
-def _stack(windows: np.ndarray, states: list[VadState]) -> tuple[np.ndarray, np.ndarray, int]:
-    rate = states[0].sample_rate
-    if any(s.sample_rate != rate for s in states):
-        raise ValueError("a VAD batch must share one sample rate")
-    if windows.shape != (len(states), WINDOW_SAMPLES[rate]):
-        raise ValueError(f"expected windows of shape ({len(states)}, {WINDOW_SAMPLES[rate]}), got {windows.shape}")
-    contexts = np.stack([s.context for s in states])
-    x = np.concatenate([contexts, windows.astype(np.float32, copy=False)], axis=1)
-    state = np.concatenate([s.state for s in states], axis=1)
-    return x, state, rate
-
-
-def _unstack(x: np.ndarray, new_state: np.ndarray, states: list[VadState]) -> None:
-    width = x.shape[1]
-    for i, s in enumerate(states):
-        s.state = np.ascontiguousarray(new_state[:, i : i + 1, :])
-        s.context = x[i, width - len(s.context) :].copy()
-
-
-class _RowModel:
-    """`infer` for a model that implements `infer_rows`: per-call states stacked in, results split back."""
-
-    def infer(self, windows: np.ndarray, states: list[VadState]) -> np.ndarray:
-        x, state, rate = _stack(windows, states)
-        probabilities, new_state = self.infer_rows(x, state, rate)
-        _unstack(x, new_state, states)
-        return probabilities
-
-    def infer_rows(self, x: np.ndarray, state: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError
-
-
-class OnnxVad(_RowModel):
+class OnnxVad:
     """silero_vad.onnx on onnxruntime, one intra-op thread (calls are the parallelism)."""
 
     def __init__(self) -> None:
@@ -120,7 +67,7 @@ class OnnxVad(_RowModel):
         return out[:, 0].astype(np.float32), new_state
 
 
-class TorchVad(_RowModel):
+class TorchVad:
     """silero_vad.jit on torch; the JIT wrapper's own state is bypassed so each call keeps its own."""
 
     def __init__(self) -> None:
@@ -148,24 +95,6 @@ def load_vad(backend: Literal["onnx", "torch"] = "onnx") -> VadModel:
     if backend == "torch":
         return TorchVad()
     raise ValueError(f"unknown VAD backend {backend!r}")
-
-
-class VadStream:
-    """One call's VAD: feeds exact 32 ms int16 windows to the shared model with this call's state."""
-
-    def __init__(self, model: VadModel, sample_rate: int) -> None:
-        self.model = model
-        self.state = VadState(sample_rate)
-        self.window_samples = WINDOW_SAMPLES[sample_rate]
-
-    def probability(self, window: np.ndarray) -> float:
-        if len(window) != self.window_samples:
-            raise ValueError(f"VAD window must be {self.window_samples} samples, got {len(window)}")
-        x = (window.astype(np.float32) * (1.0 / 32768.0))[None, :]
-        return float(self.model.infer(x, [self.state])[0])
-
-    def reset(self) -> None:
-        self.state.reset()
 
 
 ProbabilityCallback = Callable[[np.ndarray, float], None]
@@ -268,8 +197,9 @@ class VadBatcher:
     """
 
     def __init__(self, model: VadModel, on_batch: Callable[[float, int], None] | None = None, *,
-                 in_thread: bool = True) -> None:
+                 in_thread: bool = True, min_interval: float = MIN_BATCH_INTERVAL) -> None:
         self.model = model
+        self.min_interval = min_interval  # tests that feed whole files at once need no pacing
         self.on_batch = on_batch  # (inference seconds, windows) per batch, for metrics
         self._waiting: dict[BatchedVadStream, None] = {}  # insertion-ordered set
         self._wake: asyncio.Event | None = None
@@ -323,7 +253,7 @@ class VadBatcher:
                 continue
             if (delay := next_batch - loop.time()) > 0 or self._executor is None:
                 await asyncio.sleep(max(0.0, delay))  # on the loop, let the loop run between batches
-            next_batch = loop.time() + MIN_BATCH_INTERVAL
+            next_batch = loop.time() + self.min_interval
             by_rows: dict[StateRows, list[tuple[BatchedVadStream, np.ndarray]]] = {}  # one batch per rate
             streams = list(self._waiting)
             self._waiting.clear()

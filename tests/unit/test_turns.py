@@ -7,7 +7,7 @@ import pytest
 
 from callbridge.codec import Rechunker
 from callbridge.core.turns import HANGOVER_WINDOWS, SpeechStarted, TurnConfig, TurnDetector, TurnEnded
-from callbridge.core.vad import VAD_WINDOW_MS, VadStream
+from callbridge.core.vad import VAD_WINDOW_MS, VadBatcher
 from tests.speech import silence, speech
 
 COMMAS = "Hello, this is a test call, with several commas, in one sentence, and it keeps going."
@@ -15,38 +15,56 @@ SHORT = "Please call me back tomorrow morning."
 
 
 class Turns:
-    """The call's inbound path without the event loop: 32 ms windows, one VAD stream, the state machine."""
+    """The call's inbound path without sockets: 32 ms windows, the VAD batcher production runs, the state
+    machine."""
 
-    def __init__(self, model, rate: int, **overrides) -> None:
+    def __init__(self, model, rate: int, batcher: VadBatcher | None = None, **overrides) -> None:
         self.config = TurnConfig(sample_rate=rate, **overrides)
         self.machine = TurnDetector(self.config)
-        self.vad = VadStream(model, rate)
+        self.batcher = batcher or VadBatcher(model, in_thread=False, min_interval=0.0)
+        self.events: list = []
+        self.vad = self.batcher.stream(rate, self._step)
         self.windows = Rechunker(rate, VAD_WINDOW_MS)
 
-    def push(self, pcm: np.ndarray) -> list:
-        steps = (self.machine.step(w, self.vad.probability(w)) for w in self.windows.push(pcm))
-        return [event for event in steps if event is not None]
+    def _step(self, window: np.ndarray, probability: float) -> None:
+        event = self.machine.step(window, probability)
+        if event is not None:
+            self.events.append(event)
+
+    def windows_in(self, pcm: np.ndarray) -> None:
+        for window in self.windows.push(pcm):
+            self.vad.submit(window)
+
+    def take_events(self) -> list:
+        events, self.events = self.events, []
+        return events
+
+    async def push(self, pcm: np.ndarray) -> list:
+        self.windows_in(pcm)
+        await self.batcher.idle()
+        return self.take_events()
 
 
 def detector(model, rate: int = 8000, **overrides) -> Turns:
     return Turns(model, rate, **overrides)
 
 
-def feed(det: Turns, audio: np.ndarray, chunk: int = 160) -> list:
+async def feed(det: Turns, audio: np.ndarray, chunk: int = 160) -> list:
     events = []
     for start in range(0, len(audio), chunk):
-        events += det.push(audio[start : start + chunk])
+        events += await det.push(audio[start : start + chunk])
+    await det.batcher.close()
     return events
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])
 @pytest.mark.parametrize("pause_ms", [500, 512, 700])
-def test_turn_ends_within_one_window_of_configured_silence(onnx_vad, rate, pause_ms):
+async def test_turn_ends_within_one_window_of_configured_silence(onnx_vad, rate, pause_ms):
     lead = silence(0.5, rate)
     said = speech(SHORT, rate)
     audio = np.concatenate([lead, said, silence(2.0, rate)])
     det = detector(onnx_vad, rate, pause_ms=pause_ms)
-    events = feed(det, audio)
+    events = await feed(det, audio)
     ended = [e for e in events if isinstance(e, TurnEnded)]
     assert len(ended) == 1
     turn = ended[0]
@@ -71,7 +89,7 @@ CORPUS = [
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])
-def test_turns_end_the_configured_silence_after_the_true_end_of_speech(onnx_vad, rate):
+async def test_turns_end_the_configured_silence_after_the_true_end_of_speech(onnx_vad, rate):
     """Against ground truth (where the spoken audio really ends), over 36 utterances in three voices."""
     pause_ms = 512
     window_ms = VAD_WINDOW_MS
@@ -79,7 +97,7 @@ def test_turns_end_the_configured_silence_after_the_true_end_of_speech(onnx_vad,
     for voice in ("en-us", "en-gb", "en-us+f3"):
         for text in CORPUS:
             lead, said = silence(0.5, rate), speech(text, rate, voice=voice)
-            events = feed(detector(onnx_vad, rate, pause_ms=pause_ms), np.concatenate([lead, said, silence(2.0, rate)]))
+            events = await feed(detector(onnx_vad, rate, pause_ms=pause_ms), np.concatenate([lead, said, silence(2.0, rate)]))
             ended = [e for e in events if isinstance(e, TurnEnded)]
             assert len(ended) == 1, f"{voice}: {text!r} must be one turn"
             late_by.append((ended[0].at - len(lead) - len(said)) * 1000 / rate - pause_ms)
@@ -90,28 +108,28 @@ def test_turns_end_the_configured_silence_after_the_true_end_of_speech(onnx_vad,
     assert np.percentile(late_by, 95) <= 2.5 * window_ms
 
 
-def test_sentence_with_commas_is_one_turn(onnx_vad):
+async def test_sentence_with_commas_is_one_turn(onnx_vad):
     rate = 8000
     said = speech(COMMAS, rate)
-    events = feed(detector(onnx_vad, rate), np.concatenate([silence(0.3, rate), said, silence(1.5, rate)]))
+    events = await feed(detector(onnx_vad, rate), np.concatenate([silence(0.3, rate), said, silence(1.5, rate)]))
     assert [type(e) for e in events] == [SpeechStarted, TurnEnded]
     assert len(events[1].audio) >= 0.9 * len(said)
 
 
-def test_two_sentences_with_a_long_pause_are_two_turns(onnx_vad):
+async def test_two_sentences_with_a_long_pause_are_two_turns(onnx_vad):
     rate = 8000
     audio = np.concatenate([speech(SHORT, rate), silence(1.0, rate), speech(SHORT, rate), silence(1.0, rate)])
-    events = feed(detector(onnx_vad, rate), audio)
+    events = await feed(detector(onnx_vad, rate), audio)
     assert [type(e) for e in events] == [SpeechStarted, TurnEnded, SpeechStarted, TurnEnded]
 
 
-def test_preroll_is_in_the_turn_audio(onnx_vad):
+async def test_preroll_is_in_the_turn_audio(onnx_vad):
     rate = 8000
     lead = silence(1.0, rate)
     said = speech(SHORT, rate)
     audio = np.concatenate([lead, said, silence(1.5, rate)])
     det = detector(onnx_vad, rate, preroll_ms=200)
-    events = feed(det, audio)
+    events = await feed(det, audio)
     started, ended = events
     window = det.config.window_samples
     preroll_windows = det.config.windows(200)
@@ -121,15 +139,15 @@ def test_preroll_is_in_the_turn_audio(onnx_vad):
     np.testing.assert_array_equal(ended.audio, audio[turn_start : ended.speech_end])
     assert started.onset - turn_start == preroll_windows * window
 
-    no_preroll = feed(detector(onnx_vad, rate, preroll_ms=0), audio)
+    no_preroll = await feed(detector(onnx_vad, rate, preroll_ms=0), audio)
     assert len(no_preroll[1].audio) == len(ended.audio) - preroll_windows * window
 
 
-def test_max_turn_length_forces_a_turn(onnx_vad):
+async def test_max_turn_length_forces_a_turn(onnx_vad):
     rate = 8000
     long_speech = np.concatenate([speech(COMMAS, rate)] * 2)
     det = detector(onnx_vad, rate, max_turn_seconds=2.0)
-    events = feed(det, np.concatenate([long_speech, silence(1.0, rate)]))
+    events = await feed(det, np.concatenate([long_speech, silence(1.0, rate)]))
     forced = [e for e in events if isinstance(e, TurnEnded) and e.reason == "max_length"]
     assert forced, "a turn longer than the maximum must be cut"
     max_windows = det.config.windows(2000)
@@ -138,29 +156,35 @@ def test_max_turn_length_forces_a_turn(onnx_vad):
     assert isinstance(events[-1], TurnEnded) and events[-1].reason == "pause"
 
 
-def test_interleaved_calls_decide_as_each_alone(onnx_vad):
+async def test_interleaved_calls_decide_as_each_alone(onnx_vad):
     rate = 8000
     a = np.concatenate([silence(0.2, rate), speech(SHORT, rate), silence(1.0, rate), speech(COMMAS, rate),
                         silence(1.0, rate)])
     b = np.concatenate([speech(COMMAS, rate), silence(0.7, rate), speech(SHORT, rate), silence(1.0, rate)])
-    alone_a = feed(detector(onnx_vad, rate), a)
-    alone_b = feed(detector(onnx_vad, rate), b)
-    da, db = detector(onnx_vad, rate), detector(onnx_vad, rate)
+    alone_a = await feed(detector(onnx_vad, rate), a)
+    alone_b = await feed(detector(onnx_vad, rate), b)
+    shared = VadBatcher(onnx_vad, in_thread=False, min_interval=0.0)  # one batcher for both calls, as in production
+    da, db = Turns(onnx_vad, rate, shared), Turns(onnx_vad, rate, shared)
     mixed_a, mixed_b = [], []
     for start in range(0, max(len(a), len(b)), 160):
-        mixed_a += da.push(a[start : start + 160])
-        mixed_b += db.push(b[start : start + 160])
+        da.windows_in(a[start : start + 160])
+        db.windows_in(b[start : start + 160])
+        await shared.idle()
+        mixed_a += da.take_events()
+        mixed_b += db.take_events()
+    await shared.close()
+    assert shared.batches < shared.windows, "the two calls' windows shared inferences"
     assert summary(mixed_a) == summary(alone_a)
     assert summary(mixed_b) == summary(alone_b)
     assert len(summary(alone_a)) == 4 and len(summary(alone_b)) == 4
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])
-def test_onnx_and_torch_backends_make_the_same_decisions(onnx_vad, torch_vad, rate):
+async def test_onnx_and_torch_backends_make_the_same_decisions(onnx_vad, torch_vad, rate):
     audio = np.concatenate([silence(0.3, rate), speech(COMMAS, rate), silence(0.8, rate), speech(SHORT, rate),
                             silence(1.0, rate)])
-    via_onnx = summary(feed(detector(onnx_vad, rate), audio))
-    via_torch = summary(feed(detector(torch_vad, rate), audio))
+    via_onnx = summary(await feed(detector(onnx_vad, rate), audio))
+    via_torch = summary(await feed(detector(torch_vad, rate), audio))
     assert via_onnx == via_torch
     assert len(via_onnx) == 4
 

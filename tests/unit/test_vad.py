@@ -8,8 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-import callbridge.core.vad
-from callbridge.core.vad import WINDOW_SAMPLES, VadBatcher, VadStream, model_file
+from callbridge.core.vad import WINDOW_SAMPLES, VadBatcher, VadModel, model_file
 from tests.speech import speech
 
 
@@ -18,17 +17,27 @@ def windows(audio: np.ndarray, rate: int) -> list[np.ndarray]:
     return [audio[i : i + size] for i in range(0, len(audio) - size + 1, size)]
 
 
+async def alone(model: VadModel, rate: int, audio: list[np.ndarray]) -> list[float]:
+    """The probabilities of one stream by itself, through the batcher production runs."""
+    batcher = VadBatcher(model, in_thread=False, min_interval=0.0)
+    got: list[float] = []
+    stream = batcher.stream(rate, lambda w, p: got.append(p))
+    for window in audio:
+        stream.submit(window)
+    await batcher.idle()
+    await batcher.close()
+    return got
+
+
 def test_models_come_from_the_installed_wheel():
     assert model_file("silero_vad.onnx").stat().st_size > 100_000
     assert model_file("silero_vad.jit").stat().st_size > 100_000
 
 
-def test_speech_scores_high_and_silence_low(onnx_vad):
-    stream = VadStream(onnx_vad, 8000)
-    probabilities = [stream.probability(w) for w in windows(speech("Good morning everybody.", 8000), 8000)]
+async def test_speech_scores_high_and_silence_low(onnx_vad):
+    probabilities = await alone(onnx_vad, 8000, windows(speech("Good morning everybody.", 8000), 8000))
     assert max(probabilities) > 0.9
-    quiet = VadStream(onnx_vad, 8000)
-    assert max(quiet.probability(np.zeros(256, np.int16)) for _ in range(20)) < 0.1
+    assert max(await alone(onnx_vad, 8000, [np.zeros(256, np.int16)] * 20)) < 0.1
 
 
 @pytest.mark.parametrize("backend", ["onnx_vad", "torch_vad"])
@@ -39,10 +48,7 @@ async def test_batched_streams_match_each_stream_alone(backend, request):
         (8000, speech("A second caller says something else entirely.", 8000)),
         (16000, speech("And a wideband browser caller joins in.", 16000)),
     ]
-    alone = []
-    for rate, audio in sources:
-        stream = VadStream(model, rate)
-        alone.append([stream.probability(w) for w in windows(audio, rate)])
+    each_alone = [await alone(model, rate, windows(audio, rate)) for rate, audio in sources]
 
     batcher = VadBatcher(model)
     results: list[list[float]] = [[] for _ in sources]
@@ -55,7 +61,7 @@ async def test_batched_streams_match_each_stream_alone(backend, request):
                 stream.submit(window)
         await batcher.idle()
     await batcher.close()
-    for got, expected in zip(results, alone, strict=True):
+    for got, expected in zip(results, each_alone, strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-4)
     assert batcher.windows == sum(len(w) for w in per_source)
     assert batcher.batches < batcher.windows, "windows of different calls share inferences"
@@ -96,10 +102,7 @@ async def test_rows_grow_and_are_reused_without_leaking_state(onnx_vad):
     freed by a call that hung up mid-speech, start clean; no stream's results change."""
     rate = 8000
     said = [speech(text, rate) for text in ("One two three four five.", "Six seven eight nine ten.")]
-    alone = []
-    for audio in said:
-        stream = VadStream(onnx_vad, rate)
-        alone.append([stream.probability(w) for w in windows(audio, rate)])
+    each_alone = [await alone(onnx_vad, rate, windows(audio, rate)) for audio in said]
 
     batcher = VadBatcher(onnx_vad)
     results: dict[str, list[float]] = {}
@@ -127,21 +130,18 @@ async def test_rows_grow_and_are_reused_without_leaking_state(onnx_vad):
     await batcher.idle()
     await batcher.close()
     for i in range(1, 10):
-        np.testing.assert_allclose(results[f"first{i}"], alone[0], atol=1e-4)
+        np.testing.assert_allclose(results[f"first{i}"], each_alone[0], atol=1e-4)
     for name in [*(f"late{i}" for i in range(10)), "reused"]:
-        np.testing.assert_allclose(results[name], alone[1], atol=1e-4)
+        np.testing.assert_allclose(results[name], each_alone[1], atol=1e-4)
 
 
-async def test_on_the_event_loop_batches_give_the_same_results_and_let_the_loop_run_between(onnx_vad,
-                                                                                             monkeypatch):
+async def test_on_the_event_loop_batches_give_the_same_results_and_let_the_loop_run_between(onnx_vad):
     """Inference on the event loop (VAD_THREAD=loop): same probabilities as a stream alone, no thread, and a
     backlog (here: no wait between batches at all) still lets other callbacks run between batches."""
-    monkeypatch.setattr(callbridge.core.vad, "MIN_BATCH_INTERVAL", 0.0)
     rate = 8000
     audio = windows(speech("Counting one two three on the event loop.", rate), rate)[:12]
-    alone = VadStream(onnx_vad, rate)
-    expected = [alone.probability(w) for w in audio]
-    batcher = VadBatcher(onnx_vad, in_thread=False)
+    expected = await alone(onnx_vad, rate, audio)
+    batcher = VadBatcher(onnx_vad, in_thread=False, min_interval=0.0)
     got: list[list[float]] = [[], []]
     streams = [batcher.stream(rate, lambda w, p, i=i: got[i].append(p)) for i in range(2)]
     threads_before = threading.active_count()
