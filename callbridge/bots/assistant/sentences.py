@@ -2,8 +2,9 @@
 
 A sentence ends at `.`, `!` or `?` (closing quotes or brackets may follow) once whitespace and a character
 that is not lower case follow, or at a line break. "3.5", "e.g. this", "Dr. Lee" and "J. Smith" stay
-whole. A long sentence is cut at its last comma, semicolon or colon, and an overlong run with no
-punctuation at its last space, so the first words of a rambling reply are not held back.
+whole. A sentence longer than CLAUSE_AFTER is cut at a comma, semicolon or colon (the last one within
+CLAUSE_AFTER, else the first after), and one longer than HARD_LIMIT with no such mark at a space, so the
+first words of a rambling reply are not held back. The cuts do not depend on how the text was chunked.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ ABBREVIATIONS = frozenset({
     "dr", "mr", "mrs", "ms", "prof", "st", "mt", "jr", "sr", "vs", "etc", "e.g", "i.e", "approx", "no",
     "tel", "ave", "blvd", "rd", "inc", "ltd", "co", "dept", "fig", "a.m", "p.m",
 })
-#: Past this many characters, a sentence with no end yet is cut at its last clause mark.
+#: A sentence longer than this is cut at a clause mark.
 CLAUSE_AFTER = 80
-#: Past this many characters with no clause mark either, it is cut at its last space.
+#: A sentence longer than this with no clause mark is cut at a space.
 HARD_LIMIT = 200
 
 _END = re.compile(r"""[.!?]+["')\]]*(?=\s+\S)""")
@@ -55,19 +56,25 @@ class SentenceSplitter:
 
     def _next_cut(self) -> int | None:
         text = self._buffer
-        line_break = text.find("\n")
-        for end in _END.finditer(text):
-            if 0 <= line_break < end.start():
-                break
-            if _ends_sentence(text, end):
-                return end.end()
-        if line_break >= 0:
-            return line_break + 1
-        if len(text) > CLAUSE_AFTER:
-            clauses = [mark.end() for mark in _CLAUSE.finditer(text) if mark.end() >= CLAUSE_AFTER // 4]
-            if clauses:
-                return clauses[-1]
-        if len(text) > HARD_LIMIT:
-            space = text.rfind(" ", 0, HARD_LIMIT)
+        end = _sentence_end(text)
+        piece = text if end is None else text[:end]
+        if len(piece) > CLAUSE_AFTER:
+            marks = [mark.end() for mark in _CLAUSE.finditer(piece) if mark.end() >= CLAUSE_AFTER // 4]
+            if marks:
+                early = [mark for mark in marks if mark <= CLAUSE_AFTER]
+                return early[-1] if early else marks[0]
+        if len(piece) > HARD_LIMIT:
+            space = piece.rfind(" ", 0, HARD_LIMIT)
             return space if space > 0 else HARD_LIMIT
-        return None
+        return end
+
+
+def _sentence_end(text: str) -> int | None:
+    """Where the first complete sentence (or line) of `text` ends, if one is complete."""
+    line_break = text.find("\n")
+    for end in _END.finditer(text):
+        if 0 <= line_break < end.start():
+            break
+        if _ends_sentence(text, end):
+            return end.end()
+    return line_break + 1 if line_break >= 0 else None
