@@ -1,5 +1,1 @@
-"""callbridge: a telephony voice-bot bridge (Quart on Hypercorn)."""
-
-from callbridge.serve import create_app
-
-__all__ = ["create_app"]
+"""callbridge: a telephony voice-bot bridge. Importing the package loads nothing: `python -m callbridge` serves."""

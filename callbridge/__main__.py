@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command == "serve":
         from callbridge.bots.loader import BotLoadError, load_bot
-        from callbridge.serve import ServeError, configure_logging, serve
+        from callbridge.logs import configure_logging
+        from callbridge.serve import ServeError, serve
 
         try:
             load_bot(settings.bot)

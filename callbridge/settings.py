@@ -104,6 +104,10 @@ class Settings(BaseSettings):
             raise ValueError("VAD_EXIT_THRESHOLD must not exceed VAD_ENTER_THRESHOLD")
         return self
 
+    def public_base(self, scheme: str, host: str) -> str:
+        """The public base URL Twilio reaches: PUBLIC_URL when set, else what this request was addressed to."""
+        return self.public_url or f"{scheme}://{host}"
+
     @property
     def vad_in_thread(self) -> bool:
         """Whether VAD inference runs in a thread beside the event loop (VAD_THREAD, resolved)."""

@@ -151,7 +151,7 @@ class Call:
         *,
         inbound_rate: int,
         outbound_rate: int,
-        turn_config: Callable[[int], TurnConfig],
+        turn_config: TurnConfig,
         barge_in: bool = True,
         input_timeout: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
@@ -166,7 +166,7 @@ class Call:
         self.input_timeout = input_timeout
         self.clock = clock
         self.observer = observer or _Unobserved()
-        self.detector = TurnDetector(turn_config(self.vad_rate))
+        self.detector = TurnDetector(turn_config.at(self.vad_rate))
         self._windows = Rechunker(self.vad_rate, VAD_WINDOW_MS)
         self._vad = vad.stream(self.vad_rate, self._on_window)
         self._inbound_resampler = Resampler(inbound_rate, self.vad_rate) if inbound_rate != self.vad_rate else None

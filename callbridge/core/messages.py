@@ -1,4 +1,4 @@
-"""What the call runtime hands to transports, and the seed's client message format.
+"""What the call runtime hands to transports, and the client messages of the FastRTC-compatible contract.
 
 Client messages are `{"type": ..., "data": ...}` with type send_input, fetch_output, stopword,
 error, warning or log. Transports that speak to a browser send them as JSON; the Twilio transport
@@ -68,7 +68,7 @@ def jsonable(value: Any) -> Any:
 
 
 def failed(error: str, **meta: Any) -> dict[str, Any]:
-    """The seed's refusal body: `{"status": "failed", "meta": {"error": ..., ...}}`."""
+    """The contract's refusal body: `{"status": "failed", "meta": {"error": ..., ...}}`."""
     return {"status": "failed", "meta": {"error": error, **meta}}
 
 

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from callbridge.core.vad import WINDOW_SAMPLES
-from callbridge.settings import Settings
 
 #: Windows of Silero's lingering probability after speech stops that count toward the pause (see above).
 HANGOVER_WINDOWS = {8000: 2, 16000: 1}
@@ -39,17 +38,9 @@ class TurnConfig:
     preroll_ms: int = 200
     max_turn_seconds: float = 30.0
 
-    @classmethod
-    def from_settings(cls, settings: Settings, sample_rate: int) -> TurnConfig:
-        return cls(
-            sample_rate=sample_rate,
-            enter_threshold=settings.vad_enter_threshold,
-            exit_threshold=settings.vad_exit_threshold,
-            speech_start_ms=settings.speech_start_ms,
-            pause_ms=settings.pause_ms,
-            preroll_ms=settings.preroll_ms,
-            max_turn_seconds=settings.max_turn_seconds,
-        )
+    def at(self, sample_rate: int) -> TurnConfig:
+        """The same settings for audio at `sample_rate` (a call's VAD rate)."""
+        return replace(self, sample_rate=sample_rate)
 
     @property
     def window_samples(self) -> int:

@@ -27,7 +27,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from callbridge.edge.websocket import ClientGone, Handler, Listener
+from callbridge.edge.websocket import ClientGone, Gone, Handler, Listener
 
 logger = logging.getLogger("callbridge.edge")
 # websockets logs every opened and closed connection at INFO; the handlers log what matters.
@@ -37,8 +37,6 @@ _ws_logger.setLevel(logging.WARNING)
 HEAD_LIMIT = 16 * 1024  # a longer first request head is passed to Hypercorn, which refuses it
 HEAD_TIMEOUT = 10.0  # seconds a new connection has to send its first request head
 CLOSE_TIMEOUT = 2.0  # seconds the client has to answer our close frame before the TCP connection is cut
-PAUSE_AFTER = 64  # unread messages (~1.3 s of 20 ms media) before the edge stops reading a socket
-RESUME_BELOW = 16
 PEER_HEADER = b"x-callbridge-peer"
 
 _REQUEST_LINE = re.compile(rb"([A-Z]+) (\S+) HTTP/1\.[01]")
@@ -47,8 +45,7 @@ _REQUEST_LINE = re.compile(rb"([A-Z]+) (\S+) HTTP/1\.[01]")
 class Edge:
     """Listens on the public address; owns the media connections it serves."""
 
-    def __init__(self, state: Any, routes: dict[str, Handler], upstream: str, max_size: int) -> None:
-        self.state = state
+    def __init__(self, routes: dict[str, Handler], upstream: str, max_size: int) -> None:
         self.routes = routes
         self.upstream = upstream
         self.max_size = max_size  # a hard cap; the transports enforce MAX_MESSAGE_BYTES with a clear error
@@ -241,15 +238,15 @@ class MediaConnection:
         self.host = ""
         self.closed = False  # we started closing, or the connection is gone
         self.gone = False  # the client closed or the connection dropped: nothing more will arrive
-        self.messages: deque[str | bytes] = deque()
+        self.gone_told = False
+        self.early: deque[str | bytes] = deque()  # messages that arrived before the handler listened
         self.fragments: list[bytes] = []
         self.fragment_opcode: Opcode | None = None
-        self.waiter: asyncio.Future[None] | None = None
         self.drained: asyncio.Future[None] | None = None
-        self.reading_paused = False
         self.close_timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.listener: Listener | None = None
+        self.on_gone: Gone | None = None
 
     def start(self, received: bytes) -> None:
         """Serve the connection from everything received so far (the upgrade request and maybe more)."""
@@ -274,7 +271,7 @@ class MediaConnection:
 
     async def _serve(self) -> None:
         try:
-            await self.handler(self.edge.state, self)
+            await self.handler(self)
         except ClientGone:
             pass
         except Exception:
@@ -285,20 +282,6 @@ class MediaConnection:
             self.edge.sockets.discard(self)
 
     # The handlers' interface (callbridge.edge.websocket.WebSocket).
-
-    async def receive(self) -> str | bytes:
-        while not self.messages:
-            if self.gone:
-                raise ClientGone
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-        if self.reading_paused and len(self.messages) <= RESUME_BELOW:
-            self.reading_paused = False
-            self.transport.resume_reading()
-        return self.messages.popleft()
 
     async def send(self, text: str) -> None:
         if self.closed or self.protocol.state is not State.OPEN:
@@ -318,8 +301,12 @@ class MediaConnection:
         elif not self.transport.is_closing():
             self.transport.close()
 
-    def listen(self, listener: Listener | None) -> None:
-        self.listener = listener
+    def listen(self, listener: Listener, on_gone: Gone) -> None:
+        self.listener, self.on_gone = listener, on_gone
+        while self.early and not self.closed:
+            self._offer(self.early.popleft())
+        if self.gone:
+            self._notify_gone()
 
     def abort(self) -> None:
         """Drop the connection at once (shutdown)."""
@@ -333,7 +320,7 @@ class MediaConnection:
         if protocol.state is State.OPEN and protocol.current_size is None and not protocol.reader.buffer:
             data = self._whole_text_frames(data)
             if not data:
-                if self.messages or protocol.state is not State.OPEN:  # else the listener took every message
+                if protocol.state is not State.OPEN:  # a message was refused (invalid UTF-8)
                     self._after_frames()
                 return
         protocol.receive_data(data)
@@ -345,10 +332,10 @@ class MediaConnection:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.gone = self.closed = True
+        self.closed = True
         if self.close_timer is not None:
             self.close_timer.cancel()
-        self._wake()
+        self._notify_gone()
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
@@ -411,16 +398,11 @@ class MediaConnection:
     def _after_frames(self) -> None:
         self._flush()
         if self.protocol.state is not State.OPEN:
-            self.gone = True
             if self.protocol.close_rcvd is None and self.protocol.close_sent is not None and not self.closed:
                 # websockets failed the connection (a protocol violation or a message over the size limit).
                 sent = self.protocol.close_sent
                 logger.warning("media socket closed with %d: %s", sent.code, sent.reason or "protocol error")
-        if self.messages or self.gone:
-            self._wake()
-        if len(self.messages) >= PAUSE_AFTER and not self.reading_paused:
-            self.reading_paused = True
-            self.transport.pause_reading()
+            self._notify_gone()
 
     def _deliver(self, opcode: Opcode, data: bytes) -> None:
         message: str | bytes
@@ -432,19 +414,29 @@ class MediaConnection:
             except UnicodeDecodeError:
                 self.protocol.fail(1007, "text message is not valid UTF-8")
                 return
-        listener = self.listener
-        if listener is not None and not self.messages and not self.closed:
-            try:
-                if listener(message):
-                    return
-            except Exception:  # a bug in the handler's listener: from now on the handler's task reads everything
-                logger.exception("media socket listener failed; messages go to the reader from now on")
-                self.listener = None
-        self.messages.append(message)
+        if self.listener is None:
+            self.early.append(message)
+        elif not self.closed:
+            self._offer(message)
 
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
+    def _offer(self, message: str | bytes) -> None:
+        assert self.listener is not None
+        try:
+            self.listener(message)
+        except Exception:  # a bug in the handler: the call cannot go on
+            logger.exception("media socket listener failed")
+            self.closed = True
+            if self.protocol.state is State.OPEN:
+                self.protocol.send_close(1011, "internal error")
+                self._flush()
+            self._notify_gone()
+
+    def _notify_gone(self) -> None:
+        """Nothing more will arrive: tell the handler, once (when it listens, if it does not yet)."""
+        self.gone = True
+        if self.on_gone is not None and not self.gone_told:
+            self.gone_told = True
+            self.on_gone()
 
     def _flush(self) -> None:
         for data in self.protocol.data_to_send():

@@ -1,12 +1,4 @@
-"""WebRTC (`POST /webrtc/offer`), the seed's contract: Opus audio both ways, JSON messages on a data channel.
-
-- Offer: `{"sdp", "type": "offer", "webrtc_id"}` -> `{"sdp", "type": "answer"}`. The mode comes from the
-  `mode` query parameter or body field: `send-receive` (default), `send` (the client only sends: the
-  server listens, the bot's audio is dropped) or `receive` (the client only receives: a bot that talks).
-- Trickled candidates go to the same route: `{"type": "ice-candidate", "webrtc_id", "candidate": {"candidate",
-  "sdpMid", "sdpMLineIndex"}}`; an empty candidate string means end-of-candidates.
-- Refusals: missing fields -> 422; duplicate id -> 409 `connection_already_exists`; over the limit ->
-  `LIMIT_STATUS_CODE` (429, or 200) with the concurrency body.
+"""WebRTC calls on aiortc: Opus audio both ways, the client messages on a data channel.
 
 aiortc decodes the browser's Opus to 48 kHz frames; they reach the Call as mono int16 at 48 kHz. The
 bot's audio leaves through `CallAudioTrack`, whose `recv()` aiortc calls once per 20 ms frame: that is
@@ -14,6 +6,9 @@ where the Call's outbox is drained, so a barge-in flush takes effect at the very
 data channel (any label) carries the Call's client messages, queued until it opens; what the client
 sends on it is not part of the contract and is ignored. A peer that never connects, a connection that
 fails or closes, a bot that hangs up, the optional time limit and shutdown all end the call the same way.
+
+aiortc and PyAV are imported with this module, which the signalling route loads at the first offer: a
+service that never takes a WebRTC call never pays for them.
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ import fractions
 import logging
 from collections import deque
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any
 
 import av
 import numpy as np
@@ -39,20 +34,13 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
-from quart import Blueprint, current_app, request
 
 from callbridge.core.call import Call
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, failed
-from callbridge.sessions.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, RegistryError, UnknownSession
-from callbridge.sessions.shared import SharedRegistryUnavailable
-from callbridge.settings import Settings
-
-if TYPE_CHECKING:
-    from callbridge.serve import Services
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd
+from callbridge.services import Services
+from callbridge.transports.webrtc import Mode, OfferError
 
 logger = logging.getLogger("callbridge.webrtc")
-
-webrtc = Blueprint("webrtc", __name__)
 
 #: aiortc's Opus decoder yields 48 kHz; the bot's audio goes back at the same rate.
 RATE = 48000
@@ -62,117 +50,6 @@ TIME_BASE = fractions.Fraction(1, RATE)
 PENDING_MESSAGES = 256
 #: When the bot hangs up, its last frames are still in flight and in the caller's jitter buffer.
 HANGUP_DELAY_SECONDS = 0.3
-
-Mode = Literal["send-receive", "send", "receive"]
-MODES: tuple[str, ...] = get_args(Mode)
-
-
-class OfferError(Exception):
-    """A request the route refuses: `status` and a message for the client."""
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _failed(error: str, status: int) -> tuple[dict[str, Any], int]:
-    return failed(error), status
-
-
-def peers() -> dict[str, PeerCall]:
-    """The live WebRTC calls of the current app, by webrtc_id."""
-    return current_app.extensions["callbridge.webrtc"]
-
-
-@webrtc.record_once
-def _install(state: Any) -> None:
-    live: dict[str, PeerCall] = {}
-    state.app.extensions["callbridge.webrtc"] = live
-    shared = state.app.extensions["callbridge"].shared
-
-    async def candidate_from_another_worker(call_id: str, candidate: Any) -> None:
-        peer = live.get(call_id)
-        if peer is not None:
-            await peer.add_candidate(parse_candidate(candidate))
-
-    if shared is not None:
-        shared.on_command("ice", candidate_from_another_worker)
-
-
-@webrtc.after_app_serving
-async def _close_peer_connections() -> None:
-    """Shutdown: close every peer connection, which ends its call and frees its slot (nothing else would
-    tell the browser: without this it notices only when ICE consent expires, ~30 s later)."""
-    await asyncio.gather(*(peer.end("server shutting down") for peer in list(peers().values())))
-
-
-@webrtc.post("/webrtc/offer")
-async def offer() -> tuple[dict[str, Any], int]:
-    from callbridge.serve import services
-
-    body = await request.get_json(force=True, silent=True)
-    try:
-        if not isinstance(body, dict):
-            raise OfferError("body must be a JSON object")
-        call_id = body.get("webrtc_id")
-        if not isinstance(call_id, str) or not call_id:
-            raise OfferError('body needs a non-empty string "webrtc_id"')
-        if body.get("type") == "ice-candidate":
-            await _add_candidate(call_id, body.get("candidate"))
-            return {"status": "success"}, 200
-        if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
-            raise OfferError('body needs "type": "offer" and an "sdp" string (or "type": "ice-candidate")')
-        mode = request.args.get("mode") or body.get("mode") or "send-receive"
-        if mode not in MODES:
-            raise OfferError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    except OfferError as exc:
-        return _failed(str(exc), exc.status)
-
-    state = services()
-    try:
-        call = await state.open_call(call_id, "webrtc", inbound_rate=RATE, outbound_rate=RATE,
-                                     parameters={"mode": mode})
-    except RegistryError as exc:
-        logger.warning("webrtc offer %s refused: %s", call_id, exc)
-        return exc.body(), _refusal_status(exc, state.settings)
-
-    peer = PeerCall(call, state, mode, peers())
-    try:
-        answer = await peer.answer(body["sdp"])
-    except Exception as exc:
-        logger.warning("webrtc offer %s: cannot answer: %s", call_id, exc)
-        await peer.end("offer refused")
-        return _failed(f"cannot answer this offer: {exc}", 400)
-    return {"sdp": answer.sdp, "type": answer.type}, 200
-
-
-def _refusal_status(exc: RegistryError, settings: Settings) -> int:
-    if isinstance(exc, ConcurrencyLimitReached):
-        return settings.limit_status_code
-    if isinstance(exc, ConnectionAlreadyExists):
-        return 409
-    return 503
-
-
-async def _add_candidate(call_id: str, candidate: Any) -> None:
-    """A trickled ICE candidate (the browser's RTCIceCandidate.toJSON()) for a call whose offer was sent.
-    With several workers the offer may have reached another process: the candidate is passed to it."""
-    from callbridge.serve import services
-
-    parsed = parse_candidate(candidate)
-    peer = peers().get(call_id)
-    if peer is not None:
-        await peer.add_candidate(parsed)
-        return
-    shared = services().shared
-    try:
-        if shared is None:
-            raise UnknownSession(call_id)
-        await shared.send_command(call_id, "ice", candidate)
-    except UnknownSession:
-        raise OfferError(f"no WebRTC call with webrtc_id {call_id!r}: send the offer first", 404) from None
-    except SharedRegistryUnavailable as exc:
-        raise OfferError(f"cannot pass the candidate to the process holding {call_id!r}: {exc}", 503) from None
 
 
 def parse_candidate(candidate: Any) -> RTCIceCandidate | None:
@@ -235,13 +112,13 @@ class CallAudioTrack(MediaStreamTrack):
 class PeerCall:
     """One WebRTC call: the peer connection, its Call, and the data channel the client opened."""
 
-    def __init__(self, call: Call, state: Services, mode: Mode, registry: dict[str, PeerCall]) -> None:
+    def __init__(self, call: Call, services: Services, mode: Mode, registry: dict[str, PeerCall]) -> None:
         self.call = call
-        self.state = state
+        self.services = services
         self.mode = mode
         self._registry = registry
         registry[call.id] = self
-        self.settings = state.settings
+        self.settings = services.settings
         ice_servers = [RTCIceServer(**server.model_dump()) for server in self.settings.ice_servers]
         # Always an explicit configuration: aiortc's default adds a public STUN server.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
@@ -412,6 +289,6 @@ class PeerCall:
             with contextlib.suppress(Exception):
                 await self.pc.close()
         finally:
-            await self.state.end_call(self.call)
+            await self.services.end_call(self.call)
             if self._registry.get(self.id) is self:
                 del self._registry[self.id]

@@ -1,18 +1,17 @@
-"""What a media socket handler needs from a WebSocket, whoever serves it.
-
-The edge (callbridge.edge.server) serves the media sockets on websockets' sans-I/O protocol; connections
-that reach Hypercorn instead are served through ASGI (callbridge.edge.asgi). Both give the handlers the
-same few operations.
-"""
+"""What a media socket handler needs from a WebSocket: the edge's MediaConnection offers it."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 
 class ClientGone(Exception):
     """The client closed the socket (or the connection dropped)."""
+
+
+Listener = Callable[[str | bytes], None]
+Gone = Callable[[], None]
 
 
 class WebSocket(Protocol):
@@ -23,8 +22,10 @@ class WebSocket(Protocol):
     host: str
     closed: bool
 
-    async def receive(self) -> str | bytes:
-        """The next message; raises ClientGone once the client has closed and nothing is left to read."""
+    def listen(self, listener: Listener, on_gone: Gone) -> None:
+        """Hand every message to `listener` as it arrives, in order, on the event loop's callback (messages that
+        came before are handed over now); call `on_gone` once when nothing more will arrive. One path for every
+        message: a 20 ms media message never wakes a task."""
         ...
 
     async def send(self, text: str) -> None:
@@ -35,16 +36,5 @@ class WebSocket(Protocol):
         """Start the closing handshake with `code`; does nothing when already closed."""
         ...
 
-    def listen(self, listener: Listener | None) -> None:
-        """Offer each message to `listener` as it arrives, before it is queued for `receive` (None: stop).
 
-        A listener handles a message at once, on the event loop's callback (no hop to the task that awaits
-        `receive`), and returns True; it returns False to leave the message to `receive`. A message is only
-        offered while nothing is queued ahead of it, so messages are handled in the order they came. A
-        socket may never call the listener (the ASGI one does not): `receive` then gets every message.
-        """
-        ...
-
-
-Handler = Callable[[Any, WebSocket], Awaitable[None]]
-Listener = Callable[[str | bytes], bool]
+Handler = Callable[[WebSocket], Awaitable[None]]

@@ -1,8 +1,8 @@
 """The session registry: every live call on every transport, behind one small interface.
 
 One concurrency limit for all transports, unique ids, additional inputs (`set_input`) and outputs
-(`fetch_latest_output`, `output_stream`). `Registry` is the interface; `MemoryRegistry` serves one
-process. A Redis-backed registry for several replicas implements the same methods.
+(`fetch_latest_output`, `output_stream`), and commands for a call wherever it runs. `Registry` is the
+interface; `MemoryRegistry` serves one process, `RedisRegistry` several (callbridge.sessions.shared).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,7 +18,7 @@ from callbridge.core.messages import failed
 
 
 class RegistryError(Exception):
-    """A registry refusal, with the seed's error code for clients."""
+    """A registry refusal, with the client contract's error code."""
 
     code = "error"
 
@@ -43,6 +43,12 @@ class ConnectionAlreadyExists(RegistryError):
 
 class UnknownSession(RegistryError):
     code = "unknown_id"
+
+
+class ServiceUnavailable(RegistryError):
+    """New calls are refused: the service is starting or draining, or cannot reach its shared registry."""
+
+    code = "service_unavailable"
 
 
 _END = object()
@@ -109,58 +115,107 @@ class Session:
             queue.put_nowait(_END)
 
 
+CommandHandler = Callable[[str, Any], Awaitable[None]]
+
+
 class Registry(Protocol):
+    """Every live call on every transport: one limit, unique ids, inputs, outputs and commands by id.
+
+    `MemoryRegistry` serves one process; `RedisRegistry` (callbridge.sessions.shared) serves workers and
+    replicas that share a Redis. A call's Session always lives in the process that holds its socket."""
+
     limit: int
 
-    def open(self, session_id: str, transport: str) -> Session: ...
-    def close(self, session_id: str) -> None: ...
-    def get(self, session_id: str) -> Session: ...
-    def count(self, transport: str | None = None) -> int: ...
-    def set_input(self, session_id: str, *args: Any) -> None: ...
-    def fetch_latest_output(self, session_id: str) -> tuple[Any, ...] | None: ...
-    def output_stream(self, session_id: str) -> AsyncIterator[tuple[Any, ...]]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+    async def open(self, call_id: str, transport: str) -> Session:
+        """Claim a slot; raises ConnectionAlreadyExists, ConcurrencyLimitReached or ServiceUnavailable."""
+        ...
+
+    async def close(self, call_id: str) -> None:
+        """Free the slot and end the call's output streams; an unknown id is ignored."""
+        ...
+
+    async def count(self) -> int:
+        """Calls in progress (on every worker of this replica when shared); may raise ServiceUnavailable."""
+        ...
+
+    async def set_input(self, call_id: str, *args: Any) -> None: ...
+    async def fetch_latest_output(self, call_id: str) -> tuple[Any, ...] | None: ...
+    async def output_stream(self, call_id: str) -> AsyncIterator[tuple[Any, ...]]: ...
+
+    def on_command(self, kind: str, handler: CommandHandler) -> None:
+        """`handler(call_id, data)` runs in the process holding the call when `send_command(kind)` reaches it."""
+        ...
+
+    async def send_command(self, call_id: str, kind: str, data: Any) -> None:
+        """Deliver a command to the process holding `call_id`; raises UnknownSession when none does."""
+        ...
 
 
 class MemoryRegistry:
-    """The registry for one process."""
+    """The registry of one process."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._sessions: dict[str, Session] = {}
+        self._commands: dict[str, CommandHandler] = {}
 
-    def open(self, session_id: str, transport: str) -> Session:
-        """Claim a slot for a new call; raises ConnectionAlreadyExists or ConcurrencyLimitReached."""
-        if session_id in self._sessions:
-            raise ConnectionAlreadyExists(f"a call with id {session_id!r} already exists")
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def open(self, call_id: str, transport: str) -> Session:
+        return self.open_here(call_id, transport)
+
+    def open_here(self, call_id: str, transport: str) -> Session:
+        if call_id in self._sessions:
+            raise ConnectionAlreadyExists(f"a call with id {call_id!r} already exists")
         if len(self._sessions) >= self.limit:
             raise ConcurrencyLimitReached(self.limit)
-        session = Session(id=session_id, transport=transport)
-        self._sessions[session_id] = session
+        session = Session(id=call_id, transport=transport)
+        self._sessions[call_id] = session
         return session
 
-    def close(self, session_id: str) -> None:
-        """Release the slot; ending output streams. Closing an unknown id does nothing."""
-        session = self._sessions.pop(session_id, None)
+    async def close(self, call_id: str) -> None:
+        session = self._sessions.pop(call_id, None)
         if session is not None:
             session.close()
 
-    def get(self, session_id: str) -> Session:
+    async def count(self) -> int:
+        return len(self._sessions)
+
+    def holds(self, call_id: str) -> bool:
+        return call_id in self._sessions
+
+    def get(self, call_id: str) -> Session:
+        """A call held by this process; raises UnknownSession."""
         try:
-            return self._sessions[session_id]
+            return self._sessions[call_id]
         except KeyError:
-            raise UnknownSession(f"no call with id {session_id!r}") from None
+            raise UnknownSession(f"no call with id {call_id!r}") from None
 
-    def count(self, transport: str | None = None) -> int:
-        if transport is None:
-            return len(self._sessions)
-        return sum(1 for s in self._sessions.values() if s.transport == transport)
+    async def set_input(self, call_id: str, *args: Any) -> None:
+        self.get(call_id).set_input(*args)
 
-    # The FastRTC Stream methods, by id.
-    def set_input(self, session_id: str, *args: Any) -> None:
-        self.get(session_id).set_input(*args)
+    async def fetch_latest_output(self, call_id: str) -> tuple[Any, ...] | None:
+        return self.get(call_id).latest_output
 
-    def fetch_latest_output(self, session_id: str) -> tuple[Any, ...] | None:
-        return self.get(session_id).latest_output
+    async def output_stream(self, call_id: str) -> AsyncIterator[tuple[Any, ...]]:
+        return self.get(call_id).output_stream()
 
-    def output_stream(self, session_id: str) -> AsyncIterator[tuple[Any, ...]]:
-        return self.get(session_id).output_stream()
+    def on_command(self, kind: str, handler: CommandHandler) -> None:
+        self._commands[kind] = handler
+
+    async def send_command(self, call_id: str, kind: str, data: Any) -> None:
+        self.get(call_id)
+        await self.run_command(call_id, kind, data)
+
+    async def run_command(self, call_id: str, kind: str, data: Any) -> None:
+        handler = self._commands.get(kind)
+        if handler is None:
+            raise UnknownSession(f"no handler for {kind!r} commands")
+        await handler(call_id, data)

@@ -1,8 +1,8 @@
 """What several callbridge processes (workers on one machine, replicas behind a load balancer) share,
 through Redis.
 
-Each process keeps its own calls in its MemoryRegistry: a Call needs its Session object, and audio never
-leaves the process that holds the socket. Redis holds only what the other processes must see:
+Each process keeps its own calls' Sessions in a MemoryRegistry: a Call needs its Session object, and audio
+never leaves the process that holds the socket. Redis holds only what the other processes must see:
 
 - `callbridge:session:{id}` -> the owning worker: ids are unique across every process;
 - `callbridge:calls:{replica}`, a hash worker -> calls: a replica's calls, counted against its
@@ -15,7 +15,7 @@ leaves the process that holds the socket. Redis holds only what the other proces
 Values crossing processes are JSON: inputs come from JSON bodies anyway; outputs go through `jsonable`.
 
 Every request to Redis gets ANSWER_SECONDS: a Redis that is down, restarting or cut off raises
-SharedRegistryUnavailable quickly instead of holding a webhook or a readiness probe until TCP gives up.
+ServiceUnavailable quickly instead of holding a webhook or a readiness probe until TCP gives up.
 Calls in progress do not need Redis (their audio stays in their process); new calls do.
 """
 
@@ -25,13 +25,21 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import redis.asyncio as redis
 
 from callbridge.core.messages import jsonable
-from callbridge.sessions.registry import ConcurrencyLimitReached, ConnectionAlreadyExists, Session, UnknownSession
+from callbridge.sessions.registry import (
+    CommandHandler,
+    ConcurrencyLimitReached,
+    ConnectionAlreadyExists,
+    MemoryRegistry,
+    ServiceUnavailable,
+    Session,
+    UnknownSession,
+)
 
 logger = logging.getLogger("callbridge.shared")
 
@@ -74,28 +82,22 @@ redis.call('HDEL', KEYS[2], worker)
 return 0
 """
 
-CommandHandler = Callable[[str, Any], Awaitable[None]]
-
-
-class SharedRegistryUnavailable(Exception):
-    """Redis cannot be reached or did not answer in time; the message says where and why."""
-
-
-class SharedRegistry:
-    """One worker's view of the shared state; its own calls' Sessions stay in its MemoryRegistry."""
+class RedisRegistry:
+    """One worker's view of the shared state (the Registry protocol); its own calls' Sessions stay in `here`."""
 
     def __init__(self, url: str, replica: str, worker: str, limit: int) -> None:
         self.url = url
         self.replica = replica
         self.worker = worker
         self.limit = limit
+        self.here = MemoryRegistry(limit)
         self.redis: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
         self._claim = self.redis.register_script(_CLAIM)
         self._release = self.redis.register_script(_RELEASE)
         self._forget = self.redis.register_script(_FORGET_WORKER)
-        self._commands: dict[str, CommandHandler] = {}
         self._listener: asyncio.Task[None] | None = None
         self._mirrors: dict[str, asyncio.Task[None]] = {}
+        self.here.on_command("input", self._input_here)
 
     def key(self, kind: str, name: str) -> str:
         return f"{PREFIX}{kind}:{name}"
@@ -107,24 +109,48 @@ class SharedRegistry:
         await self._ask(pubsub.subscribe(self.key("worker", self.worker)))
         self._listener = asyncio.get_running_loop().create_task(self._listen(pubsub), name="shared-commands")
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
-        with contextlib.suppress(SharedRegistryUnavailable):
+        with contextlib.suppress(ServiceUnavailable):
             await self._forget_mine()
         await self.redis.aclose()
 
     def on_command(self, kind: str, handler: CommandHandler) -> None:
-        """`handler(call_id, data)` runs here when another process sends `kind` for one of our calls."""
-        self._commands[kind] = handler
+        self.here.on_command(kind, handler)
 
     # Calls opening and ending.
 
-    async def claim(self, call_id: str) -> None:
+    async def open(self, call_id: str, transport: str) -> Session:
+        """Claim the id and a slot in Redis, then hold the Session here; its outputs are mirrored to Redis."""
+        try:
+            await self._take(call_id)
+        except ServiceUnavailable as exc:
+            logger.error("call %s refused: %s", call_id, exc)
+            with contextlib.suppress(ServiceUnavailable):  # in case the claim went through
+                await self._give_back(call_id)
+            raise
+        try:
+            session = self.here.open_here(call_id, transport)
+        except Exception:
+            with contextlib.suppress(ServiceUnavailable):
+                await self._give_back(call_id)
+            raise
+        self._mirrors[session.id] = asyncio.get_running_loop().create_task(self._mirror(session))
+        return session
+
+    async def close(self, call_id: str) -> None:
+        await self.here.close(call_id)
+        try:
+            await self._give_back(call_id)
+        except ServiceUnavailable as exc:
+            logger.error("call %s: could not free its shared slot: %s", call_id, exc)
+
+    async def _take(self, call_id: str) -> None:
         """Take the id and a slot of this replica's limit; raises ConnectionAlreadyExists,
-        ConcurrencyLimitReached or SharedRegistryUnavailable (then the claim may or may not have been made:
-        `release` undoes it either way)."""
+        ConcurrencyLimitReached or ServiceUnavailable (then the claim may or may not have been made:
+        `_give_back` undoes it either way)."""
         result = await self._ask(self._claim(
             keys=[self.key("session", call_id), self.key("calls", self.replica), self.key("owned", self.worker)],
             args=[self.worker, self.limit, call_id]))
@@ -133,13 +159,9 @@ class SharedRegistry:
         if result == -2:
             raise ConcurrencyLimitReached(self.limit)
 
-    def mirror(self, session: Session) -> None:
-        """Copy the call's outputs to Redis, in order, for the other processes."""
-        self._mirrors[session.id] = asyncio.get_running_loop().create_task(self._mirror(session))
-
-    async def release(self, call_id: str) -> None:
+    async def _give_back(self, call_id: str) -> None:
         """Free the id and the slot; ends other processes' output streams (after the last output). Does
-        nothing for an id this worker does not hold. Raises SharedRegistryUnavailable."""
+        nothing for an id this worker does not hold. Raises ServiceUnavailable."""
         mirror = self._mirrors.pop(call_id, None)
         if mirror is not None:
             with contextlib.suppress(TimeoutError):
@@ -154,10 +176,30 @@ class SharedRegistry:
         """Calls in progress on this replica (every worker)."""
         return sum(int(n) for n in (await self._ask(self.redis.hvals(self.key("calls", self.replica)))))
 
-    # Calls held by other processes.
+    # Calls held here or by other processes.
+
+    async def set_input(self, call_id: str, *args: Any) -> None:
+        try:
+            await self.here.set_input(call_id, *args)
+        except UnknownSession:
+            await self.send_command(call_id, "input", list(args))
+
+    async def _input_here(self, call_id: str, args: Any) -> None:
+        await self.here.set_input(call_id, *args)
+
+    async def fetch_latest_output(self, call_id: str) -> tuple[Any, ...] | None:
+        try:
+            return await self.here.fetch_latest_output(call_id)
+        except UnknownSession:
+            if not await self._ask(self.redis.exists(self.key("session", call_id))):
+                raise
+        value = await self._ask(self.redis.get(self.key("output", call_id)))
+        return tuple(json.loads(value)) if value is not None else None
 
     async def send_command(self, call_id: str, kind: str, data: Any) -> None:
-        """Deliver a command to the process holding `call_id`; raises UnknownSession when none does."""
+        if self.here.holds(call_id):
+            await self.here.run_command(call_id, kind, data)
+            return
         owner = await self._ask(self.redis.get(self.key("session", call_id)))
         if owner is None:
             raise UnknownSession(f"no call with id {call_id!r}")
@@ -168,6 +210,10 @@ class SharedRegistry:
     async def output_stream(self, call_id: str) -> AsyncIterator[tuple[Any, ...]]:
         """Outputs published from now on, until the call ends; raises UnknownSession at once when no
         process holds the call. Subscribed before the check, so nothing published in between is lost."""
+        try:
+            return await self.here.output_stream(call_id)
+        except UnknownSession:
+            pass
         pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         try:
             await self._ask(pubsub.subscribe(self.key("outputs", call_id)))
@@ -186,13 +232,13 @@ class SharedRegistry:
                                      args=[PREFIX, self.worker, json.dumps(END)]))
 
     async def _ask(self, request: Awaitable[T]) -> T:
-        """`request`'s answer within ANSWER_SECONDS, or SharedRegistryUnavailable."""
+        """`request`'s answer within ANSWER_SECONDS, or ServiceUnavailable."""
         try:
             async with asyncio.timeout(ANSWER_SECONDS):
                 return await request
         except (redis.RedisError, OSError) as exc:  # TimeoutError is an OSError
             reason = str(exc) or f"no answer in {ANSWER_SECONDS:g} s"
-            raise SharedRegistryUnavailable(f"cannot use Redis at {self.url}: {reason}") from None
+            raise ServiceUnavailable(f"cannot use Redis at {self.url}: {reason}") from None
 
     async def _outputs(self, pubsub: Any) -> AsyncIterator[tuple[Any, ...]]:
         try:
@@ -214,7 +260,7 @@ class SharedRegistry:
                     pipe.set(self.key("output", session.id), encoded)
                     pipe.publish(self.key("outputs", session.id), encoded)
                     await self._ask(pipe.execute())
-            except SharedRegistryUnavailable as exc:
+            except ServiceUnavailable as exc:
                 logger.warning("call %s: output not shared: %s", session.id, exc)
 
     async def _listen(self, pubsub: Any) -> None:
@@ -233,15 +279,14 @@ class SharedRegistry:
                     try:
                         await self._ask(pubsub.subscribe(self.key("worker", self.worker)))
                         break
-                    except SharedRegistryUnavailable:
+                    except ServiceUnavailable:
                         continue
                 logger.info("shared registry: command channel back")
 
     async def _dispatch(self, raw: str) -> None:
         try:
             command = json.loads(raw)
-            handler = self._commands[command["kind"]]
-            await handler(command["id"], command["data"])
+            await self.here.run_command(command["id"], command["kind"], command["data"])
         except UnknownSession:
             pass  # the call ended meanwhile
         except Exception:

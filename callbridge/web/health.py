@@ -1,38 +1,35 @@
-"""Liveness and readiness probes."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
 from quart import Blueprint, Response
 
-health = Blueprint("health", __name__)
+from callbridge.metrics import CONTENT_TYPE
+from callbridge.services import Services
 
 
-@health.get("/healthz")
-async def healthz() -> tuple[dict, int]:
-    """Alive: the process answers HTTP."""
-    return {"status": "ok"}, 200
+def health(services: Services) -> Blueprint:
+    routes = Blueprint("health", __name__)
 
+    @routes.get("/healthz")
+    async def healthz() -> tuple[dict, int]:
+        """Alive: the process answers HTTP."""
+        return {"status": "ok"}, 200
 
-@health.get("/readyz")
-async def readyz() -> tuple[dict, int]:
-    """Ready: models are loaded and the service accepts new calls (not while draining, nor while the
-    shared registry is out of reach: new calls would be refused)."""
-    from callbridge.serve import services
-    from callbridge.sessions.shared import SharedRegistryUnavailable
+    @routes.get("/readyz")
+    async def readyz() -> tuple[dict, int]:
+        """Ready: models loaded and new calls taken (not while starting or draining, nor while the shared
+        registry is out of reach); a service whose slots are all taken is still ready."""
+        admission = await services.admission()
+        if admission.ready:
+            return {"status": "ready", "calls": admission.calls}, 200
+        if admission.state == "unavailable":
+            return {"status": "unavailable", "reason": admission.reason}, 503
+        return {"status": admission.state}, 503
 
-    state = services()
-    if not state.ready:
-        return {"status": "draining" if state.draining else "starting"}, 503
-    try:
-        return {"status": "ready", "calls": await state.count()}, 200
-    except SharedRegistryUnavailable as exc:
-        return {"status": "unavailable", "reason": str(exc)}, 503
+    @routes.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(services.metrics.render(), content_type=CONTENT_TYPE)
 
-
-@health.get("/metrics")
-async def metrics() -> Response:
-    """Prometheus text format."""
-    from callbridge.metrics import CONTENT_TYPE
-    from callbridge.serve import services
-
-    return Response(services().metrics.render(), content_type=CONTENT_TYPE)
+    return routes

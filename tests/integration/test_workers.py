@@ -17,10 +17,10 @@ import pytest
 from callbridge.sessions.registry import (
     ConcurrencyLimitReached,
     ConnectionAlreadyExists,
-    MemoryRegistry,
+    ServiceUnavailable,
     UnknownSession,
 )
-from callbridge.sessions.shared import ANSWER_SECONDS, SharedRegistry, SharedRegistryUnavailable
+from callbridge.sessions.shared import ANSWER_SECONDS, RedisRegistry
 from callbridge.simulator import Pause, Speak, WaitForReply, webhook
 from callbridge.workers import START_GRACE_SECONDS
 from tests.integration.clients import browser_call, raw_exchange
@@ -38,56 +38,57 @@ RATE = 8000
 async def pair(redis_url):
     """Two workers of one replica (as two processes would see Redis), each with its own local registry."""
     replica = f"test-{uuid.uuid4().hex[:8]}"
-    workers = [SharedRegistry(redis_url, replica, f"{replica}/{i}", limit=2) for i in range(2)]
+    workers = [RedisRegistry(redis_url, replica, f"{replica}/{i}", limit=2) for i in range(2)]
     for worker in workers:
         await worker.start()
     yield workers
     for worker in workers:
-        await worker.close()
+        await worker.stop()
 
 
 async def test_ids_and_the_limit_are_shared(pair):
     a, b = pair
-    await a.claim("a1")
-    await b.claim("b1")
+    await a.open("a1", "twilio")
+    await b.open("b1", "twilio")
     with pytest.raises(ConcurrencyLimitReached):
-        await a.claim("a2")
+        await a.open("a2", "twilio")
     with pytest.raises(ConnectionAlreadyExists):
-        await b.claim("b1")
+        await b.open("b1", "websocket")
     assert await a.count() == await b.count() == 2
-    await a.release("a1")
-    await b.claim("a1")  # the freed id and slot, now taken by the other worker
+    await a.close("a1")
+    await b.open("a1", "twilio")  # the freed id and slot, now taken by the other worker
     with pytest.raises(ConnectionAlreadyExists):
-        await a.claim("a1")
+        await a.open("a1", "twilio")
 
 
 async def test_commands_reach_the_worker_holding_the_call(pair):
     a, b = pair
-    local = MemoryRegistry(10)
-    session = local.open("held-by-a", "websocket")
-
-    async def set_input(call_id: str, data: list) -> None:
-        local.set_input(call_id, *data)
-
-    a.on_command("input", set_input)
-    await a.claim("held-by-a")
-    await b.send_command("held-by-a", "input", [0.25, "slow"])
+    session = await a.open("held-by-a", "websocket")
+    await b.set_input("held-by-a", 0.25, "slow")
     assert await session.take_input(timeout=5) == (0.25, "slow")
+    got: list = []
+
+    async def note(call_id: str, data: object) -> None:
+        got.append((call_id, data))
+
+    a.on_command("ice", note)
+    await b.send_command("held-by-a", "ice", {"candidate": ""})
+    for _ in range(100):
+        if got:
+            break
+        await asyncio.sleep(0.01)
+    assert got == [("held-by-a", {"candidate": ""})]
     with pytest.raises(UnknownSession):
         await b.send_command("nobody", "input", [1])
 
 
 async def test_outputs_stream_to_other_workers_in_order_and_end_with_the_call(pair):
     a, b = pair
-    local = MemoryRegistry(10)
-    session = local.open("talker", "websocket")
-    await a.claim("talker")
-    a.mirror(session)
+    session = await a.open("talker", "websocket")
     stream = await b.output_stream("talker")  # subscribed now: nothing published from here on is missed
     session.publish_output(({"n": 1}, "one"))
     session.publish_output((np.float32(2.5), "two"))  # numpy values cross as JSON
-    local.close("talker")
-    await a.release("talker")
+    await a.close("talker")
     received = [outputs async for outputs in stream]
     assert received == [({"n": 1}, "one"), (2.5, "two")]
     with pytest.raises(UnknownSession):
@@ -96,20 +97,20 @@ async def test_outputs_stream_to_other_workers_in_order_and_end_with_the_call(pa
 
 async def test_a_restarted_worker_frees_what_it_held_before_it_crashed(redis_url):
     replica = f"test-{uuid.uuid4().hex[:8]}"
-    crashed = SharedRegistry(redis_url, replica, f"{replica}/0", limit=1)
+    crashed = RedisRegistry(redis_url, replica, f"{replica}/0", limit=1)
     await crashed.start()
-    await crashed.claim("left-over")
+    await crashed.open("left-over", "twilio")
     crashed._listener.cancel()  # dies without releasing anything
-    other = SharedRegistry(redis_url, replica, f"{replica}/1", limit=1)
+    other = RedisRegistry(redis_url, replica, f"{replica}/1", limit=1)
     await other.start()
     with pytest.raises(ConcurrencyLimitReached):
-        await other.claim("new")
-    restarted = SharedRegistry(redis_url, replica, f"{replica}/0", limit=1)
+        await other.open("new", "twilio")
+    restarted = RedisRegistry(redis_url, replica, f"{replica}/0", limit=1)
     await restarted.start()
     assert await other.count() == 0
-    await other.claim("left-over")
+    await other.open("left-over", "twilio")
     for worker in (restarted, other):
-        await worker.close()
+        await worker.stop()
     await crashed.redis.aclose()
 
 
@@ -122,12 +123,13 @@ async def test_a_redis_that_never_answers_is_reported_not_waited_for():
 
     listener = await asyncio.start_server(hold, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    worker = SharedRegistry(f"redis://127.0.0.1:{port}/0", "mute", "mute/0", limit=1)
+    worker = RedisRegistry(f"redis://127.0.0.1:{port}/0", "mute", "mute/0", limit=1)
     loop = asyncio.get_running_loop()
     try:
-        for request in (worker.count, lambda: worker.claim("x"), lambda: worker.send_command("x", "input", [])):
+        requests = (worker.count, lambda: worker.open("x", "twilio"), lambda: worker.send_command("x", "input", []))
+        for request in requests:
             started = loop.time()
-            with pytest.raises(SharedRegistryUnavailable, match=f"127.0.0.1:{port}.*no answer in 1 s"):
+            with pytest.raises(ServiceUnavailable, match=f"127.0.0.1:{port}.*no answer in 1 s"):
                 await request()
             assert loop.time() - started < ANSWER_SECONDS + 1.0
         assert accepted, "the requests did reach the listener"

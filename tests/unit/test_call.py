@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
-from functools import partial
 
 import numpy as np
 import pytest
@@ -34,10 +34,10 @@ async def batcher(onnx_vad):
 
 def make_call(bot_factory=EchoBot, *, barge_in: bool = True, vad, registry=None, call_id="c1", **kw) -> Call:
     registry = registry or MemoryRegistry(10)
-    session = registry.open(call_id, "test")
+    session = registry.open_here(call_id, "test")
     bot = bot_factory(CallInfo(call_id=call_id, transport="test"))
     return Call(session, bot, vad, inbound_rate=RATE, outbound_rate=RATE,
-                turn_config=partial(TurnConfig, **kw), barge_in=barge_in)
+                turn_config=TurnConfig(sample_rate=RATE, **kw), barge_in=barge_in)
 
 
 async def settle(call: Call | None = None) -> None:
@@ -185,17 +185,17 @@ async def test_set_input_reaches_the_next_turn_and_outputs_stream_in_order(batch
     registry = MemoryRegistry(10)
     call = make_call(lambda info: FunctionBot(info, handler, input_rate=8000), vad=batcher, registry=registry)
     call.start()
-    stream = registry.output_stream("c1")
-    registry.set_input("c1", 0.25)
+    stream = await registry.output_stream("c1")
+    await registry.set_input("c1", 0.25)
     await push(call, np.concatenate([speech(HELLO, RATE), silence(0.8, RATE)]))
-    registry.set_input("c1", 0.75)
+    await registry.set_input("c1", 0.75)
     await push(call, np.concatenate([speech(AGAIN, RATE), silence(0.8, RATE)]))
     assert [threshold for _, threshold in seen] == [0.25, 0.75]
     assert seen[0][0] == 8000 and seen[0][1] == 0.25
-    assert registry.fetch_latest_output("c1") == ({"threshold": 0.75}, "done")
+    assert await registry.fetch_latest_output("c1") == ({"threshold": 0.75}, "done")
     messages = [i for i in take_all(call) if isinstance(i, ClientMessage) and i.type == "fetch_output"]
     assert [m.data for m in messages] == [[{"threshold": 0.25}, "done"], [{"threshold": 0.75}, "done"]]
-    registry.close("c1")
+    await registry.close("c1")
     assert [o async for o in stream] == [({"threshold": 0.25}, "done"), ({"threshold": 0.75}, "done")]
     await call.close()
 
@@ -210,10 +210,10 @@ async def test_send_input_is_asked_when_no_fresh_input(batcher):
     call.start()
     await push(call, np.concatenate([speech(HELLO, RATE), silence(0.8, RATE)]))
     assert ClientMessage("send_input") in take_all(call)
-    assert registry.fetch_latest_output("c1") is None, "the turn waits for the input it asked for"
-    registry.set_input("c1", "ada")
+    assert await registry.fetch_latest_output("c1") is None, "the turn waits for the input it asked for"
+    await registry.set_input("c1", "ada")
     await settle()
-    assert registry.fetch_latest_output("c1") == ("ada",)
+    assert await registry.fetch_latest_output("c1") == ("ada",)
     await call.close()
 
 
@@ -335,7 +335,8 @@ def test_bot_audio_layouts_become_mono_int16():
 async def test_paced_writer_sends_a_barge_in_flush_at_once_not_after_the_audio_it_waits_to_send(batcher):
     """The writer holds the next audio message until its time (the lead ahead of playback); a barge-in
     meanwhile must go out as the next thing on the wire, not after that held audio."""
-    from callbridge.transports.media import FRAMES_PER_MESSAGE, PacedWriter
+    from callbridge.edge.media import FRAMES_PER_MESSAGE, PacedWriter
+    from callbridge.transports.browser import BrowserProtocol
 
     call = make_call(vad=batcher)  # not started: this test alone fills the outbox
     for _ in range(50):  # 1 s of reply audio
@@ -344,24 +345,26 @@ async def test_paced_writer_sends_a_barge_in_flush_at_once_not_after_the_audio_i
     loop = asyncio.get_running_loop()
     sent: list[tuple[str, float]] = []
 
-    async def record(kind: str, *_: object) -> None:
-        sent.append((kind, loop.time()))
+    class RecordingSocket:
+        async def send(self, text: str) -> None:
+            message = json.loads(text)
+            sent.append((message.get("event") or "message", loop.time()))
 
     lead = 0.04
-    writer = PacedWriter(call, lead, partial(record, "audio"), partial(record, "clear"), partial(record, "mark"),
-                         partial(record, "message"))
+    writer = PacedWriter(call, BrowserProtocol(65536), RecordingSocket(), lead,  # type: ignore[arg-type]
+                         lambda reply_id, play_end: sent.append(("mark", loop.time())))
     task = asyncio.create_task(writer.run())
     message_seconds = FRAMES_PER_MESSAGE * FRAME / RATE
     # The first message goes at once, the second `lead` before the first has played; then the writer waits.
     await asyncio.sleep(message_seconds - lead + message_seconds / 2)
-    assert [kind for kind, _ in sent] == ["audio", "audio"]
+    assert [kind for kind, _ in sent] == ["media", "media"]
     next_due = writer.play_end - lead
     interrupted = loop.time()
     assert interrupted < next_due  # the writer is holding the third message
     call.interrupt()
     await asyncio.sleep(0.01)
     kinds = [kind for kind, _ in sent]
-    assert kinds[:3] == ["audio", "audio", "clear"], "no held audio before the clear"
+    assert kinds[:3] == ["media", "media", "clear"], "no held audio before the clear"
     assert kinds[3:] == ["message"]  # the barge_in log message, after the clear
     cleared_at = sent[2][1]
     assert cleared_at < next_due

@@ -97,7 +97,8 @@ async def test_turns_end_the_configured_silence_after_the_true_end_of_speech(onn
     for voice in ("en-us", "en-gb", "en-us+f3"):
         for text in CORPUS:
             lead, said = silence(0.5, rate), speech(text, rate, voice=voice)
-            events = await feed(detector(onnx_vad, rate, pause_ms=pause_ms), np.concatenate([lead, said, silence(2.0, rate)]))
+            audio = np.concatenate([lead, said, silence(2.0, rate)])
+            events = await feed(detector(onnx_vad, rate, pause_ms=pause_ms), audio)
             ended = [e for e in events if isinstance(e, TurnEnded)]
             assert len(ended) == 1, f"{voice}: {text!r} must be one turn"
             late_by.append((ended[0].at - len(lead) - len(said)) * 1000 / rate - pause_ms)

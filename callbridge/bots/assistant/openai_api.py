@@ -6,20 +6,15 @@ import openai
 
 from callbridge.bots.assistant.stage import StageError
 
+NO_KEY = "no-key"
+
 
 def client(base_url: str, api_key: str, timeout: float) -> openai.AsyncOpenAI:
     """A client for `base_url` alone: no retries (the caller is waiting), no key read from the environment.
 
-    Without a key no Authorization header is sent (local servers need none); the SDK insists on a key, so
-    it gets a placeholder that never leaves the process.
+    Without a key the SDK still wants one: a placeholder goes out, which servers without auth ignore.
     """
-    return openai.AsyncOpenAI(
-        base_url=base_url,
-        api_key=api_key or "unused",
-        default_headers=None if api_key else {"Authorization": openai.omit},
-        timeout=timeout,
-        max_retries=0,
-    )
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key or NO_KEY, timeout=timeout, max_retries=0)
 
 
 def stage_error(stage: str, provider: str, exc: openai.OpenAIError) -> StageError:

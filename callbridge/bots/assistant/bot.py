@@ -1,0 +1,357 @@
+"""AssistantBot: a spoken assistant made of stages: speech-to-text -> brain -> sentences -> text-to-speech.
+
+Every call shares one `Stages` (models load once per process); each call's bot keeps its conversation.
+The history holds only what the caller heard: each spoken sentence is followed by a `Mark`, and a
+sentence counts once the runtime reports it heard. After a barge-in, a reply keeps its heard sentences
+and ends with `INTERRUPTED`, so the brain knows where it was cut off.
+
+A provider that fails (down, slow, 401, 429...) costs the caller one spoken apology, synthesised at
+start-up with a local engine, and the service one warning line; the call goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from callbridge.bots.assistant.brain import (
+    END_CALL,
+    INTERRUPTED,
+    Action,
+    Brain,
+    EndCallAction,
+    OpenAIChat,
+    Tool,
+    ToolCall,
+    keypress_message,
+)
+from callbridge.bots.assistant.config import AssistantConfig, AssistantConfigError
+from callbridge.bots.assistant.script import SHIPPED_SCRIPT, ScriptBrain, ScriptError
+from callbridge.bots.assistant.sentences import SentenceSplitter
+from callbridge.bots.assistant.stage import StageError
+from callbridge.bots.assistant.stt import LocalWhisper, OpenAITranscription, SpeechToText
+from callbridge.bots.assistant.tts import EspeakTTS, OpenAISpeech, PiperTTS, TextToSpeech
+from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, CallInfo, EndCall, Mark, Turn
+
+logger = logging.getLogger("callbridge.assistant")
+
+APOLOGY = "Sorry, I'm having trouble right now. Please try again in a moment."
+DEFAULT_GREETING = "Hello! How can I help you?"
+GOODBYE = "Thank you for calling. Goodbye!"
+FAREWELL = "Sorry, this line is closing now. Please call again later. Goodbye!"
+
+
+class Stages:
+    """The stages every call shares, and the apology they fall back on."""
+
+    def __init__(self, stt: SpeechToText, brain: Brain, tts: TextToSpeech, apology_tts: TextToSpeech | None = None,
+                 greeting: str = "") -> None:
+        self.stt = stt
+        self.brain = brain
+        self.tts = tts
+        #: A local engine: the apology must play when the configured speech provider is the one failing.
+        self.apology_tts = apology_tts or tts
+        self.greeting = greeting or brain.greeting or DEFAULT_GREETING
+        self._apology: list[Audio] | None = None
+
+    @classmethod
+    def from_config(cls, config: AssistantConfig) -> Stages:
+        stt: SpeechToText
+        if config.stt_base_url:
+            stt = OpenAITranscription(config.stt_base_url, config.stt_model, config.stt_api_key,
+                                      config.stt_timeout_seconds)
+        else:
+            try:
+                stt = LocalWhisper(Path(config.stt_model) if config.stt_model else None, config.stt_timeout_seconds)
+            except ValueError as exc:
+                raise AssistantConfigError(f"STT_MODEL: {exc}") from exc
+        brain: Brain
+        if config.llm_base_url:
+            brain = OpenAIChat(config.llm_base_url, config.llm_model, config.llm_api_key, config.system_prompt,
+                               config.llm_timeout_seconds)
+        else:
+            try:
+                brain = ScriptBrain.from_file(config.assistant_script or SHIPPED_SCRIPT)
+            except ScriptError as exc:
+                raise AssistantConfigError(f"ASSISTANT_SCRIPT: {exc}") from exc
+        espeak = EspeakTTS(config.tts_voice if config.tts_engine == "espeak" else "en-us", config.tts_speed,
+                           config.tts_timeout_seconds)
+        tts: TextToSpeech = espeak
+        if config.tts_engine == "piper":
+            try:
+                tts = PiperTTS(Path(config.tts_voice) if config.tts_voice else None, config.tts_timeout_seconds)
+            except RuntimeError as exc:
+                raise AssistantConfigError(f"TTS_ENGINE: {exc}") from exc
+        elif config.tts_engine == "openai":
+            tts = OpenAISpeech(config.tts_base_url, config.tts_model, config.tts_voice, config.tts_api_key,
+                               config.tts_timeout_seconds)
+        return cls(stt, brain, tts, apology_tts=espeak if config.tts_engine == "openai" else tts,
+                   greeting=config.greeting)
+
+    async def prepare(self) -> None:
+        """Load the local models and synthesise the apology now, so the first call waits for neither."""
+        for stage in (self.stt, self.tts):
+            load = getattr(stage, "load", None)  # local engines only
+            if load is not None:
+                await asyncio.to_thread(load)
+        await self.apology()
+
+    async def apology(self) -> list[Audio]:
+        if self._apology is None:
+            async with aclosing(self.apology_tts.synthesize(APOLOGY)) as chunks:
+                self._apology = [chunk async for chunk in chunks]
+        return self._apology
+
+
+@dataclass
+class TurnTimings:
+    """Where one turn's time went, in seconds (None: the stage did not run)."""
+
+    stt_seconds: float | None = None
+    llm_first_token_seconds: float | None = None
+    tts_first_audio_seconds: float | None = None
+    #: From the start of the reply (the turn's end) to its first audio.
+    first_audio_seconds: float | None = None
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    def figures(self) -> dict[str, float | None]:
+        return {name: None if value is None else round(value, 3)
+                for name, value in asdict(self).items() if name != "started"}
+
+
+@dataclass
+class _Sentence:
+    text: str
+    mark: str
+    heard: bool = False
+
+
+@dataclass
+class _Reply:
+    """One assistant message as the caller heard it: the sentences reported heard, and whether it was cut."""
+
+    sentences: list[_Sentence] = field(default_factory=list)
+    interrupted: bool = False
+
+    def message(self) -> dict[str, str] | None:
+        heard = [sentence.text for sentence in self.sentences if sentence.heard]
+        if not heard:
+            return None
+        content = " ".join(heard)
+        return {"role": "assistant", "content": f"{content} {INTERRUPTED}" if self.interrupted else content}
+
+
+class AssistantBot(Bot):
+    input_rate = 16000
+    #: The tools the brain is offered; a transport that can transfer calls would add a transfer_call Tool.
+    tools: tuple[Tool, ...] = (END_CALL,)
+
+    def __init__(self, call: CallInfo, stages: Stages) -> None:
+        super().__init__(call)
+        self.stages = stages
+        self.last_timings: TurnTimings | None = None
+        self._log: list[dict[str, str] | _Reply] = []
+        self._unheard: dict[str, tuple[_Sentence, _Reply]] = {}
+        self._mark_numbers = itertools.count(1)
+
+    @property
+    def history(self) -> list[dict[str, str]]:
+        """The conversation as the brain sees it: caller messages, and assistant messages as heard."""
+        messages = []
+        for entry in self._log:
+            message = entry.message() if isinstance(entry, _Reply) else entry
+            if message is not None:
+                messages.append(message)
+        return messages
+
+    # -- the Bot contract ----------------------------------------------------------------------------
+
+    async def greet(self) -> AsyncIterator[BotOutput]:
+        async for item in self._speak(_sentences_of(self.stages.greeting), self._new_reply()):
+            yield item
+
+    async def reply(self, turn: Turn) -> AsyncIterator[BotOutput]:
+        timings = self.last_timings = TurnTimings()
+        try:
+            try:
+                text = await self.stages.stt.transcribe(turn.audio, turn.sample_rate)
+            except StageError as exc:
+                self._report(exc)
+                async for item in self._apologise(self._new_reply()):
+                    yield item
+                return
+            finally:
+                timings.stt_seconds = time.perf_counter() - timings.started
+            if not text:
+                return
+            yield AdditionalOutputs({"role": "user", "text": text})
+            async for item in self._answer({"role": "user", "content": text}, timings):
+                yield item
+        finally:
+            self._log_timings(timings)
+
+    async def on_dtmf(self, digit: str) -> AsyncIterator[BotOutput]:
+        timings = self.last_timings = TurnTimings()
+        message = keypress_message(digit)
+        yield AdditionalOutputs({"role": "user", "text": message["content"]})
+        try:
+            async for item in self._answer(message, timings):
+                yield item
+        finally:
+            self._log_timings(timings)
+
+    async def farewell(self) -> AsyncIterator[BotOutput]:
+        async for item in self._speak(_sentences_of(FAREWELL), self._new_reply()):
+            yield item
+
+    def on_heard(self, name: str) -> None:
+        if name in self._unheard:
+            sentence, _ = self._unheard.pop(name)
+            sentence.heard = True
+
+    def on_interrupted(self) -> None:
+        """Every sentence not heard by now never will be: the replies they belong to were cut off."""
+        for _, reply in self._unheard.values():
+            reply.interrupted = True
+        self._unheard.clear()
+
+    # -- a reply, stage by stage -----------------------------------------------------------------------
+
+    def _new_reply(self) -> _Reply:
+        reply = _Reply()
+        self._log.append(reply)
+        return reply
+
+    async def _answer(self, message: dict[str, str], timings: TurnTimings) -> AsyncIterator[BotOutput]:
+        self._log.append(message)
+        history = self.history
+        async for item in self._speak(self._think(history, timings), self._new_reply(), timings):
+            yield item
+
+    async def _think(self, history: list[dict[str, str]], timings: TurnTimings) -> AsyncGenerator[str | Action, None]:
+        """The brain's reply as whole sentences (and its actions, in order), timing its first token."""
+        splitter = SentenceSplitter()
+        asked = time.perf_counter()
+        async with aclosing(self.stages.brain.respond(history, self.tools)) as stream:
+            async for item in stream:
+                if timings.llm_first_token_seconds is None:
+                    timings.llm_first_token_seconds = time.perf_counter() - asked
+                if isinstance(item, str):
+                    for sentence in splitter.feed(item):
+                        yield sentence
+                    continue
+                if (rest := splitter.flush()) is not None:
+                    yield rest
+                yield item
+        if (rest := splitter.flush()) is not None:
+            yield rest
+
+    async def _speak(self, sentences: AsyncGenerator[str | Action, None], reply: _Reply,
+                     timings: TurnTimings | None = None) -> AsyncIterator[BotOutput]:
+        """Say each sentence as it comes; a provider failure ends the reply with the apology."""
+        end_call = False
+        try:
+            async with aclosing(sentences):
+                async for item in sentences:
+                    if isinstance(item, EndCallAction):
+                        end_call = True
+                    elif isinstance(item, ToolCall):
+                        logger.warning("call %s: the brain called %s, which this call does not offer",
+                                       self.call.call_id, item.name,
+                                       extra={"event": "assistant_unknown_tool", "call_id": self.call.call_id})
+                    else:
+                        async for output in self._say(item, reply, timings):
+                            yield output
+            if end_call and not reply.sentences:
+                async for output in self._say(GOODBYE, reply, timings):
+                    yield output
+        except StageError as exc:
+            self._report(exc)
+            async for output in self._apologise(reply):
+                yield output
+        if end_call:
+            yield EndCall()
+
+    async def _say(self, text: str, reply: _Reply, timings: TurnTimings | None) -> AsyncIterator[BotOutput]:
+        yield AdditionalOutputs({"role": "assistant", "text": text})
+        sentence = self._add_sentence(text, reply)
+        asked = time.perf_counter()
+        async with aclosing(self.stages.tts.synthesize(text)) as chunks:
+            async for chunk in chunks:
+                if timings is not None and timings.tts_first_audio_seconds is None:
+                    timings.tts_first_audio_seconds = time.perf_counter() - asked
+                    timings.first_audio_seconds = time.perf_counter() - timings.started
+                yield chunk
+        yield Mark(sentence.mark)
+
+    async def _apologise(self, reply: _Reply) -> AsyncIterator[BotOutput]:
+        try:
+            audio = await self.stages.apology()
+        except StageError as exc:
+            self._report(exc)
+            return
+        yield AdditionalOutputs({"role": "assistant", "text": APOLOGY})
+        sentence = self._add_sentence(APOLOGY, reply)
+        for chunk in audio:
+            yield chunk
+        yield Mark(sentence.mark)
+
+    def _add_sentence(self, text: str, reply: _Reply) -> _Sentence:
+        sentence = _Sentence(text, f"s{next(self._mark_numbers)}")
+        reply.sentences.append(sentence)
+        self._unheard[sentence.mark] = (sentence, reply)
+        return sentence
+
+    # -- telling the operator ------------------------------------------------------------------------
+
+    def _report(self, exc: StageError) -> None:
+        logger.warning("call %s: assistant %s stage failed, the caller hears an apology: %s",
+                       self.call.call_id, exc.stage, exc,
+                       extra={"event": "assistant_stage_error", "call_id": self.call.call_id, "stage": exc.stage,
+                              "provider": exc.provider, "error": exc.detail})
+
+    def _log_timings(self, timings: TurnTimings) -> None:
+        figures = timings.figures()
+        logger.info("call %s: assistant turn: %s", self.call.call_id,
+                    ", ".join(f"{name} {value}" for name, value in figures.items() if value is not None),
+                    extra={"event": "assistant_turn", "call_id": self.call.call_id, **figures})
+
+
+async def _sentences_of(text: str) -> AsyncGenerator[str, None]:
+    splitter = SentenceSplitter()
+    for sentence in splitter.feed(text):
+        yield sentence
+    if (rest := splitter.flush()) is not None:
+        yield rest
+
+
+class AssistantFactory:
+    """Makes one AssistantBot per call; all calls share one `Stages`, built from the settings on first use."""
+
+    def __init__(self, config: AssistantConfig | None = None) -> None:
+        self._config = config
+        self._stages: Stages | None = None
+
+    @property
+    def stages(self) -> Stages:
+        if self._stages is None:
+            self._stages = Stages.from_config(self._config or AssistantConfig.from_env())
+        return self._stages
+
+    async def prepare(self) -> None:
+        """At start-up: check the settings, load the models, synthesise the apology (errors name the cause)."""
+        await self.stages.prepare()
+
+    def __call__(self, call: CallInfo) -> AssistantBot:
+        return AssistantBot(call, self.stages)
+
+
+def assistant_factory(config: AssistantConfig | None = None) -> AssistantFactory:
+    """The factory to register as the built-in "assistant" bot (reads the environment when first used)."""
+    return AssistantFactory(config)

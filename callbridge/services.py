@@ -1,0 +1,144 @@
+"""What the web routes and the edge share: built once per process and handed to each of them.
+
+`Services` owns the calls in progress: it admits a new call (one rule, `admission`, for the webhook, every
+media socket, the WebRTC offer and `/readyz`), builds its runtime, and frees its slot when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from callbridge.bots.base import CallInfo
+from callbridge.bots.loader import BotFactory
+from callbridge.core.call import Call
+from callbridge.core.turns import TurnConfig
+from callbridge.core.vad import VadBatcher
+from callbridge.metrics import Metrics
+from callbridge.sessions.registry import ConcurrencyLimitReached, Registry, ServiceUnavailable
+from callbridge.settings import Settings
+
+log = logging.getLogger("callbridge")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Whether a new call would be taken now, and if not, why."""
+
+    state: Literal["ready", "full", "starting", "draining", "unavailable"]
+    calls: int = 0
+    reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        """Serving (even when every slot is taken): what /readyz reports."""
+        return self.state in ("ready", "full")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    bot_factory: BotFactory
+    registry: Registry
+    metrics: Metrics = field(default_factory=Metrics)
+    vad: VadBatcher | None = None
+    draining: bool = False
+    calls: dict[str, Call] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.turn_config = TurnConfig(
+            sample_rate=8000, enter_threshold=s.vad_enter_threshold, exit_threshold=s.vad_exit_threshold,
+            speech_start_ms=s.speech_start_ms, pause_ms=s.pause_ms, preroll_ms=s.preroll_ms,
+            max_turn_seconds=s.max_turn_seconds,
+        )
+
+    async def admission(self) -> Admission:
+        """The one rule for new calls: not before the models are loaded, not while draining, not without the
+        shared registry, not beyond CONCURRENCY_LIMIT."""
+        if self.vad is None:
+            return Admission("starting", reason="starting")
+        if self.draining:
+            return Admission("draining", reason="draining")
+        try:
+            calls = await self.registry.count()
+        except ServiceUnavailable as exc:
+            return Admission("unavailable", reason=str(exc))
+        if calls >= self.registry.limit:
+            return Admission("full", calls, f"at capacity ({calls} calls, CONCURRENCY_LIMIT={self.registry.limit})")
+        return Admission("ready", calls)
+
+    async def open_call(
+        self, call_id: str, transport: str, *, inbound_rate: int, outbound_rate: int,
+        parameters: dict[str, str] | None = None,
+    ) -> Call:
+        """Claim a registry slot and build the call's runtime; raises a RegistryError when refused."""
+        if self.vad is None or self.draining:
+            raise ServiceUnavailable("the service is not accepting calls right now")
+        try:
+            session = await self.registry.open(call_id, transport)
+        except ConcurrencyLimitReached:
+            self.metrics.rejections.inc()
+            raise
+        try:
+            bot = self.bot_factory(CallInfo(call_id=call_id, transport=transport, parameters=parameters or {}))
+        except Exception:
+            await self.registry.close(call_id)
+            raise
+        call = Call(
+            session, bot, self.vad, inbound_rate=inbound_rate, outbound_rate=outbound_rate,
+            turn_config=self.turn_config, barge_in=self.settings.barge_in,
+            input_timeout=self.settings.input_timeout_seconds, observer=self.metrics,
+        )
+        self.calls[call_id] = call
+        self.metrics.calls.labels(transport).inc()
+        self.metrics.calls_in_progress.labels(transport).inc()
+        log.info("call %s started on %s", call_id, transport,
+                 extra={"event": "call_start", "call_id": call_id, "transport": transport})
+        return call
+
+    async def end_call(self, call: Call) -> None:
+        """Stop the bot and free the call's slot; safe to call more than once."""
+        await call.close()
+        if self.calls.pop(call.id, None) is not None:
+            await self.registry.close(call.id)
+            self.metrics.calls_in_progress.labels(call.session.transport).dec()
+            log.info("call %s ended: %d turns, %d barge-ins", call.id, call.stats.turns, call.stats.barge_ins,
+                     extra={"event": "call_end", "call_id": call.id, "transport": call.session.transport,
+                            "turns": call.stats.turns, "barge_ins": call.stats.barge_ins})
+
+    async def set_input(self, call_id: str, *args: Any) -> None:
+        await self.registry.set_input(call_id, *args)
+
+    async def output_stream(self, call_id: str) -> AsyncIterator[tuple[Any, ...]]:
+        return await self.registry.output_stream(call_id)
+
+    async def drain(self, grace_seconds: float, farewell_seconds: float = 5.0) -> None:
+        """Refuse new calls, let calls in progress finish for up to `grace_seconds`, then have the bot
+        say goodbye to those left (up to `farewell_seconds` more) and end whatever remains."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        log.info("draining: %d calls in progress, grace %.0f s", len(self.calls), grace_seconds,
+                 extra={"event": "drain", "calls": len(self.calls)})
+        deadline = loop.time() + grace_seconds
+        while self.calls and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if self.calls:
+            log.info("grace period over: saying goodbye to %d calls", len(self.calls))
+            for call in list(self.calls.values()):
+                call.say_goodbye()
+            deadline = loop.time() + farewell_seconds
+            while self.calls and loop.time() < deadline:
+                await asyncio.sleep(0.1)
+        for call in list(self.calls.values()):
+            await self.end_call(call)
+
+    async def close(self) -> None:
+        """End the calls still open and stop the VAD (the app has stopped serving)."""
+        for call in list(self.calls.values()):
+            await self.end_call(call)
+        if self.vad is not None:
+            await self.vad.close()

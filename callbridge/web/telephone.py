@@ -1,0 +1,60 @@
+"""The Twilio webhook: `POST /telephone/incoming` answers `<Connect><Stream>` to the call's media socket.
+
+The stream URL points at `/telephone/handler` (served by the edge: callbridge.edge.media) and carries From,
+To and a per-call token as `<Parameter>`s: Twilio rejects query strings in the Stream URL. When a new call
+would be refused (starting, draining, no shared registry, every slot taken) the answer is `<Reject
+reason="busy"/>`, so the caller hears busy instead of silence.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Blueprint, Response, request
+from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
+
+from callbridge.services import Services
+from callbridge.transports.twilio import call_token, signature_valid, stream_url, token_secret
+
+logger = logging.getLogger("callbridge.twilio")
+
+
+def telephone(services: Services) -> Blueprint:
+    routes = Blueprint("telephone", __name__)
+    settings = services.settings
+
+    @routes.post("/telephone/incoming")
+    async def incoming() -> Response | tuple[str, int]:
+        form = {key: value for key, value in (await request.form).items()}
+        base = settings.public_base(request.scheme, request.host)
+        query = f"?{request.query_string.decode()}" if request.query_string else ""
+        if not signature_valid(settings.twilio_auth_token, base + request.path + query, form, request.headers):
+            services.metrics.errors.labels("signature").inc()
+            logger.warning("webhook refused: bad or missing X-Twilio-Signature (from %s)", request.remote_addr)
+            return "invalid Twilio signature", 403
+        call_sid = form.get("CallSid", "")
+        if not call_sid:
+            return "CallSid is required", 422
+        response = VoiceResponse()
+        admission = await services.admission()
+        if admission.state != "ready":
+            if admission.state == "full":
+                services.metrics.rejections.inc()
+            logger.warning("webhook for %s rejected: %s", call_sid, admission.reason)
+            response.reject(reason="busy")
+            return Response(str(response), mimetype="text/xml")
+        if settings.greeting:
+            response.say(settings.greeting)
+        stream = Stream(url=stream_url(base))
+        secret = token_secret(settings.call_token_secret, settings.twilio_auth_token)
+        stream.parameter(name="token", value=call_token(secret, call_sid))
+        for name in ("From", "To"):
+            if form.get(name):
+                stream.parameter(name=name, value=form[name])
+        connect = Connect()
+        connect.append(stream)
+        response.append(connect)
+        logger.info("webhook: call %s from %s to %s", call_sid, form.get("From", "?"), form.get("To", "?"))
+        return Response(str(response), mimetype="text/xml")
+
+    return routes

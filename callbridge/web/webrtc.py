@@ -1,0 +1,102 @@
+"""WebRTC signalling: `POST /webrtc/offer` takes offers and trickled candidates (callbridge.transports.webrtc).
+
+Refusals: a bad body -> 422; a duplicate id -> 409 `connection_already_exists`; over the limit ->
+`LIMIT_STATUS_CODE` (429, or 200) with the concurrency body; an unusable SDP -> 400. The peer side (aiortc)
+lives in callbridge.edge.webrtc and is imported at the first offer. With several workers a candidate may reach
+another process than its offer: it is passed on through the registry's commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from quart import Blueprint, request
+
+from callbridge.services import Services
+from callbridge.sessions.registry import (
+    ConcurrencyLimitReached,
+    ConnectionAlreadyExists,
+    RegistryError,
+    ServiceUnavailable,
+    UnknownSession,
+)
+from callbridge.transports.webrtc import Candidate, Offer, OfferError, parse_request
+from callbridge.web.responses import failure
+
+if TYPE_CHECKING:
+    from callbridge.edge.webrtc import PeerCall
+
+logger = logging.getLogger("callbridge.webrtc")
+
+
+def webrtc(services: Services) -> Blueprint:
+    routes = Blueprint("webrtc", __name__)
+    settings = services.settings
+    live: dict[str, PeerCall] = {}
+
+    async def candidate_here(call_id: str, candidate: Any) -> None:
+        from callbridge.edge.webrtc import parse_candidate
+
+        peer = live.get(call_id)
+        if peer is None:
+            raise UnknownSession(f"no WebRTC call with webrtc_id {call_id!r} here")
+        await peer.add_candidate(parse_candidate(candidate))
+
+    services.registry.on_command("ice", candidate_here)
+
+    @routes.after_app_serving
+    async def close_peer_connections() -> None:
+        """Shutdown: close every peer connection, which ends its call and frees its slot (nothing else would
+        tell the browser: without this it notices only when ICE consent expires, ~30 s later)."""
+        await asyncio.gather(*(peer.end("server shutting down") for peer in list(live.values())))
+
+    @routes.post("/webrtc/offer")
+    async def offer() -> tuple[dict[str, Any], int]:
+        try:
+            parsed = parse_request(await request.get_json(force=True, silent=True), request.args.get("mode"))
+            if isinstance(parsed, Candidate):
+                await add_candidate(parsed)
+                return {"status": "success"}, 200
+            return await answer(parsed)
+        except OfferError as exc:
+            return failure(exc.status, str(exc))
+
+    async def answer(offer: Offer) -> tuple[dict[str, Any], int]:
+        from callbridge.edge.webrtc import RATE, PeerCall
+
+        try:
+            call = await services.open_call(offer.call_id, "webrtc", inbound_rate=RATE, outbound_rate=RATE,
+                                            parameters={"mode": offer.mode})
+        except RegistryError as exc:
+            logger.warning("webrtc offer %s refused: %s", offer.call_id, exc)
+            return exc.body(), refusal_status(exc)
+        peer = PeerCall(call, services, offer.mode, live)
+        try:
+            description = await peer.answer(offer.sdp)
+        except Exception as exc:
+            logger.warning("webrtc offer %s: cannot answer: %s", offer.call_id, exc)
+            await peer.end("offer refused")
+            raise OfferError(f"cannot answer this offer: {exc}", 400) from None
+        return {"sdp": description.sdp, "type": description.type}, 200
+
+    def refusal_status(exc: RegistryError) -> int:
+        if isinstance(exc, ConcurrencyLimitReached):
+            return settings.limit_status_code
+        if isinstance(exc, ConnectionAlreadyExists):
+            return 409
+        return 503
+
+    async def add_candidate(candidate: Candidate) -> None:
+        """A trickled ICE candidate for a call whose offer was sent, wherever the call runs."""
+        try:
+            await services.registry.send_command(candidate.call_id, "ice", candidate.candidate)
+        except UnknownSession:
+            raise OfferError(f"no WebRTC call with webrtc_id {candidate.call_id!r}: send the offer first",
+                             404) from None
+        except ServiceUnavailable as exc:
+            raise OfferError(f"cannot pass the candidate to the process holding {candidate.call_id!r}: {exc}",
+                             503) from None
+
+    return routes
