@@ -2,10 +2,9 @@
 
 from callbridge.codec.frame import PCMFrame, Rechunker
 from callbridge.codec.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
-from callbridge.codec.resample import SUPPORTED_RATES, Resampler, resample
+from callbridge.codec.resample import Resampler, resample
 
 __all__ = [
-    "SUPPORTED_RATES",
     "PCMFrame",
     "Rechunker",
     "Resampler",

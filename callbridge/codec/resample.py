@@ -16,10 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-# Only callbridge.serve.prepare_resamplers still reads this (it designs these pairs at start-up, which is no
-# longer needed: a design takes milliseconds). Any positive integer rates work; remove with that function.
-SUPPORTED_RATES = (8000, 16000, 24000, 48000)
-
 # Filter shape, relative to the lower of the two rates: flat (< 0.001 dB ripple) to 0.4x, >= 94 dB down from
 # 0.5x (its Nyquist); at 8 kHz the telephone band's 3.4 kHz edge is 0.5 dB down. A Kaiser-windowed sinc, cut
 # off mid-transition: its closed form is cheap to evaluate for any ratio (22050 -> 8000 is a 26435-tap
