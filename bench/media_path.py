@@ -22,6 +22,8 @@ import argparse
 import asyncio
 import base64
 import cProfile
+import hashlib
+import hmac
 import json
 import os
 import pstats
@@ -134,25 +136,63 @@ def ms_percentiles(values: list[float]) -> str:
     return f"{1000 * p50:.1f} / {1000 * p95:.1f}"
 
 
-async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_loop: bool) -> dict[str, Any]:
-    from callbridge.codec import ulaw_encode
-    from callbridge.core.vad import VadBatcher, load_vad
+def build_edge(calls: int, vad_on_loop: bool) -> tuple[Any, Any, bytes, Any]:
+    """(edge, services, call-token secret, Connection class) of the tree on sys.path: this layout
+    (callbridge/) or the one before it (app/, codec/, bots/), so trees from either side of the move compare."""
+    try:
+        from callbridge.core.vad import VadBatcher, load_vad
+    except ImportError:
+        return build_edge_before_the_move(calls, vad_on_loop)
+    from callbridge.edge.media import media_routes
     from callbridge.edge.server import Connection, Edge
-    from callbridge.serve import MEDIA_ROUTES, Services, load_bot
-    from callbridge.sessions.registry import MemoryRegistry
+    from callbridge.serve import make_services
     from callbridge.settings import Settings
-    from callbridge.simulator import start_message
-    from callbridge.transports.twilio import call_token, token_secret
+    from callbridge.transports.twilio import token_secret
 
-    waits = time_vad_answers() if answers else None
+    settings = Settings(bot="echo", concurrency_limit=calls + 10)
+    services = make_services(settings)
+    services.vad = VadBatcher(load_vad(settings.vad_backend), in_thread=not vad_on_loop)
+    edge = Edge(media_routes(services), "/nonexistent", 1 << 20)
+    return edge, services, token_secret(settings.call_token_secret, settings.twilio_auth_token), Connection
+
+
+def build_edge_before_the_move(calls: int, vad_on_loop: bool) -> tuple[Any, Any, bytes, Any]:
+    from app.registry import MemoryRegistry  # type: ignore[import-not-found]
+    from app.server import MEDIA_ROUTES, Services, load_bot  # type: ignore[import-not-found]
+    from app.settings import Settings  # type: ignore[import-not-found]
+    from app.transports.edge import Connection, Edge  # type: ignore[import-not-found]
+    from app.transports.twilio import token_secret  # type: ignore[import-not-found]
+    from app.vad import VadBatcher, load_vad  # type: ignore[import-not-found]
+
     settings = Settings(bot="echo")
     state = Services(settings=settings, bot_factory=load_bot("echo"), registry=MemoryRegistry(calls + 10))
-    # This one process stands for one of two workers: VAD in a thread unless asked (older trees have no choice).
     state.vad = VadBatcher(load_vad(settings.vad_backend), **({"in_thread": False} if vad_on_loop else {}))
-    edge = Edge(state, MEDIA_ROUTES, "/nonexistent", 1 << 20)
-    secret = token_secret(settings)
+    return Edge(state, MEDIA_ROUTES, "/nonexistent", 1 << 20), state, token_secret(settings), Connection
+
+
+def stream_token(secret: bytes, call_sid: str) -> str:
+    """The webhook's per-call token (both layouts make it the same way)."""
+    return hmac.new(secret, call_sid.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def start_message(stream_sid: str, call_sid: str, parameters: dict[str, str]) -> str:
+    return json.dumps({"event": "start", "sequenceNumber": "1", "streamSid": stream_sid, "start": {
+        "streamSid": stream_sid, "callSid": call_sid, "accountSid": "AC" + "0" * 32, "tracks": ["inbound"],
+        "customParameters": parameters, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
+                                                        "channels": 1}}})
+
+
+def encode_ulaw(samples: np.ndarray) -> bytes:
+    import audioop
+
+    return audioop.lin2ulaw(samples.astype(np.int16).tobytes(), 2)
+
+
+async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_loop: bool) -> dict[str, Any]:
+    waits = time_vad_answers() if answers else None
+    edge, state, secret, Connection = build_edge(calls, vad_on_loop)
     audio = call_audio(seconds)
-    payloads = [base64.b64encode(ulaw_encode(audio[i : i + FRAME])).decode() for i in range(0, len(audio), FRAME)]
+    payloads = [base64.b64encode(encode_ulaw(audio[i : i + FRAME])).decode() for i in range(0, len(audio), FRAME)]
     streams = []
     for index in range(calls):
         connection = Connection(edge)
@@ -162,7 +202,7 @@ async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_l
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         stream_sid, call_sid = f"MZ{index:032d}", f"CA{index:032d}"
         connection.data_received(client_frame(json.dumps({"event": "connected", "protocol": "Call"})))
-        token = call_token(secret, call_sid)
+        token = stream_token(secret, call_sid)
         connection.data_received(client_frame(start_message(stream_sid, call_sid, {"token": token})))
         streams.append((connection, stream_sid))
     await asyncio.sleep(0.2)

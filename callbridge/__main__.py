@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import sys
 from collections.abc import Callable
 
@@ -68,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             load_bot(settings.bot)
         except BotLoadError as exc:
             print(f"callbridge: invalid settings:\n  BOT: {exc}", file=sys.stderr)
+            return 2
+        if settings.vad_backend == "torch" and importlib.util.find_spec("torch") is None:
+            print("callbridge: invalid settings:\n  VAD_BACKEND: torch is not installed; install it with "
+                  "`pip install 'callbridge[torch]'` (`make torch` in a checkout), or use VAD_BACKEND=onnx",
+                  file=sys.stderr)
             return 2
         worker = getattr(args, "worker", None)
         configure_logging(settings.log_level, settings.log_format, worker)

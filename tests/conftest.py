@@ -15,6 +15,8 @@ def onnx_vad() -> VadModel:
 
 @pytest.fixture(scope="session")
 def torch_vad() -> VadModel:
+    """VAD_BACKEND=torch: optional (`make torch`); CI installs it, so both backends are tested there."""
+    pytest.importorskip("torch", reason="torch is not installed (make torch)")
     return load_vad("torch")
 
 

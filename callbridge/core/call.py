@@ -22,9 +22,9 @@ import numpy as np
 from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Message, Turn
 from callbridge.codec import Rechunker, Resampler, resample
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, log
+from callbridge.core.session import Session
 from callbridge.core.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
 from callbridge.core.vad import VAD_WINDOW_MS, VadBatcher
-from callbridge.sessions.registry import Session
 
 logger = logging.getLogger("callbridge.call")
 

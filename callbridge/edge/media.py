@@ -192,14 +192,10 @@ class MediaSocket:
     # The socket's life.
 
     async def _until_ended(self) -> None:
-        await self._ended
+        await asyncio.shield(self._ended)  # shielded: cancelling this watcher leaves the outcome readable
 
     async def _open(self) -> Call:
-        ended = asyncio.ensure_future(self._until_ended())
-        try:
-            await asyncio.wait([self._start, ended], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ended.cancel()
+        await asyncio.wait([self._start, self._ended], return_when=asyncio.FIRST_COMPLETED)
         if self._ended.done():
             self._ended.result()  # raises what ended the socket before start
             raise ClientGone  # a stop before start

@@ -31,13 +31,13 @@ from typing import Any, TypeVar
 import redis.asyncio as redis
 
 from callbridge.core.messages import jsonable
+from callbridge.core.session import Session
 from callbridge.sessions.registry import (
     CommandHandler,
     ConcurrencyLimitReached,
     ConnectionAlreadyExists,
     MemoryRegistry,
     ServiceUnavailable,
-    Session,
     UnknownSession,
 )
 

