@@ -28,10 +28,10 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from callbridge.codec import ulaw_decode, ulaw_encode
+from callbridge.codec import FRAME_MS, ulaw_decode, ulaw_encode
 
 RATE = 8000
-FRAME = 160
+FRAME = RATE * FRAME_MS // 1000
 TICK = FRAME / RATE
 
 

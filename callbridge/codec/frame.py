@@ -1,43 +1,17 @@
-"""The audio unit passed between transports, the call runtime and bots, and the fixed-size framer."""
+"""The 20 ms frame every wire format uses, and the framer that cuts audio into fixed-size frames."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True, slots=True, eq=False)
-class PCMFrame:
-    """Mono int16 audio that carries its sample rate, so no stage has to guess it.
-
-    Compared by identity (eq=False): element-wise array equality has no single truth value.
-    """
-
-    samples: np.ndarray
-    sample_rate: int
-
-    def __post_init__(self) -> None:
-        if self.samples.ndim != 1 or self.samples.dtype != np.int16:
-            raise TypeError(f"expected 1-D int16 samples, got {self.samples.dtype} {self.samples.shape}")
-        if self.sample_rate <= 0:
-            raise ValueError(f"sample rate must be positive, got {self.sample_rate}")
-
-    @property
-    def duration(self) -> float:
-        """Length in seconds."""
-        return self.samples.shape[0] / self.sample_rate
-
-    @classmethod
-    def silence(cls, sample_rate: int, duration_ms: int) -> PCMFrame:
-        """Digital silence, e.g. to keep a transport's clock running while the bot thinks."""
-        return cls(np.zeros(sample_rate * duration_ms // 1000, np.int16), sample_rate)
+#: The audio frame of every wire format here (Twilio media, Opus packets, the outbound pacing): 20 ms.
+FRAME_MS = 20
 
 
 class Rechunker:
     """Turns pushes of any length into frames of exactly `frame_ms` (wire formats and pacing want fixed frames)."""
 
-    def __init__(self, sample_rate: int, frame_ms: int = 20) -> None:
+    def __init__(self, sample_rate: int, frame_ms: int = FRAME_MS) -> None:
         samples = sample_rate * frame_ms
         if samples <= 0 or samples % 1000:
             raise ValueError(f"{frame_ms} ms is not a positive whole number of samples at {sample_rate} Hz")

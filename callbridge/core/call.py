@@ -20,16 +20,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Message, Turn
-from callbridge.codec import Rechunker, Resampler, resample
+from callbridge.codec import FRAME_MS, Rechunker, Resampler, resample
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, log
 from callbridge.core.session import Session
 from callbridge.core.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
 from callbridge.core.vad import VAD_WINDOW_MS, VadBatcher
 
 logger = logging.getLogger("callbridge.call")
-
-OUTBOUND_FRAME_MS = 20
-
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
@@ -314,7 +311,7 @@ class Call:
                 self.send(ClientMessage("send_input"))
             inputs = await self.session.take_input(self.input_timeout)
         reply_id = f"reply-{next(self._reply_ids)}"
-        chunker = Rechunker(self.outbound_rate, OUTBOUND_FRAME_MS)
+        chunker = Rechunker(self.outbound_rate, FRAME_MS)
         resamplers: dict[int, Resampler] = {}
         started = False
         end_call = job.kind == "farewell"

@@ -35,6 +35,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
+from callbridge.codec import FRAME_MS
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd
 from callbridge.services import Services
@@ -44,7 +45,7 @@ logger = logging.getLogger("callbridge.webrtc")
 
 #: aiortc's Opus decoder yields 48 kHz; the bot's audio goes back at the same rate.
 RATE = 48000
-FRAME_SAMPLES = RATE // 50  # 20 ms
+FRAME_SAMPLES = RATE * FRAME_MS // 1000
 TIME_BASE = fractions.Fraction(1, RATE)
 #: Client messages kept for a data channel that has not opened yet; the oldest go first.
 PENDING_MESSAGES = 256

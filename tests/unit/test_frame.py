@@ -1,4 +1,4 @@
-"""PCMFrame carries its rate; Rechunker cuts any pushes into exact frames without losing or repeating a sample."""
+"""Rechunker cuts any pushes into exact frames without losing or repeating a sample."""
 
 from __future__ import annotations
 
@@ -7,38 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callbridge.codec import PCMFrame, Rechunker
-
-
-def test_frame_duration_and_silence() -> None:
-    frame = PCMFrame(np.zeros(480, np.int16), 24000)
-    assert frame.duration == pytest.approx(0.02)
-    silence = PCMFrame.silence(8000, 20)
-    assert silence.sample_rate == 8000
-    assert silence.samples.dtype == np.int16
-    assert silence.samples.shape == (160,)
-    assert not silence.samples.any()
-    assert PCMFrame.silence(48000, 32).duration == pytest.approx(0.032)
-
-
-def test_frame_refuses_what_is_not_mono_int16() -> None:
-    with pytest.raises(TypeError):
-        PCMFrame(np.zeros(160, np.float32), 8000)
-    with pytest.raises(TypeError):
-        PCMFrame(np.zeros((2, 160), np.int16), 8000)
-    with pytest.raises(ValueError):
-        PCMFrame(np.zeros(160, np.int16), 0)
-
-
-def test_frame_is_immutable() -> None:
-    frame = PCMFrame.silence(8000, 20)
-    with pytest.raises(AttributeError):
-        frame.sample_rate = 16000  # type: ignore[misc]
+from callbridge.codec import FRAME_MS, Rechunker
 
 
 @pytest.mark.parametrize(("rate", "frame_ms", "expected"), [(8000, 20, 160), (16000, 32, 512), (48000, 10, 480)])
 def test_frame_samples(rate: int, frame_ms: int, expected: int) -> None:
     assert Rechunker(rate, frame_ms).frame_samples == expected
+
+
+def test_frames_are_20_ms_unless_asked() -> None:
+    assert Rechunker(8000).frame_samples == 8000 * FRAME_MS // 1000 == 160
 
 
 def test_frame_length_must_be_whole_samples() -> None:
