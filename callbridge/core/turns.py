@@ -7,9 +7,8 @@ windows (entered at p >= enter; once a run has begun, p >= exit keeps it going).
 starts `preroll_ms` before its first speech window and ends with its last speech window.
 
 Silero's probability lingers above the exit threshold for a few windows after speech stops (its
-recurrent state decays). Measured on 72 espeak-ng utterances (3 voices, 12 sentences, both rates), the
-last window above 0.35 came after the window holding the true end of speech by a median of 2-3 windows
-at 8 kHz and 1-2 at 16 kHz. Those lingering windows are already silence to the caller, so they count
+recurrent state decays): a median 2-3 windows at 8 kHz and 1-2 at 16 kHz on the espeak-ng corpus
+(tests/unit/test_turns.py). Those lingering windows are already silence to the caller, so they count
 toward the pause: the turn ends after `pause_ms` less `HANGOVER_WINDOWS` of windows below the threshold.
 """
 

@@ -176,10 +176,8 @@ class StateRows:
 
 
 #: Batches start at most this often: under load, windows gather into larger batches (fewer hand-offs to
-#: the inference thread, cheaper per window); a window waits at most this long for its turn. Inference
-#: that runs now and then costs ~2x the CPU per window of back-to-back runs (cold caches: 16 windows
-#: ~125 us each with 8 ms gaps, ~47 us without); 16 ms instead of 8 ms took the VAD thread from 3.9 to
-#: 3.3 ms CPU per call-second at 64 calls, turn latency p50 unchanged (549 vs 553 ms).
+#: the inference thread, and inference run back to back is cheaper per window than now and then); a window
+#: waits at most this long for its turn, well inside the pause that ends a turn (bench/results/history.md).
 MIN_BATCH_INTERVAL = 0.016
 
 

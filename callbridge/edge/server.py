@@ -1,9 +1,8 @@
 """The public listener: the µ-law media WebSockets served here, every other connection passed to Hypercorn.
 
-Why (measured, bench/results/history.md): one inbound 20 ms media message through Hypercorn's WebSocket
-path (h11 and wsproto in pure Python, then a queue hop to the ASGI task) costs ~89 µs of CPU; through
-websockets' sans-I/O protocol (C-accelerated unmasking) on an asyncio Protocol ~20 µs. At 50 messages a
-second per call that was most of what a phone call cost.
+Why: a media message through Hypercorn's WebSocket path (h11 and wsproto in pure Python, then a queue hop
+to the ASGI task) costs about four times the CPU of websockets' sans-I/O protocol (C-accelerated unmasking)
+on an asyncio Protocol, and a call sends fifty a second (bench/results/history.md).
 
 Each new connection is read up to the end of its first request head. A WebSocket upgrade to a media
 route is answered here and handed to that route's handler. Anything else (the webhook, the HTTP API,

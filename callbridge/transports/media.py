@@ -102,7 +102,7 @@ def parse_message(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
     if len(raw) > max_bytes:
         raise ProtocolError(f"message of {len(raw)} bytes exceeds the {max_bytes}-byte limit", MESSAGE_TOO_BIG)
     try:
-        message = orjson.loads(raw)  # a 390-byte media message: 1.8 us, json.loads 5.5 us
+        message = orjson.loads(raw)  # a third of json.loads' CPU on a media message
     except orjson.JSONDecodeError:
         raise ProtocolError("message is not valid JSON", INVALID_PAYLOAD) from None
     if not isinstance(message, dict):
