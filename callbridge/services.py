@@ -91,7 +91,8 @@ class Services:
         call = Call(
             session, bot, self.vad, inbound_rate=inbound_rate, outbound_rate=outbound_rate,
             turn_config=self.turn_config, barge_in=self.settings.barge_in,
-            input_timeout=self.settings.input_timeout_seconds, observer=self.metrics,
+            input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport != "twilio",
+            observer=self.metrics,
         )
         self.calls[call_id] = call
         self.metrics.calls.labels(transport).inc()

@@ -36,6 +36,14 @@ async def iterate_in_thread(iterator: Iterator[Any]) -> AsyncIterator[Any]:
             await asyncio.to_thread(close)
 
 
+def declares_inputs(fn: Callable[..., Any]) -> bool:
+    """Whether `fn` names a parameter beyond the audio: then each turn asks for additional inputs. A bare
+    `*inputs` does not count, so FastRTC's `def handler(audio, *inputs)` never waits for inputs it was not
+    promised (on the phone none can ever come)."""
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind in positional for p in inspect.signature(fn).parameters.values()) > 1
+
+
 class FunctionBot(Bot):
     """Adapts `fn((sample_rate, ndarray), *inputs)` to the bot contract."""
 
@@ -43,7 +51,7 @@ class FunctionBot(Bot):
         super().__init__(call)
         self.fn = fn
         self.input_rate = input_rate
-        self.wants_inputs = len(inspect.signature(fn).parameters) > 1
+        self.wants_inputs = declares_inputs(fn)
 
     async def reply(self, turn: Turn) -> AsyncIterator[BotOutput]:
         result = self.fn((turn.sample_rate, turn.audio.reshape(1, -1)), *turn.inputs)

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Message, Turn
+from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Mark, Message, Turn
 from callbridge.codec import FRAME_MS, Rechunker, Resampler, resample
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd, log
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark, log
 from callbridge.core.session import Session
 from callbridge.core.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
 from callbridge.core.vad import VAD_WINDOW_MS, VadBatcher
@@ -47,7 +47,7 @@ class Outbox:
         self._ready.set()
 
     def drop_audio(self) -> int:
-        kept = [item for item in self._items if not isinstance(item, AudioOut | ReplyEnd)]
+        kept = [item for item in self._items if not isinstance(item, AudioOut | PlaybackMark)]
         dropped = len(self._items) - len(kept)
         self._items = deque(kept)
         self.drops += 1
@@ -151,6 +151,7 @@ class Call:
         turn_config: TurnConfig,
         barge_in: bool = True,
         input_timeout: float = 0.5,
+        inputs_possible: bool = True,
         clock: Callable[[], float] = time.monotonic,
         observer: CallObserver | None = None,
     ) -> None:
@@ -161,6 +162,8 @@ class Call:
         self.vad_rate = 8000 if inbound_rate == 8000 else 16000
         self.barge_in = barge_in
         self.input_timeout = input_timeout
+        # A phone caller can never send `set_input`: a bot that wants inputs gets none there, at once.
+        self.inputs_possible = inputs_possible
         self.clock = clock
         self.observer = observer or _Unobserved()
         self.detector = TurnDetector(turn_config.at(self.vad_rate))
@@ -175,6 +178,8 @@ class Call:
         self._reply_ids = itertools.count(1)
         self._unheard: set[str] = set()
         self._hangup_after: str | None = None
+        self._bot_marks: dict[str, str] = {}  # playback mark -> the name of the bot's Mark it stands for
+        self._told: set[str] = set()  # bot mistakes already logged for this call (once each)
         self._talking = False  # the current reply has queued audio and is still producing
         self.closed = False
 
@@ -224,7 +229,10 @@ class Call:
         self._jobs.put_nowait(_Job("farewell"))
 
     def playback_finished(self, reply_id: str) -> None:
-        """The transport reports that reply `reply_id` has been heard (or cleared) at the caller."""
+        """The transport reports that the audio before playback mark `reply_id` has been heard (or cleared)."""
+        if (name := self._bot_marks.pop(reply_id, None)) is not None:
+            self._call_bot_hook("on_heard", name)
+            return
         if reply_id not in self._unheard:
             return
         self._unheard.discard(reply_id)
@@ -274,6 +282,8 @@ class Call:
         self.outbox.drop_audio()
         self.outbox.put(Flush())
         self._unheard.clear()
+        self._bot_marks.clear()  # marks echoed after the clear were not heard
+        self._call_bot_hook("on_interrupted")
         self.send(log("barge_in"))
         if self._hangup_after is not None:
             self.outbox.put(Hangup())
@@ -307,9 +317,7 @@ class Call:
     async def _speak(self, job: _Job) -> None:
         inputs: tuple[Any, ...] = ()
         if job.kind == "turn" and self.bot.wants_inputs:
-            if not self.session.has_fresh_input:
-                self.send(ClientMessage("send_input"))
-            inputs = await self.session.take_input(self.input_timeout)
+            inputs = await self._take_inputs()
         reply_id = f"reply-{next(self._reply_ids)}"
         chunker = Rechunker(self.outbound_rate, FRAME_MS)
         resamplers: dict[int, Resampler] = {}
@@ -333,17 +341,22 @@ class Call:
                     self.send(ClientMessage("fetch_output", list(item.args)))
                 elif isinstance(item, Message):
                     self.send(ClientMessage(item.type, item.data))
+                elif isinstance(item, Mark):
+                    self._queue_mark(reply_id, item.name, chunker)
                 elif isinstance(item, EndCall):
                     end_call = True
                     break
                 else:
-                    self.send(ClientMessage("warning", f"bot yielded an unsupported {type(item).__name__}"))
+                    self._bot_mistake(
+                        f"yield:{type(item).__name__}",
+                        f"the bot yielded a {type(item).__name__} during {job.kind}, which plays nothing: yield "
+                        "Audio(samples, rate), a (rate, ndarray) tuple, AdditionalOutputs, Message, Mark or EndCall")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.observer.bot_error()
-            logger.exception("call %s: bot raised during %s", self.id, job.kind,
-                             extra={"event": "bot_error", "call_id": self.id, "error": repr(exc)})
+            self._bot_mistake(f"raise:{type(exc).__name__}", f"the bot raised during {job.kind}: {exc!r}",
+                              exc_info=True)
             self.send(ClientMessage("error", f"bot error: {type(exc).__name__}: {exc}"))
         finally:
             self._talking = False
@@ -353,15 +366,71 @@ class Call:
             self.outbox.put(AudioOut(tail))
         if started:
             self._unheard.add(reply_id)
-            self.outbox.put(ReplyEnd(reply_id))
+            self.outbox.put(PlaybackMark(reply_id))
         if end_call:
             if reply_id in self._unheard:
                 self._hangup_after = reply_id
             else:
                 self.outbox.put(Hangup())
 
+    async def _take_inputs(self) -> tuple[Any, ...]:
+        """The inputs `set_input` gave this turn: asked for with `send_input` and awaited up to the input
+        timeout where a client can send them; where none can (the phone), the last ones set, at once."""
+        if not self.inputs_possible:
+            if "inputs" not in self._told:
+                self._told.add("inputs")
+                logger.info("call %s: the bot wants additional inputs, which %s callers cannot send: its turns get "
+                            "the last ones set (none yet), without waiting", self.id, self.session.transport,
+                            extra={"event": "inputs_impossible", "call_id": self.id})
+            return self.session.inputs
+        fresh = self.session.has_fresh_input
+        if not fresh:
+            self.send(ClientMessage("send_input"))
+        started = self.clock()
+        inputs = await self.session.take_input(self.input_timeout)
+        if not fresh:
+            logger.info("call %s: waited %.0f ms for set_input (%s)", self.id, 1000 * (self.clock() - started),
+                        "got it" if inputs != () else "none came: INPUT_TIMEOUT_SECONDS",
+                        extra={"event": "input_wait", "call_id": self.id})
+        return inputs
+
+    def _queue_mark(self, reply_id: str, name: str, chunker: Rechunker) -> None:
+        """The bot's Mark: after the audio yielded before it (its last partial frame too), a playback mark."""
+        tail = chunker.flush()
+        if tail is not None:
+            self.outbox.put(AudioOut(tail))
+        marker = f"{reply_id}/{len(self._bot_marks) + 1}"
+        self._bot_marks[marker] = name
+        self.outbox.put(PlaybackMark(marker))
+
+    def _call_bot_hook(self, hook: str, *args: Any) -> None:
+        try:
+            getattr(self.bot, hook)(*args)
+        except Exception as exc:
+            self.observer.bot_error()
+            self._bot_mistake(f"hook:{hook}", f"the bot's {hook} raised: {exc!r}", exc_info=True)
+
+    def _bot_mistake(self, kind: str, message: str, *, exc_info: bool = False) -> None:
+        """A bot error, logged at warning with the call's id once per call and kind (the phone has no client to
+        tell), and sent to clients that can read it."""
+        self.send(ClientMessage("warning", message))
+        if kind in self._told:
+            logger.debug("call %s: %s", self.id, message)
+            return
+        self._told.add(kind)
+        logger.warning("call %s: %s", self.id, message, exc_info=exc_info,
+                       extra={"event": "bot_error", "call_id": self.id, "error": message})
+
     def _queue_audio(self, item: Audio, chunker: Rechunker, resamplers: dict[int, Resampler]) -> None:
-        samples = to_int16(item.samples)
+        samples = np.asarray(item.samples)
+        if np.issubdtype(samples.dtype, np.floating) and samples.size:
+            peak = float(np.max(np.abs(samples)))
+            if peak > 1.0:
+                # Float audio in int16's range (not scaled to ±1) would clip to full-scale noise.
+                self._bot_mistake("float-range", f"the bot's float audio peaks at {peak:.1f}, beyond ±1: taken as "
+                                  "int16-scaled (divided by 32768); yield floats in [-1, 1] or int16")
+                samples = samples / 32768.0
+        samples = to_int16(samples)
         if item.sample_rate != self.outbound_rate:
             if item.sample_rate not in resamplers:
                 resamplers[item.sample_rate] = Resampler(item.sample_rate, self.outbound_rate)

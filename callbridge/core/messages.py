@@ -38,10 +38,11 @@ class Flush:
 
 
 @dataclass(frozen=True, slots=True)
-class ReplyEnd:
-    """The audio of reply `reply_id` ends here; report `Call.playback_finished(reply_id)` once it is heard."""
+class PlaybackMark:
+    """The audio queued before this ends here; report `Call.playback_finished(name)` once it is heard (a
+    reply's end, or a bot's `Mark`)."""
 
-    reply_id: str
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ class Hangup:
     """End the call now: everything the bot said has been heard."""
 
 
-Outbound = AudioOut | ClientMessage | Flush | ReplyEnd | Hangup
+Outbound = AudioOut | ClientMessage | Flush | PlaybackMark | Hangup
 
 
 def jsonable(value: Any) -> Any:

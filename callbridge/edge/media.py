@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from callbridge.core.call import Call
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, PlaybackMark
 from callbridge.edge.websocket import ClientGone, Handler, WebSocket
 from callbridge.services import Services
 from callbridge.sessions.registry import ConnectionAlreadyExists, RegistryError
@@ -83,10 +83,10 @@ class PacedWriter:
                 samples = np.concatenate(frames) if len(frames) > 1 else frames[0]
                 await self.ws.send(protocol.media(samples))
                 self.play_end += len(samples) / self.call.outbound_rate
-            elif isinstance(item, ReplyEnd):
-                if (mark := protocol.mark(item.reply_id)) is not None:
+            elif isinstance(item, PlaybackMark):
+                if (mark := protocol.mark(item.name)) is not None:
                     await self.ws.send(mark)
-                self.on_reply_end(item.reply_id, self.play_end)
+                self.on_reply_end(item.name, self.play_end)
             elif isinstance(item, Flush):
                 self.play_end = loop.time()
                 await self.ws.send(protocol.clear())

@@ -37,7 +37,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from callbridge.codec import FRAME_MS
 from callbridge.core.call import Call
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, ReplyEnd
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark
 from callbridge.services import Services
 from callbridge.transports.webrtc import Mode, OfferError
 
@@ -200,7 +200,7 @@ class PeerCall:
     def next_audio(self) -> np.ndarray | None:
         """Handle the outbox up to its next audio frame and return that frame (None: nothing to play).
 
-        Called by the track each time a frame is due, so `ReplyEnd` is reached exactly when the reply's
+        Called by the track each time a frame is due, so `PlaybackMark` is reached exactly when the reply's
         last frame has gone to the encoder: that is when the caller has heard it."""
         while (item := self.call.outbox.get_nowait()) is not None:
             if isinstance(item, AudioOut):
@@ -218,8 +218,8 @@ class PeerCall:
     def _handle(self, item: Outbound) -> None:
         if isinstance(item, ClientMessage):
             self.send(item)
-        elif isinstance(item, ReplyEnd):
-            self.call.playback_finished(item.reply_id)
+        elif isinstance(item, PlaybackMark):
+            self.call.playback_finished(item.name)
         elif isinstance(item, Hangup):
             self._spawn(self._hang_up())
         elif isinstance(item, Flush):

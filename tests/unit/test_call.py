@@ -13,7 +13,7 @@ from callbridge.bots.base import AdditionalOutputs, Audio, Bot, CallInfo, EndCal
 from callbridge.bots.echo import EchoBot
 from callbridge.bots.function import FunctionBot
 from callbridge.core.call import Call
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, ReplyEnd
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, PlaybackMark
 from callbridge.core.turns import TurnConfig
 from callbridge.core.vad import VadBatcher
 from callbridge.sessions.registry import MemoryRegistry
@@ -82,10 +82,10 @@ async def test_echo_reply_is_the_turn_and_playback_is_tracked(batcher):
     # The echo is the turn (pre-roll + speech), as long as the turn to within the resampler's delay.
     assert abs(len(reply) - (len(said) + 0.2 * RATE)) < 0.1 * RATE
     assert correlation(reply, said) > 0.9
-    ends = [i for i in items if isinstance(i, ReplyEnd)]
-    assert len(ends) == 1 and isinstance(items[-1], ReplyEnd)
+    ends = [i for i in items if isinstance(i, PlaybackMark)]
+    assert len(ends) == 1 and isinstance(items[-1], PlaybackMark)
     assert call.bot_talking
-    call.playback_finished(ends[0].reply_id)
+    call.playback_finished(ends[0].name)
     assert logs(take_all(call)) == ["playback_finished"]
     assert not call.bot_talking
     await call.close()
@@ -262,7 +262,7 @@ async def test_sync_generator_bot_runs_off_the_event_loop(batcher):
     items: list = []
     for _ in range(100):
         items += take_all(call)
-        if any(isinstance(i, ReplyEnd) for i in items):
+        if any(isinstance(i, PlaybackMark) for i in items):
             break
         await asyncio.sleep(0.01)
     assert threads and threads[0] != threading.main_thread().name
@@ -296,16 +296,16 @@ async def test_greeting_dtmf_and_hangup_after_last_words_are_heard(batcher):
     call.start()
     await settle()
     items = take_all(call)
-    assert len(audio_of(items)) == 1600 and isinstance(items[-1], ReplyEnd)
-    call.playback_finished(items[-1].reply_id)
+    assert len(audio_of(items)) == 1600 and isinstance(items[-1], PlaybackMark)
+    call.playback_finished(items[-1].name)
     for digit in "12#":
         call.push_dtmf(digit)
     await settle()
     assert call.bot.digits == ["1", "2", "#"]
     items = take_all(call)
     assert not any(isinstance(i, Hangup) for i in items), "hang up only once the goodbye was heard"
-    end = next(i for i in items if isinstance(i, ReplyEnd))
-    call.playback_finished(end.reply_id)
+    end = next(i for i in items if isinstance(i, PlaybackMark))
+    call.playback_finished(end.name)
     assert any(isinstance(i, Hangup) for i in take_all(call))
     await call.close()
 
@@ -341,7 +341,7 @@ async def test_paced_writer_sends_a_barge_in_flush_at_once_not_after_the_audio_i
     call = make_call(vad=batcher)  # not started: this test alone fills the outbox
     for _ in range(50):  # 1 s of reply audio
         call.outbox.put(AudioOut(np.full(FRAME, 1000, np.int16)))
-    call.outbox.put(ReplyEnd("r1"))
+    call.outbox.put(PlaybackMark("r1"))
     loop = asyncio.get_running_loop()
     sent: list[tuple[str, float]] = []
 
