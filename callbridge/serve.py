@@ -23,6 +23,7 @@ from callbridge.edge.server import ClientAddress, Edge
 from callbridge.services import Services
 from callbridge.sessions.registry import MemoryRegistry, Registry, ServiceUnavailable
 from callbridge.settings import Settings
+from callbridge.watchdog import LoopWatchdog
 from callbridge.web.app import create_app
 
 log = logging.getLogger("callbridge")
@@ -92,6 +93,9 @@ async def serve(settings: Settings, worker: int = 0) -> None:
         drain = asyncio.create_task(services.drain(settings.shutdown_grace_seconds))
         drain.add_done_callback(lambda _: stop.set())
 
+    watchdog = LoopWatchdog(settings.loop_lag_warning_ms / 1000) if settings.loop_lag_warning_ms else None
+    if watchdog is not None:
+        watchdog.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
@@ -113,6 +117,8 @@ async def serve(settings: Settings, worker: int = 0) -> None:
                  f" (worker {worker} of {settings.workers})" if settings.workers > 1 else "")
         await stop.wait()
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         await edge.close()
         hypercorn_stop.set()
         await http

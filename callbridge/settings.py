@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     outbound_lead_ms: int = Field(60, ge=0, le=2000)
     workers: int = Field(1, ge=1, le=64)
+    # The event loop blocked this long (a blocking call in a bot) is logged, naming the call and the code.
+    loop_lag_warning_ms: int = Field(250, ge=0, le=60000)
     redis_url: str = ""
 
     # --- Twilio -------------------------------------------------------------------------------------

@@ -63,3 +63,21 @@ class PoliteEcho(Bot):
 
     async def farewell(self):
         yield Audio(tone(0.4, hz=660), 8000)
+
+
+class BlockingBot(Bot):
+    """A bot author's mistake: a synchronous wait inside `async def reply` (a blocking STT call, say)."""
+
+    input_rate = 8000
+
+    async def reply(self, turn: Turn):
+        import time
+
+        time.sleep(1.0)  # blocks the event loop: every call stalls
+        yield Audio(turn.audio, turn.sample_rate)
+
+
+def star_inputs_handler(audio, *inputs):
+    """The README's FastRTC-style handler: `*inputs` must not make it wait for inputs on the phone."""
+    rate, samples = audio
+    yield rate, samples.reshape(-1)

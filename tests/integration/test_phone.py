@@ -288,3 +288,26 @@ async def test_a_duplicate_browser_id_is_refused(echo_server):
     assert code == 1008
     result = await holder
     assert result.close_code == 1000, "the first call with that id is untouched"
+
+
+async def test_a_bot_blocking_the_event_loop_is_named_in_the_log(server_factory):
+    server = server_factory(bot="tests.sample_bots:BlockingBot")
+    caller = SimulatedCaller(server.url, [Pause(0.3), Speak(speech(HELLO, RATE)), WaitForReply("heard")])
+    report = await caller.run()
+    assert report.reply_starts, "the call still gets its reply"
+    for _ in range(50):
+        if "event loop has been blocked" in server.logs():
+            break
+        await asyncio.sleep(0.1)
+    line = next(line for line in server.logs().splitlines() if "event loop has been blocked" in line)
+    assert "reply (" in line and "sample_bots.py" in line, line
+    assert f"in call {caller.stream_sid}" in line, line
+
+
+async def test_a_star_inputs_handler_is_answered_without_the_input_wait(server_factory):
+    """FastRTC's `def handler(audio, *inputs)`: on the phone no set_input can come, so no turn waits for one."""
+    server = server_factory(bot="tests.sample_bots:star_inputs_handler", input_timeout_seconds=3)
+    said = speech(HELLO, RATE)
+    report = await simulate(server, [Pause(0.3), Speak(said), WaitForReply("heard")])
+    (latency,) = report.turn_latencies()
+    assert latency < 1.5, f"answered {latency:.2f} s after the speech: the 3 s input wait was not skipped"
