@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 
 class SettingsError(Exception):
@@ -22,6 +23,14 @@ class IceServer(BaseModel):
     urls: str | list[str]
     username: str | None = None
     credential: str | None = None
+
+    @field_validator("urls")
+    @classmethod
+    def _check_urls(cls, value: str | list[str]) -> str | list[str]:
+        for url in [value] if isinstance(value, str) else value:
+            if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ValueError(f"{url!r} is not a stun:, stuns:, turn: or turns: URL")
+        return value
 
 
 class Settings(BaseSettings):
@@ -126,10 +135,14 @@ def load_settings(**overrides: object) -> Settings:
     """Build Settings, turning pydantic's validation error into one readable line per bad variable."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except PydanticSettingsError as exc:  # a structured variable (ICE_SERVERS) that is not JSON
+        field = str(exc).partition('field "')[2].partition('"')[0] or "settings"
+        raise SettingsError(f"invalid settings:\n  {field.upper()}: must be JSON ({exc.__cause__ or exc})") from None
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            variable, *within = [str(part) for part in error["loc"]] or ["settings"]
+            name = variable.upper() + (f" (entry {'.'.join(within)})" if within else "")
             value = error.get("input")
             shown = f" (got {value!r})" if not isinstance(value, dict) else ""
             lines.append(f"{name}: {error['msg']}{shown}")

@@ -52,6 +52,11 @@ def webrtc(services: Services) -> Blueprint:
         tell the browser: without this it notices only when ICE consent expires, ~30 s later)."""
         await asyncio.gather(*(peer.end("server shutting down") for peer in list(live.values())))
 
+    @routes.get("/webrtc/config")
+    async def config() -> tuple[dict[str, Any], int]:
+        """The ICE servers this service uses (ICE_SERVERS), so a browser client relays the same way."""
+        return {"iceServers": [server.model_dump(exclude_none=True) for server in settings.ice_servers]}, 200
+
     @routes.post("/webrtc/offer")
     async def offer() -> tuple[dict[str, Any], int]:
         try:

@@ -11,6 +11,7 @@ import sys
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.integration.clients import browser_call
 from tests.integration.conftest import ROOT, Server
@@ -39,6 +40,26 @@ def test_invalid_settings_stop_startup_with_the_variable_named():
     assert result.returncode == 2 and "VAD_EXIT_THRESHOLD" in result.stderr
     result = run_cli(BOT="no_such_module:thing")
     assert result.returncode == 2 and "BOT" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("value", "says"), [
+    ("stun:stun.example.com:3478", "must be JSON"),  # a URL, not the JSON list
+    ('[{"urls": "http://turn.example.com"}]', "'http://turn.example.com' is not a stun:"),
+    ('[{"urls": ["turn:ok.example.com", "ftp://bad"]}]', "'ftp://bad'"),
+])
+def test_a_bad_ice_servers_value_is_refused_at_start_up_in_one_line(value, says):
+    result = run_cli(ICE_SERVERS=value)
+    assert result.returncode == 2
+    assert "ICE_SERVERS" in result.stderr and says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 2
+
+
+def test_the_softphone_gets_the_ice_servers_of_the_service(server_factory):
+    turn = {"urls": ["turn:turn.example.com:3478"], "username": "u", "credential": "p"}
+    server = server_factory(ice_servers=json.dumps([turn]))
+    assert httpx.get(server.url + "/webrtc/config").json() == {"iceServers": [turn]}
+    script = httpx.get(server.url + "/static/softphone.js").text
+    assert 'fetch("/webrtc/config")' in script and "isSecureContext" in script
 
 
 def test_help_documents_the_commands():

@@ -90,6 +90,13 @@ class Softphone {
   }
 
   async openMicrophone() {
+    if (!window.isSecureContext || !navigator.mediaDevices) {
+      throw new Error(
+        `this browser allows the microphone only on https:// or on localhost, not on ${location.origin}: ` +
+          `open http://localhost:${location.port || 80}/ on the server's machine (or through an SSH tunnel: ` +
+          `ssh -L ${location.port || 80}:localhost:${location.port || 80} server), or serve callbridge over https`,
+      );
+    }
     this.status("asking for the microphone…");
     this.mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
@@ -137,8 +144,10 @@ class Softphone {
 
   async callOverWebRTC(mode) {
     this.status("connecting over WebRTC…");
-    // No STUN or TURN here: a browser reaches the server directly (see README, "WebRTC behind NAT").
-    const pc = (this.pc = new RTCPeerConnection({ iceServers: [] }));
+    // The service's own ICE_SERVERS (none by default: a browser reaches the server directly; README,
+    // "WebRTC behind NAT").
+    const config = await fetch("/webrtc/config").then((response) => response.json());
+    const pc = (this.pc = new RTCPeerConnection({ iceServers: config.iceServers }));
     const channel = pc.createDataChannel("text");
     channel.onmessage = (event) => this.onMessage(JSON.parse(event.data));
     if (mode === "receive") pc.addTransceiver("audio", { direction: "recvonly" });
