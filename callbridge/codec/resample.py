@@ -31,7 +31,7 @@ _HALF_LENGTH_AT_LOW_RATE = (_STOPBAND_DB - 7.95) / (2.285 * 2 * math.pi * _TRANS
 # A block filter's matrix is (block_in + history) x block_out, with block_out a multiple of `up`: 606 x 160 for
 # 22050 -> 8000, 500 x 640 for 22050 -> 32000, but millions of entries for nearly equal coprime rates (8001 ->
 # 8000). Past 2 MiB the phase filter takes over: it stores only up x (history + 1) taps and makes only the
-# needed products, but gathers them per output (~60 µs per 20 ms chunk where a block filter takes ~10-40).
+# needed products, but gathers them per output (60-110 µs per 20 ms chunk where a block filter takes 15-45).
 _MAX_BLOCK_MATRIX = 1 << 19
 # A product of many short rows is one fast GEMM; a few rows against a big matrix run faster as one GEMV each.
 _ROW_BY_ROW_FROM = 1 << 14
