@@ -50,11 +50,13 @@ def stream(resampler: Resampler, samples: np.ndarray, chunk: int) -> np.ndarray:
 def steady(from_rate: int, to_rate: int, freq: float, as_float: bool = False) -> np.ndarray:
     """A 0.25 s tone streamed in 20 ms chunks, without the first 10 ms (delay plus the filter filling up).
 
-    as_float streams it as float32 (scaled back to int16 units), free of int16 rounding: what the filter does.
+    as_float streams it as float32, never rounded to int16 (out in int16 units): what the filter does, not the
+    ~92 dB floor of int16 rounding (which at 11.025 kHz and up would hide the stopband).
     """
     signal = tone(freq, from_rate, 0.25)
     if as_float:
-        signal = (signal / 32768).astype(np.float32)
+        t = np.arange(len(signal)) / from_rate
+        signal = (AMPLITUDE / 32768 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
     out = stream(Resampler(from_rate, to_rate), signal, from_rate * CHUNK_MS // 1000)
     return out[to_rate // 100 :].astype(np.float64) * (32768 if as_float else 1)
 
