@@ -73,14 +73,16 @@ def load_whisper(path: Path) -> WhisperModel:
 
 
 def to_float(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """int16 at any rate the codec resamples to Whisper's float32 at 16 kHz."""
+    """int16 at any rate to Whisper's float32 at 16 kHz."""
     if sample_rate != WHISPER_RATE:
         audio = resample(audio, sample_rate, WHISPER_RATE)
     return np.asarray(audio, dtype=np.float32) / 32768.0
 
 
 class LocalWhisper:
-    """faster-whisper on the CPU; turns are already cut by the VAD, so no VAD filter here."""
+    """faster-whisper on the CPU: greedy, one pass at temperature 0 (the fallback to sampling made a poor
+    transcript random and slower, not better: same WER on the test corpus at 1.5x the time); turns are
+    already cut by the VAD, so no VAD filter here."""
 
     def __init__(self, model_dir: Path | None = None, timeout: float = 10.0) -> None:
         self.model_dir = model_dir or shipped_whisper_model()
@@ -101,8 +103,8 @@ class LocalWhisper:
 
     def _transcribe(self, samples: np.ndarray) -> str:
         segments, _ = load_whisper(self.model_dir).transcribe(
-            samples, language="en", beam_size=1, vad_filter=False, condition_on_previous_text=False,
-            without_timestamps=True,
+            samples, language="en", beam_size=1, temperature=0.0, vad_filter=False,
+            condition_on_previous_text=False, without_timestamps=True,
         )
         return " ".join(segment.text.strip() for segment in segments).strip()
 
