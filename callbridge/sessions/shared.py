@@ -97,6 +97,7 @@ class RedisRegistry:
         self._forget = self.redis.register_script(_FORGET_WORKER)
         self._listener: asyncio.Task[None] | None = None
         self._mirrors: dict[str, asyncio.Task[None]] = {}
+        self._undoing: set[asyncio.Task[None]] = set()
         self.here.on_command("input", self._input_here)
 
     def key(self, kind: str, name: str) -> str:
@@ -128,8 +129,7 @@ class RedisRegistry:
             await self._take(call_id)
         except ServiceUnavailable as exc:
             logger.error("call %s refused: %s", call_id, exc)
-            with contextlib.suppress(ServiceUnavailable):  # in case the claim went through
-                await self._give_back(call_id)
+            self._undo_later(call_id)  # in case the claim went through; the caller is not held for it
             raise
         try:
             session = self.here.open_here(call_id, transport)
@@ -139,6 +139,15 @@ class RedisRegistry:
             raise
         self._mirrors[session.id] = asyncio.get_running_loop().create_task(self._mirror(session))
         return session
+
+    def _undo_later(self, call_id: str) -> None:
+        async def undo() -> None:
+            with contextlib.suppress(ServiceUnavailable):
+                await self._give_back(call_id)
+
+        task = asyncio.get_running_loop().create_task(undo())
+        self._undoing.add(task)
+        task.add_done_callback(self._undoing.discard)
 
     async def close(self, call_id: str) -> None:
         await self.here.close(call_id)
