@@ -23,16 +23,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override PORT")
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor (callbridge.workers)
     call = commands.add_parser(
-        "call", help="simulate a Twilio phone call: play a WAV into /telephone/handler and record the reply",
-        description="Plays WAV into the Twilio handler in real time as Twilio would (webhook, connected, "
-        "start, media, dtmf, stop; marks echoed once heard; buffer emptied on clear), records the bot's "
-        "reply and prints what happened with timings.",
+        "call", help="simulate a Twilio phone call: say a WAV (or --say TEXT) into /telephone/handler",
+        description="Plays the caller's audio into the Twilio handler in real time as Twilio would (webhook, "
+        "connected, start, media, dtmf, stop; marks echoed once heard; buffer emptied on clear): waits for a "
+        "greeting to end, speaks, waits for the reply to be heard, then presses --dtmf digits one by one, each "
+        "answer awaited. Prints a timeline and each reply's latency from the end of the caller's speech "
+        "(trailing silence in the WAV excluded).",
     )
-    call.add_argument("wav", help="mono 16-bit WAV at 8, 16, 24 or 48 kHz: what the caller says")
-    call.add_argument("--url", default="http://127.0.0.1:8000", help="base URL of callbridge (default %(default)s)")
+    call.add_argument("wav", nargs="?", help="what the caller says (or --say): any WAV (PCM 8/16/24/32-bit, float, µ-law or "
+                      "A-law; any rate; stereo is mixed down)")
+    call.add_argument("--say", metavar="TEXT", help="say TEXT with espeak-ng instead of a WAV")
+    call.add_argument("--url", help="base URL of callbridge (default http://127.0.0.1:PORT, PORT from the "
+                      "environment or .env, else 8000)")
     call.add_argument("--out", help="write what the caller heard to this WAV (8 kHz)")
-    call.add_argument("--dtmf", default="", help="digits to press after speaking, e.g. 12#")
-    call.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the reply (default %(default)s)")
+    call.add_argument("--dtmf", default="", help="digits to press once the reply has been heard, e.g. 12#")
+    call.add_argument("--wait", type=float, default=15.0,
+                      help="seconds to wait for a greeting to end, and for the reply (default %(default)s)")
+    call.add_argument("--dtmf-wait", type=float, default=3.0,
+                      help="seconds to wait for each digit's answer (default %(default)s)")
+    call.add_argument("--talk-over", action="store_true",
+                      help="speak 0.3 s into the call, over any greeting, instead of waiting for it to end")
     call.add_argument("--auth-token", default="", help="sign requests with this Twilio auth token")
     call.add_argument("--public-url", default="", help="PUBLIC_URL the server validates signatures against")
     return parser
