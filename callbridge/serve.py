@@ -49,7 +49,8 @@ def make_registry(settings: Settings, worker: int) -> Registry:
 
 def make_services(settings: Settings, worker: int = 0) -> Services:
     """The process's Services; `worker` numbers this process among WORKERS (it names the process in Redis)."""
-    return Services(settings=settings, bot_factory=load_bot(settings.bot), registry=make_registry(settings, worker))
+    bot_factory = load_bot(settings.bot, settings.bot_path)
+    return Services(settings=settings, bot_factory=bot_factory, registry=make_registry(settings, worker))
 
 
 def prepare_resamplers() -> None:

@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     bot: str = "echo"
+    bot_path: str = ""
     concurrency_limit: int = Field(100, ge=1)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"

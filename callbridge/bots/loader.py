@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from functools import partial
 
@@ -24,15 +26,31 @@ class BotLoadError(Exception):
     pass
 
 
-def load_bot(spec: str) -> BotFactory:
+def load_bot(spec: str, search_path: str = "") -> BotFactory:
+    """The factory BOT names; `search_path` (BOT_PATH: folders, os.pathsep-separated) is where your own
+    bot's module may live, besides the current folder and PYTHONPATH."""
     if spec in BUILT_IN:
         return BUILT_IN[spec]
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise BotLoadError(f"BOT must be one of {sorted(BUILT_IN)} or 'package.module:attr', got {spec!r}")
+    for folder in reversed([f for f in search_path.split(os.pathsep) if f]):
+        folder = os.path.abspath(folder)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     try:
-        target = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        where = f"BOT_PATH ({search_path}), " if search_path else ""
+        raise BotLoadError(
+            f"cannot load BOT={spec!r}: {exc}; the module must be importable from {where}the current folder "
+            f"({os.getcwd()}) or PYTHONPATH: set BOT_PATH to the folder that holds {module_name.split('.')[0]}"
+        ) from exc
+    except ImportError as exc:
+        raise BotLoadError(f"cannot load BOT={spec!r}: {exc}") from exc
+    try:
+        target = getattr(module, attr)
+    except AttributeError as exc:
         raise BotLoadError(f"cannot load BOT={spec!r}: {exc}") from exc
     if inspect.isclass(target) and issubclass(target, Bot):
         return target

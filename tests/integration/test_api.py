@@ -136,3 +136,21 @@ def test_call_simulator_cli_reports_an_unreachable_server(tmp_path):
     write_wav(tmp_path / "x.wav", silence(0.5, RATE), RATE)
     result = run_cli("call", str(tmp_path / "x.wav"), "--url", "http://127.0.0.1:9")
     assert result.returncode == 2 and "cannot reach" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_your_own_bot_from_a_folder_outside_the_checkout(tmp_path, server_factory):
+    """A bot in its own folder: BOT_PATH finds it; without it the error says what to set."""
+    folder = tmp_path / "mybots"
+    folder.mkdir()
+    (folder / "parrot.py").write_text(
+        "from callbridge.bots.base import Audio, Bot\n\n"
+        "class Parrot(Bot):\n"
+        "    input_rate = 8000\n\n"
+        "    async def reply(self, turn):\n"
+        "        yield Audio(turn.audio[::-1], turn.sample_rate)\n"
+    )
+    result = run_cli(BOT="parrot:Parrot")
+    assert result.returncode == 2 and "set BOT_PATH" in result.stderr and "Traceback" not in result.stderr
+    server = server_factory(bot="parrot:Parrot", bot_path=str(folder))
+    assert httpx.get(server.url + "/readyz").status_code == 200
+    assert "bot=parrot:Parrot" in server.logs()
