@@ -126,7 +126,10 @@ class FakeOpenAI:
                 await asyncio.sleep(reply.interval)
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:
+            self._ended(sent, len(events), disconnected=True)
+            return response
+        except asyncio.CancelledError:
             self._ended(sent, len(events), disconnected=True)
             raise
         self._ended(sent, len(events), disconnected=False)

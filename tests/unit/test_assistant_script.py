@@ -62,7 +62,8 @@ async def test_intents(brain: ScriptBrain, heard: str, intent: str) -> None:
     assert await respond(brain, said(heard)) == [ANSWERS[intent]]
 
 
-@pytest.mark.parametrize("heard", ["That's all, thanks, bye!", "Okay, goodbye.", "No, nothing else, bye."])
+@pytest.mark.parametrize("heard", ["That's all, thanks, bye!", "Okay, goodbye.", "No, nothing else, bye.",
+                                   "Goodbye, thank you.", "Thanks, bye."])
 async def test_goodbye_ends_the_call(brain: ScriptBrain, heard: str) -> None:
     assert await respond(brain, said(heard)) == [ANSWERS["goodbye"], EndCallAction()]
 

@@ -159,6 +159,7 @@ class AssistantBot(Bot):
         self._log: list[dict[str, str] | _Reply] = []
         self._unheard: dict[str, tuple[_Sentence, _Reply]] = {}
         self._mark_numbers = itertools.count(1)
+        self._speaking: _Reply | None = None
 
     @property
     def history(self) -> list[dict[str, str]]:
@@ -216,10 +217,13 @@ class AssistantBot(Bot):
             sentence.heard = True
 
     def on_interrupted(self) -> None:
-        """Every sentence not heard by now never will be: the replies they belong to were cut off."""
+        """Every sentence not heard by now never will be: the replies they belong to were cut off, and so
+        is the reply still being made."""
         for _, reply in self._unheard.values():
             reply.interrupted = True
         self._unheard.clear()
+        if self._speaking is not None:
+            self._speaking.interrupted = True
 
     # -- a reply, stage by stage -----------------------------------------------------------------------
 
@@ -254,41 +258,55 @@ class AssistantBot(Bot):
 
     async def _speak(self, sentences: AsyncGenerator[str | Action, None], reply: _Reply,
                      timings: TurnTimings | None = None) -> AsyncIterator[BotOutput]:
-        """Say each sentence as it comes; a provider failure ends the reply with the apology."""
-        end_call = False
+        """Say each sentence as it comes; a provider failure ends the reply with the apology.
+
+        A reply stopped before its end (barge-in: the runtime closes or cancels it) counts as interrupted.
+        """
+        end_call = finished = False
+        self._speaking = reply
         try:
-            async with aclosing(sentences):
-                async for item in sentences:
-                    if isinstance(item, EndCallAction):
-                        end_call = True
-                    elif isinstance(item, ToolCall):
-                        logger.warning("call %s: the brain called %s, which this call does not offer",
-                                       self.call.call_id, item.name,
-                                       extra={"event": "assistant_unknown_tool", "call_id": self.call.call_id})
-                    else:
-                        async for output in self._say(item, reply, timings):
-                            yield output
-            if end_call and not reply.sentences:
-                async for output in self._say(GOODBYE, reply, timings):
+            try:
+                async with aclosing(sentences):
+                    async for item in sentences:
+                        if isinstance(item, EndCallAction):
+                            end_call = True
+                        elif isinstance(item, ToolCall):
+                            logger.warning("call %s: the brain called %s, which this call does not offer",
+                                           self.call.call_id, item.name,
+                                           extra={"event": "assistant_unknown_tool", "call_id": self.call.call_id})
+                        else:
+                            async for output in self._say(item, reply, timings):
+                                yield output
+                if end_call and not reply.sentences:
+                    async for output in self._say(GOODBYE, reply, timings):
+                        yield output
+            except StageError as exc:
+                self._report(exc)
+                async for output in self._apologise(reply):
                     yield output
-        except StageError as exc:
-            self._report(exc)
-            async for output in self._apologise(reply):
-                yield output
+            finished = True
+        finally:
+            self._speaking = None
+            if not finished:
+                reply.interrupted = True
         if end_call:
             yield EndCall()
 
     async def _say(self, text: str, reply: _Reply, timings: TurnTimings | None) -> AsyncIterator[BotOutput]:
-        yield AdditionalOutputs({"role": "assistant", "text": text})
-        sentence = self._add_sentence(text, reply)
+        """One sentence: its transcript once its first audio exists, the audio, then its mark."""
+        sentence: _Sentence | None = None
         asked = time.perf_counter()
         async with aclosing(self.stages.tts.synthesize(text)) as chunks:
             async for chunk in chunks:
-                if timings is not None and timings.tts_first_audio_seconds is None:
-                    timings.tts_first_audio_seconds = time.perf_counter() - asked
-                    timings.first_audio_seconds = time.perf_counter() - timings.started
+                if sentence is None:
+                    if timings is not None and timings.tts_first_audio_seconds is None:
+                        timings.tts_first_audio_seconds = time.perf_counter() - asked
+                        timings.first_audio_seconds = time.perf_counter() - timings.started
+                    sentence = self._add_sentence(text, reply)
+                    yield AdditionalOutputs({"role": "assistant", "text": text})
                 yield chunk
-        yield Mark(sentence.mark)
+        if sentence is not None:
+            yield Mark(sentence.mark)
 
     async def _apologise(self, reply: _Reply) -> AsyncIterator[BotOutput]:
         try:

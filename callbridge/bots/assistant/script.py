@@ -21,7 +21,8 @@ from callbridge.bots.assistant.brain import END_CALL, INTERRUPTED, Action, EndCa
 SHIPPED_SCRIPT = Path(__file__).parent / "data" / "harbor_dental.yaml"
 #: An intent scoring less than this leaves the answer to the fallback.
 MIN_SCORE = 1.0
-#: The most the closest example question adds to an intent's score (when every one of its words is heard).
+#: The most the closest example question adds to an intent's score: when all its words (at least two:
+#: a one-word example adds half) are heard.
 EXAMPLE_WEIGHT = 2.0
 #: Words this long or longer match a keyword spelled slightly differently ("apointment").
 FUZZY_MIN_LENGTH = 5
@@ -82,7 +83,7 @@ class Intent:
     def score(self, heard: Sequence[str]) -> float:
         found = sum(1 for keyword in self.keywords if _contains(heard, keyword))
         closest = max(
-            (sum(1 for word in example if any(_same(h, word) for h in heard)) / len(example)
+            (sum(1 for word in example if any(_same(h, word) for h in heard)) / max(len(example), 2)
              for example in self.examples),
             default=0.0,
         )

@@ -1,0 +1,247 @@
+"""AssistantBot end to end: offline (local Whisper, the shipped dialog file, espeak-ng) and with OpenAI-style
+providers on a local server (barge-in, failures, timings)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import numpy as np
+import pytest
+import yaml
+
+from callbridge.bots.assistant import AssistantConfig, AssistantFactory, Stages, assistant_factory
+from callbridge.bots.assistant.bot import APOLOGY, AssistantBot
+from callbridge.bots.assistant.brain import INTERRUPTED
+from callbridge.bots.assistant.script import SHIPPED_SCRIPT, ScriptBrain
+from callbridge.bots.assistant.stt import LocalWhisper
+from callbridge.bots.assistant.tts import EspeakTTS
+from callbridge.bots.base import AdditionalOutputs, Audio, BotOutput, CallInfo, EndCall, Mark, Turn
+from tests.assistant_fixtures import ChatReply, FakeOpenAI, phone_speech
+from tests.speech import silence
+from tests.unit.test_assistant_stt import words
+
+ANSWERS = {intent["name"]: " ".join(intent["answer"].split())
+           for intent in yaml.safe_load(SHIPPED_SCRIPT.read_text())["intents"]}
+SYSTEM = "You are the Harbor Dental assistant."
+CALL = CallInfo(call_id="call-1", transport="test")
+
+
+@pytest.fixture(scope="module")
+def whisper() -> LocalWhisper:
+    stt = LocalWhisper()
+    stt.load()
+    return stt
+
+
+@pytest.fixture(scope="module")
+def offline(whisper: LocalWhisper) -> Stages:
+    return Stages(whisper, ScriptBrain.from_file(), EspeakTTS())
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeOpenAI]:
+    fake = FakeOpenAI()
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+def online(server: FakeOpenAI, **settings: str) -> AssistantFactory:
+    """A factory wired from settings as the service reads them: every provider on the local server."""
+    return assistant_factory(AssistantConfig.from_env({
+        "STT_BASE_URL": server.base_url, "LLM_BASE_URL": server.base_url, "LLM_MODEL": "test-model",
+        "LLM_API_KEY": "sk-test", "SYSTEM_PROMPT": SYSTEM, **settings,
+    }))
+
+
+async def collect(outputs: AsyncIterator[BotOutput]) -> list[BotOutput]:
+    return [item async for item in outputs]
+
+
+def said(outputs: list[BotOutput], role: str) -> list[str]:
+    return [item.args[0]["text"] for item in outputs
+            if isinstance(item, AdditionalOutputs) and item.args[0]["role"] == role]
+
+
+def audio_of(outputs: list[BotOutput]) -> Audio:
+    chunks = [item for item in outputs if isinstance(item, Audio)]
+    assert chunks, "no audio"
+    assert len({chunk.sample_rate for chunk in chunks}) == 1
+    return Audio(np.concatenate([chunk.samples for chunk in chunks]), chunks[0].sample_rate)
+
+
+def marks(outputs: list[BotOutput]) -> list[str]:
+    return [item.name for item in outputs if isinstance(item, Mark)]
+
+
+def hear_all(bot: AssistantBot, outputs: list[BotOutput]) -> None:
+    for name in marks(outputs):
+        bot.on_heard(name)
+
+
+async def test_offline_turn_answers_the_question_aloud(offline: Stages, whisper: LocalWhisper) -> None:
+    bot = AssistantBot(CALL, offline)
+    greeting = await collect(bot.greet())
+    assert said(greeting, "assistant")[0].startswith("Thank you for calling Harbor Dental.")
+    hear_all(bot, greeting)
+
+    outputs = await collect(bot.reply(Turn(phone_speech("What time do you open tomorrow?"), 16000)))
+    assert {"open", "tomorrow"} <= set(words(said(outputs, "user")[0]))
+    assert " ".join(said(outputs, "assistant")) == ANSWERS["hours"]
+    # Each sentence: its transcript, its audio, then its mark.
+    kinds = [type(item).__name__ for item in outputs if not isinstance(item, Audio)]
+    assert kinds == ["AdditionalOutputs"] + ["AdditionalOutputs", "Mark"] * len(said(outputs, "assistant"))
+    first = len(marks(greeting)) + 1  # mark names run on through the call
+    assert marks(outputs) == [f"s{n}" for n in range(first, first + len(said(outputs, "assistant")))]
+
+    spoken = audio_of(outputs)
+    assert spoken.sample_rate == 22050
+    heard = set(words(await whisper.transcribe(spoken.samples, spoken.sample_rate)))
+    assert len(heard & {"monday", "friday", "saturday", "sundays", "morning", "evening", "closed"}) >= 4, heard
+
+    hear_all(bot, outputs)
+    assert bot.history[-2:] == [{"role": "user", "content": said(outputs, "user")[0]},
+                                {"role": "assistant", "content": ANSWERS["hours"]}]
+    timings = bot.last_timings
+    assert timings is not None and timings.stt_seconds is not None and timings.stt_seconds > 0
+    assert timings.llm_first_token_seconds is not None and timings.tts_first_audio_seconds is not None
+    assert timings.first_audio_seconds is not None and timings.first_audio_seconds >= timings.stt_seconds
+
+
+async def test_goodbye_is_said_then_the_call_ends(offline: Stages) -> None:
+    outputs = await collect(AssistantBot(CALL, offline).reply(Turn(phone_speech("Goodbye, thank you."), 16000)))
+    assert " ".join(said(outputs, "assistant")) == ANSWERS["goodbye"]
+    assert isinstance(outputs[-1], EndCall) and isinstance(outputs[-2], Mark)
+
+
+async def test_keypad_goes_to_the_brain(offline: Stages) -> None:
+    bot = AssistantBot(CALL, offline)
+    outputs = await collect(bot.on_dtmf("2"))
+    assert said(outputs, "user") == ["(pressed 2)"]
+    assert " ".join(said(outputs, "assistant")) == ANSWERS["address"]
+    assert bot.history[0] == {"role": "user", "content": "(pressed 2)"}
+    outputs = await collect(bot.on_dtmf("#"))
+    assert isinstance(outputs[-1], EndCall)
+
+
+async def test_silence_gets_no_answer(offline: Stages) -> None:
+    bot = AssistantBot(CALL, offline)
+    assert await collect(bot.reply(Turn(silence(1.0, 16000), 16000))) == []
+    assert bot.history == []
+
+
+async def test_unheard_sentences_stay_out_of_the_history(offline: Stages) -> None:
+    bot = AssistantBot(CALL, offline)
+    outputs = await collect(bot.on_dtmf("1"))
+    assert bot.history == [{"role": "user", "content": "(pressed 1)"}]  # nothing heard yet
+    bot.on_heard(marks(outputs)[0])
+    assert bot.history[-1] == {"role": "assistant", "content": said(outputs, "assistant")[0]}
+    bot.on_interrupted()
+    assert bot.history[-1] == {"role": "assistant", "content": f"{said(outputs, 'assistant')[0]} {INTERRUPTED}"}
+
+
+async def test_barge_in_keeps_only_what_was_heard_and_closes_the_llm_stream(server: FakeOpenAI) -> None:
+    bot = online(server)(CALL)
+    server.transcripts.append("Tell me everything about your practice.")
+    server.chat_replies.append(ChatReply([f"Sentence number {n}. " for n in range(1, 41)], interval=0.05))
+    outputs: list[BotOutput] = []
+    async with aclosing(bot.reply(Turn(phone_speech("Tell me everything."), 16000))) as reply:
+        async for item in reply:
+            outputs.append(item)
+            if isinstance(item, Mark):
+                break
+        bot.on_heard(item.name)  # the caller heard the first sentence, then spoke over the second
+        bot.on_interrupted()
+    stopped = asyncio.get_running_loop().time()
+    await asyncio.wait_for(server.stream_ended.wait(), 2.0)
+    (stream,) = server.streams
+    assert stream.disconnected and stream.sent < stream.total // 2
+    assert said(outputs, "assistant") == ["Sentence number 1."]
+    assert audio_of(outputs).samples.size > 0
+
+    server.transcripts.append("What about Saturday?")
+    server.chat_replies.append(ChatReply(["We open at 9 on Saturday."]))
+    outputs = await collect(bot.reply(Turn(phone_speech("What about Saturday?"), 16000)))
+    assert said(outputs, "assistant") == ["We open at 9 on Saturday."]
+    assert server.chats()[-1].body["messages"] == [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Tell me everything about your practice."},
+        {"role": "assistant", "content": f"Sentence number 1. {INTERRUPTED}"},
+        {"role": "user", "content": "What about Saturday?"},
+    ]
+    assert asyncio.get_running_loop().time() - stopped < 5
+
+
+async def test_llm_tool_call_ends_the_call_after_its_goodbye(server: FakeOpenAI) -> None:
+    bot = online(server)(CALL)
+    server.transcripts.append("That's all, bye.")
+    server.chat_replies.append(ChatReply(["Goodbye, and thanks for calling!"], tool_calls=[("end_call", "{}")]))
+    outputs = await collect(bot.reply(Turn(phone_speech("That's all, bye."), 16000)))
+    assert said(outputs, "assistant") == ["Goodbye, and thanks for calling!"]
+    assert isinstance(outputs[-1], EndCall)
+    assert server.chats()[-1].body["tools"][0]["function"]["name"] == "end_call"
+
+
+@pytest.mark.parametrize(("stage", "fault", "said_in_log"), [
+    ("llm", ChatReply(status=401), "HTTP 401: Incorrect API key provided."),
+    ("llm", ChatReply(status=429), "HTTP 429: Rate limit reached for requests."),
+    ("llm", ChatReply(status=500), "HTTP 500"),
+    ("llm", ChatReply(["Too late."], delay=3.0), "nothing within 0.5 s"),
+    ("stt", 401, "HTTP 401: Incorrect API key provided."),
+    ("tts", 500, "HTTP 500"),
+])
+async def test_a_failing_provider_costs_one_apology_and_one_log_line(
+    server: FakeOpenAI, caplog: pytest.LogCaptureFixture, stage: str, fault: object, said_in_log: str,
+) -> None:
+    factory = online(server, LLM_TIMEOUT_SECONDS="0.5", TTS_BASE_URL=server.base_url)
+    await factory.prepare()  # the apology, synthesised locally before any call
+    bot = factory(CALL)
+    server.transcripts.append(401 if stage == "stt" else "What time do you open?")
+    if stage == "llm":
+        server.chat_replies.append(fault)  # type: ignore[arg-type]
+    if stage == "tts":
+        server.speech_statuses.append(500)
+    with caplog.at_level(logging.INFO, logger="callbridge.assistant"):
+        outputs = await collect(bot.reply(Turn(phone_speech("What time do you open?"), 16000)))
+    assert said(outputs, "assistant") == [APOLOGY]
+    assert audio_of(outputs).sample_rate == 22050  # espeak-ng, even when the speech provider is the one failing
+    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1
+    assert warnings[0].name == "callbridge.assistant"
+    assert f"assistant {stage} stage failed" in warnings[0].getMessage()
+    assert said_in_log in warnings[0].getMessage() and server.base_url in warnings[0].getMessage()
+    assert warnings[0].call_id == "call-1" and warnings[0].stage == stage  # type: ignore[attr-defined]
+
+    # The call goes on: the next turn is answered.
+    server.transcripts.append("Hello?")
+    server.chat_replies.append(ChatReply(["Hello again."]))
+    outputs = await collect(bot.reply(Turn(phone_speech("Hello?"), 16000)))
+    assert said(outputs, "assistant") == ["Hello again."]
+    assert audio_of(outputs).sample_rate == 24000  # the speech provider's PCM
+
+
+async def test_each_turn_logs_its_timings(server: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
+    bot = online(server)(CALL)
+    server.transcripts.append("Hi.")
+    server.chat_replies.append(ChatReply(["Hello.", " How can I help?"], interval=0.05))
+    with caplog.at_level(logging.INFO, logger="callbridge.assistant"):
+        await collect(bot.reply(Turn(phone_speech("Hi."), 16000)))
+    (record,) = [r for r in caplog.records if getattr(r, "event", None) == "assistant_turn"]
+    assert record.call_id == "call-1"  # type: ignore[attr-defined]
+    timings = bot.last_timings
+    assert timings is not None
+    assert record.llm_first_token_seconds == round(timings.llm_first_token_seconds or -1, 3)  # type: ignore[attr-defined]
+    assert 0 < (timings.stt_seconds or 0) < (timings.first_audio_seconds or 0) < 2
+    assert 0 < (timings.tts_first_audio_seconds or 0) < 1
+
+
+async def test_factory_shares_the_stages_between_calls(offline: Stages) -> None:
+    factory = assistant_factory(AssistantConfig())
+    one, two = factory(CALL), factory(CallInfo("call-2", "test"))
+    assert one.stages is two.stages
+    assert isinstance(one.stages.stt, LocalWhisper) and isinstance(one.stages.brain, ScriptBrain)
+    assert isinstance(one.stages.tts, EspeakTTS)
+    assert one.stages.greeting.startswith("Thank you for calling Harbor Dental.")
