@@ -47,6 +47,7 @@ class Services:
     vad: VadBatcher | None = None
     draining: bool = False
     calls: dict[str, Call] = field(default_factory=dict)
+    problem: str = ""  # why the service cannot take calls at all (the bot could not start); /readyz says it
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -59,6 +60,8 @@ class Services:
     async def admission(self) -> Admission:
         """The one rule for new calls: not before the models are loaded, not while draining, not without the
         shared registry, not beyond CONCURRENCY_LIMIT."""
+        if self.problem:
+            return Admission("unavailable", reason=self.problem)
         if self.vad is None:
             return Admission("starting", reason="starting")
         if self.draining:

@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     public_url: str = ""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
-    bot: str = "echo"
+    bot: str = "assistant"
     bot_path: str = ""
     concurrency_limit: int = Field(100, ge=1)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
@@ -58,7 +58,6 @@ class Settings(BaseSettings):
     twilio_auth_token: str = ""
     twilio_account_sid: str = ""
     call_token_secret: str = ""
-    greeting: str = ""
 
     # --- turn-taking --------------------------------------------------------------------------------
     vad_backend: Literal["onnx", "torch"] = "onnx"

@@ -1,7 +1,8 @@
 """Resolve the BOT setting to a factory that makes one bot per call.
 
-`BOT=echo` is the built-in echo bot; `BOT=package.module:attr` names a `Bot` subclass, or a plain
-FastRTC-style handler function (wrapped in `FunctionBot`).
+`BOT=assistant` is the conversational assistant (callbridge.bots.assistant), `BOT=echo` the echo bot;
+`BOT=package.module:attr` names a `Bot` subclass, or a plain FastRTC-style handler function (wrapped in
+`FunctionBot`). A factory may have `async prepare()`: the service runs it before it reports ready.
 """
 
 from __future__ import annotations
@@ -19,7 +20,23 @@ from callbridge.bots.function import FunctionBot
 
 BotFactory = Callable[[CallInfo], Bot]
 
-BUILT_IN: dict[str, BotFactory] = {"echo": EchoBot}
+
+
+def _assistant() -> BotFactory:
+    """The assistant, imported only when chosen: its stages load Whisper, a TTS engine and maybe an HTTP client.
+    Its settings come from the environment and `.env`, like the service's own."""
+    from dotenv import dotenv_values
+
+    from callbridge.bots.assistant import AssistantConfig, AssistantConfigError, assistant_factory
+
+    env = {**{k: v for k, v in dotenv_values(".env").items() if v is not None}, **os.environ}
+    try:
+        return assistant_factory(AssistantConfig.from_env(env))
+    except AssistantConfigError as exc:
+        raise BotLoadError(str(exc)) from None
+
+
+BUILT_IN: dict[str, Callable[[], BotFactory]] = {"echo": lambda: EchoBot, "assistant": _assistant}
 
 
 class BotLoadError(Exception):
@@ -30,7 +47,7 @@ def load_bot(spec: str, search_path: str = "") -> BotFactory:
     """The factory BOT names; `search_path` (BOT_PATH: folders, os.pathsep-separated) is where your own
     bot's module may live, besides the current folder and PYTHONPATH."""
     if spec in BUILT_IN:
-        return BUILT_IN[spec]
+        return BUILT_IN[spec]()
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise BotLoadError(f"BOT must be one of {sorted(BUILT_IN)} or 'package.module:attr', got {spec!r}")

@@ -38,6 +38,14 @@ def create_app(services: Services) -> Quart:
         if not settings.public_url:
             log.warning("PUBLIC_URL is not set: Twilio stream URLs are built from each webhook's Host header")
         model = await asyncio.to_thread(load_vad, settings.vad_backend)
+        prepare = getattr(services.bot_factory, "prepare", None)
+        if prepare is not None:
+            try:
+                await prepare()
+            except Exception as exc:  # a model missing, a provider URL that cannot work: say so, stay unready
+                services.problem = f"BOT={settings.bot} cannot start: {exc}"
+                log.error("%s", services.problem)
+                return
         services.vad = VadBatcher(model, on_batch=services.metrics.vad_batch, in_thread=settings.vad_in_thread)
         log.info("ready: bot=%s vad=%s (%s) limit=%d", settings.bot, settings.vad_backend,
                  "own thread" if settings.vad_in_thread else "on the event loop", settings.concurrency_limit)

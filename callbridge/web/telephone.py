@@ -43,8 +43,6 @@ def telephone(services: Services) -> Blueprint:
             logger.warning("webhook for %s rejected: %s", call_sid, admission.reason)
             response.reject(reason="busy")
             return Response(str(response), mimetype="text/xml")
-        if settings.greeting:
-            response.say(settings.greeting)
         stream = Stream(url=stream_url(base))
         secret = token_secret(settings.call_token_secret, settings.twilio_auth_token)
         stream.parameter(name="token", value=call_token(secret, call_sid))

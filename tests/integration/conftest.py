@@ -22,7 +22,8 @@ class Server:
         self.port = int(env.get("PORT") or free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "INFO", **env}
+        full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "INFO", "BOT": "echo",
+                    **env}
         full_env = {k: v.replace("{port}", str(self.port)) for k, v in full_env.items()}
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([sys.executable, "-m", "callbridge"], cwd=ROOT, env=full_env,

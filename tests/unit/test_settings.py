@@ -15,8 +15,9 @@ NAMES = {name.upper() for name in Settings.model_fields}
 
 def test_defaults_are_safe_for_a_first_run(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.delenv("BOT", raising=False)
     settings = load_settings()
-    assert (settings.host, settings.port, settings.bot) == ("127.0.0.1", 8000, "echo")
+    assert (settings.host, settings.port, settings.bot) == ("127.0.0.1", 8000, "assistant")
     assert 500 <= settings.pause_ms <= 800
     assert settings.vad_exit_threshold < settings.vad_enter_threshold
 
