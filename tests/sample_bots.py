@@ -81,3 +81,33 @@ def star_inputs_handler(audio, *inputs):
     """The README's FastRTC-style handler: `*inputs` must not make it wait for inputs on the phone."""
     rate, samples = audio
     yield rate, samples.reshape(-1)
+
+
+class EchoKeypadBot(KeypadBot):
+    """Echoes turns and answers digits as KeypadBot does: a call with both a spoken reply and DTMF."""
+
+    async def reply(self, turn: Turn):
+        yield Audio(turn.audio, turn.sample_rate)
+
+
+class GreeterBot(Bot):
+    """Greets every caller with 2 s of tone, then echoes their turns: a caller should wait for it to end."""
+
+    input_rate = 8000
+
+    async def greet(self):
+        yield Audio(tone(2.0, hz=523), 8000)
+
+    async def reply(self, turn: Turn):
+        yield Audio(turn.audio, turn.sample_rate)
+
+
+class TtsRatesBot(Bot):
+    """Answers each turn as TTS engines speak: a 440 Hz tone at 22050 Hz, then an 880 Hz one at 44100 Hz."""
+
+    input_rate = 8000
+
+    async def reply(self, turn: Turn):
+        for rate, hz in ((22050, 440.0), (44100, 880.0)):
+            t = np.arange(int(0.5 * rate)) / rate
+            yield Audio((0.4 * np.sin(2 * np.pi * hz * t)).astype(np.float32), rate)

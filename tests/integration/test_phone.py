@@ -311,3 +311,15 @@ async def test_a_star_inputs_handler_is_answered_without_the_input_wait(server_f
     report = await simulate(server, [Pause(0.3), Speak(said), WaitForReply("heard")])
     (latency,) = report.turn_latencies()
     assert latency < 1.5, f"answered {latency:.2f} s after the speech: the 3 s input wait was not skipped"
+
+
+async def test_bot_audio_at_22050_and_44100_hz_is_heard_on_the_phone(server_factory):
+    server = server_factory(bot="tests.sample_bots:TtsRatesBot")
+    report = await simulate(server, [Pause(0.3), Speak(speech(HELLO, RATE)), WaitForReply("heard")])
+    heard = report.heard_audio.astype(np.float32)
+    assert len(heard) >= 0.95 * RATE, f"heard {len(heard) / RATE:.2f} s of the 1 s reply"
+    start = int(np.argmax(np.abs(heard) > 1000))
+    for offset, hz in ((0.1, 440.0), (0.6, 880.0)):
+        piece = heard[start + int(offset * RATE) : start + int((offset + 0.3) * RATE)]
+        spectrum = np.abs(np.fft.rfft(piece * np.hanning(len(piece))))
+        assert abs(np.argmax(spectrum) * RATE / len(piece) - hz) < 15, f"the {hz:.0f} Hz part kept its pitch"
