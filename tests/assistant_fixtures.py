@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -26,6 +27,11 @@ ERROR_KINDS = {
     429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
     500: ("The server had an error while processing your request.", "server_error", None),
 }
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words, for comparing what was said with what was heard."""
+    return re.findall(r"[a-z']+", text.lower())
 
 
 def phone_speech(text: str, voice: str = "en-us") -> np.ndarray:

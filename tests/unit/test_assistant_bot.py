@@ -19,9 +19,8 @@ from callbridge.bots.assistant.script import SHIPPED_SCRIPT, ScriptBrain
 from callbridge.bots.assistant.stt import LocalWhisper
 from callbridge.bots.assistant.tts import EspeakTTS
 from callbridge.bots.base import AdditionalOutputs, Audio, BotOutput, CallInfo, EndCall, Mark, Turn
-from tests.assistant_fixtures import ChatReply, FakeOpenAI, phone_speech
+from tests.assistant_fixtures import ChatReply, FakeOpenAI, phone_speech, words
 from tests.speech import silence
-from tests.unit.test_assistant_stt import words
 
 ANSWERS = {intent["name"]: " ".join(intent["answer"].split())
            for intent in yaml.safe_load(SHIPPED_SCRIPT.read_text())["intents"]}

@@ -4,7 +4,6 @@ and OpenAI's transcription endpoint as a local server speaks it."""
 from __future__ import annotations
 
 import io
-import re
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from callbridge.bots.assistant.stage import StageError
 from callbridge.bots.assistant.stt import LocalWhisper, OpenAITranscription, check_model_dir, shipped_whisper_model
-from tests.assistant_fixtures import FakeOpenAI, phone_speech
+from tests.assistant_fixtures import FakeOpenAI, phone_speech, words
 from tests.speech import silence, speech
 
 #: Things callers say; spoken in three espeak-ng voices, ten each.
@@ -38,10 +37,6 @@ VOICES = ["en-us", "en", "en+m3"]
 #: Measured 0.45 on this corpus (espeak-ng's robotic voices through the 8 kHz phone band are hard for
 #: tiny.en: the same sentences at 16 kHz give about 0.06); the bound leaves room for run-to-run noise.
 WER_BOUND = 0.55
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"[a-z']+", text.lower())
 
 
 def edit_distance(said: list[str], heard: list[str]) -> int:

@@ -180,15 +180,17 @@ class AssistantBot(Bot):
     async def reply(self, turn: Turn) -> AsyncIterator[BotOutput]:
         timings = self.last_timings = TurnTimings()
         try:
+            failure: StageError | None = None
             try:
                 text = await self.stages.stt.transcribe(turn.audio, turn.sample_rate)
             except StageError as exc:
-                self._report(exc)
+                failure, text = exc, ""
+            timings.stt_seconds = time.perf_counter() - timings.started
+            if failure is not None:
+                self._report(failure)
                 async for item in self._apologise(self._new_reply()):
                     yield item
                 return
-            finally:
-                timings.stt_seconds = time.perf_counter() - timings.started
             if not text:
                 return
             yield AdditionalOutputs({"role": "user", "text": text})

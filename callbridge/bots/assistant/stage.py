@@ -7,7 +7,7 @@ one log line, and the call goes on.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -23,7 +23,9 @@ class StageError(Exception):
         self.detail = detail
 
 
-async def first_within(items: AsyncGenerator[T, None], seconds: float, stage: str, provider: str) -> AsyncIterator[T]:
+async def first_within(
+    items: AsyncGenerator[T, None], seconds: float, stage: str, provider: str
+) -> AsyncGenerator[T, None]:
     """`items`, failing with a StageError when the first one takes longer than `seconds`; closes `items`."""
     try:
         try:
