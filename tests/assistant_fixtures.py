@@ -14,7 +14,7 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from aiohttp import web
@@ -22,11 +22,28 @@ from aiohttp import web
 from callbridge.codec import resample
 from tests.speech import speech
 
+T = TypeVar("T")
+
 ERROR_KINDS = {
     401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
     429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
     500: ("The server had an error while processing your request.", "server_error", None),
 }
+
+
+class Providers:
+    """Provider objects a test made, closed at its end (their HTTP clients must not outlive the test's loop)."""
+
+    def __init__(self) -> None:
+        self._made: list[Any] = []
+
+    def add(self, provider: T) -> T:
+        self._made.append(provider)
+        return provider
+
+    async def aclose(self) -> None:
+        for provider in self._made:
+            await provider.aclose()
 
 
 def words(text: str) -> list[str]:

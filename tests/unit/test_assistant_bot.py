@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
 import numpy as np
@@ -19,13 +19,14 @@ from callbridge.bots.assistant.script import SHIPPED_SCRIPT, ScriptBrain
 from callbridge.bots.assistant.stt import LocalWhisper
 from callbridge.bots.assistant.tts import EspeakTTS
 from callbridge.bots.base import AdditionalOutputs, Audio, BotOutput, CallInfo, EndCall, Mark, Turn
-from tests.assistant_fixtures import ChatReply, FakeOpenAI, phone_speech, words
+from tests.assistant_fixtures import ChatReply, FakeOpenAI, Providers, phone_speech, words
 from tests.speech import silence
 
 ANSWERS = {intent["name"]: " ".join(intent["answer"].split())
            for intent in yaml.safe_load(SHIPPED_SCRIPT.read_text())["intents"]}
 SYSTEM = "You are the Harbor Dental assistant."
 CALL = CallInfo(call_id="call-1", transport="test")
+Online = Callable[..., AssistantFactory]
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,19 @@ async def server() -> AsyncIterator[FakeOpenAI]:
     await fake.stop()
 
 
-def online(server: FakeOpenAI, **settings: str) -> AssistantFactory:
-    """A factory wired from settings as the service reads them: every provider on the local server."""
-    return assistant_factory(AssistantConfig.from_env({
-        "STT_BASE_URL": server.base_url, "LLM_BASE_URL": server.base_url, "LLM_MODEL": "test-model",
-        "LLM_API_KEY": "sk-test", "SYSTEM_PROMPT": SYSTEM, **settings,
-    }))
+@pytest.fixture
+async def online(server: FakeOpenAI) -> AsyncIterator[Online]:
+    """Factories wired from settings as the service reads them: every provider on the local server."""
+    providers = Providers()
+
+    def make(**settings: str) -> AssistantFactory:
+        return providers.add(assistant_factory(AssistantConfig.from_env({
+            "STT_BASE_URL": server.base_url, "LLM_BASE_URL": server.base_url, "LLM_MODEL": "test-model",
+            "LLM_API_KEY": "sk-test", "SYSTEM_PROMPT": SYSTEM, **settings,
+        })))
+
+    yield make
+    await providers.aclose()
 
 
 async def collect(outputs: AsyncIterator[BotOutput]) -> list[BotOutput]:
@@ -142,8 +150,8 @@ async def test_unheard_sentences_stay_out_of_the_history(offline: Stages) -> Non
     assert bot.history[-1] == {"role": "assistant", "content": f"{said(outputs, 'assistant')[0]} {INTERRUPTED}"}
 
 
-async def test_barge_in_keeps_only_what_was_heard_and_closes_the_llm_stream(server: FakeOpenAI) -> None:
-    bot = online(server)(CALL)
+async def test_barge_in_keeps_only_what_was_heard_and_closes_the_llm_stream(server: FakeOpenAI, online: Online) -> None:
+    bot = online()(CALL)
     server.transcripts.append("Tell me everything about your practice.")
     server.chat_replies.append(ChatReply([f"Sentence number {n}. " for n in range(1, 41)], interval=0.05))
     outputs: list[BotOutput] = []
@@ -174,8 +182,8 @@ async def test_barge_in_keeps_only_what_was_heard_and_closes_the_llm_stream(serv
     assert asyncio.get_running_loop().time() - stopped < 5
 
 
-async def test_llm_tool_call_ends_the_call_after_its_goodbye(server: FakeOpenAI) -> None:
-    bot = online(server)(CALL)
+async def test_llm_tool_call_ends_the_call_after_its_goodbye(server: FakeOpenAI, online: Online) -> None:
+    bot = online()(CALL)
     server.transcripts.append("That's all, bye.")
     server.chat_replies.append(ChatReply(["Goodbye, and thanks for calling!"], tool_calls=[("end_call", "{}")]))
     outputs = await collect(bot.reply(Turn(phone_speech("That's all, bye."), 16000)))
@@ -193,9 +201,10 @@ async def test_llm_tool_call_ends_the_call_after_its_goodbye(server: FakeOpenAI)
     ("tts", 500, "HTTP 500"),
 ])
 async def test_a_failing_provider_costs_one_apology_and_one_log_line(
-    server: FakeOpenAI, caplog: pytest.LogCaptureFixture, stage: str, fault: object, said_in_log: str,
+    server: FakeOpenAI, online: Online, caplog: pytest.LogCaptureFixture, stage: str, fault: object,
+    said_in_log: str,
 ) -> None:
-    factory = online(server, LLM_TIMEOUT_SECONDS="0.5", TTS_BASE_URL=server.base_url)
+    factory = online(LLM_TIMEOUT_SECONDS="0.5", TTS_BASE_URL=server.base_url)
     await factory.prepare()  # the apology, synthesised locally before any call
     bot = factory(CALL)
     server.transcripts.append(401 if stage == "stt" else "What time do you open?")
@@ -207,7 +216,8 @@ async def test_a_failing_provider_costs_one_apology_and_one_log_line(
         outputs = await collect(bot.reply(Turn(phone_speech("What time do you open?"), 16000)))
     assert said(outputs, "assistant") == [APOLOGY]
     assert audio_of(outputs).sample_rate == 22050  # espeak-ng, even when the speech provider is the one failing
-    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING
+                and record.name.startswith("callbridge")]
     assert len(warnings) == 1
     assert warnings[0].name == "callbridge.assistant"
     assert f"assistant {stage} stage failed" in warnings[0].getMessage()
@@ -222,8 +232,8 @@ async def test_a_failing_provider_costs_one_apology_and_one_log_line(
     assert audio_of(outputs).sample_rate == 24000  # the speech provider's PCM
 
 
-async def test_each_turn_logs_its_timings(server: FakeOpenAI, caplog: pytest.LogCaptureFixture) -> None:
-    bot = online(server)(CALL)
+async def test_each_turn_logs_its_timings(server: FakeOpenAI, caplog: pytest.LogCaptureFixture, online: Online) -> None:
+    bot = online()(CALL)
     server.transcripts.append("Hi.")
     server.chat_replies.append(ChatReply(["Hello.", " How can I help?"], interval=0.05))
     with caplog.at_level(logging.INFO, logger="callbridge.assistant"):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from callbridge.bots.assistant import AssistantConfig, AssistantConfigError, Stages
+from callbridge.bots.assistant import AssistantConfig, AssistantConfigError, Stages, assistant_factory
 from callbridge.bots.assistant.brain import DEFAULT_SYSTEM_PROMPT, OpenAIChat
 from callbridge.bots.assistant.script import ScriptBrain
 from callbridge.bots.assistant.stt import LocalWhisper, OpenAITranscription
@@ -51,7 +51,7 @@ def test_own_dialog_file(tmp_path: Path) -> None:
     script.write_text("greeting: hi\n")
     config = AssistantConfig.from_env({"ASSISTANT_SCRIPT": str(script)})
     with pytest.raises(AssistantConfigError, match=rf"ASSISTANT_SCRIPT: {script}: 'intents'"):
-        Stages.from_config(config)
+        assistant_factory(config)
 
 
 @pytest.mark.parametrize(("env", "named"), [

@@ -126,6 +126,7 @@ async def test_openai_transcription_sends_a_wav(server: FakeOpenAI) -> None:
     stt = OpenAITranscription(server.base_url, "whisper-1", api_key="sk-stt")
     audio = phone_speech("What time do you open?")
     assert await stt.transcribe(audio, 16000) == "What time do you open?"
+    await stt.aclose()
     request = server.received[-1]
     assert request.path == "/v1/audio/transcriptions"
     assert request.body["model"] == "whisper-1"
@@ -139,6 +140,8 @@ async def test_openai_transcription_sends_a_wav(server: FakeOpenAI) -> None:
                                               (500, "HTTP 500: The server had an error")])
 async def test_openai_transcription_errors(server: FakeOpenAI, status: int, said: str) -> None:
     server.transcripts.append(status)
+    stt = OpenAITranscription(server.base_url, "whisper-1")
     with pytest.raises(StageError, match=said) as caught:
-        await OpenAITranscription(server.base_url, "whisper-1").transcribe(silence(0.5, 16000), 16000)
+        await stt.transcribe(silence(0.5, 16000), 16000)
+    await stt.aclose()
     assert caught.value.stage == "stt"

@@ -105,6 +105,7 @@ async def test_piper_speaks_with_the_shipped_voice() -> None:
 async def test_openai_speech_streams_pcm_at_24k(server: FakeOpenAI) -> None:
     tts = OpenAISpeech(server.base_url, "tts-1", "alloy", api_key="sk-speech")
     chunks = await collect(tts.synthesize("Hello there, caller."))
+    await tts.aclose()
     assert {chunk.sample_rate for chunk in chunks} == {24000}
     assert len(chunks) > 1
     assert np.array_equal(np.concatenate([chunk.samples for chunk in chunks]), speech_pcm("Hello there, caller."))
@@ -118,8 +119,10 @@ async def test_openai_speech_streams_pcm_at_24k(server: FakeOpenAI) -> None:
 @pytest.mark.parametrize(("status", "said"), [(401, "HTTP 401: Incorrect API key"), (429, "HTTP 429: Rate limit")])
 async def test_openai_speech_errors_name_status_and_message(server: FakeOpenAI, status: int, said: str) -> None:
     server.speech_statuses.append(status)
+    tts = OpenAISpeech(server.base_url, "tts-1", "alloy")
     with pytest.raises(StageError, match=said) as caught:
-        await collect(OpenAISpeech(server.base_url, "tts-1", "alloy").synthesize("Hello."))
+        await collect(tts.synthesize("Hello."))
+    await tts.aclose()
     assert caught.value.stage == "tts" and server.base_url in caught.value.provider
 
 
@@ -127,3 +130,4 @@ async def test_openai_speech_unreachable() -> None:
     tts = OpenAISpeech("http://127.0.0.1:9/v1", "tts-1", "alloy", timeout=2)
     with pytest.raises(StageError, match="cannot connect"):
         await collect(tts.synthesize("Hello."))
+    await tts.aclose()

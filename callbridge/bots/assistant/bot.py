@@ -102,6 +102,13 @@ class Stages:
                 await asyncio.to_thread(load)
         await self.apology()
 
+    async def aclose(self) -> None:
+        """Close what the stages hold open (HTTP connections to providers)."""
+        for stage in (self.stt, self.brain, self.tts):
+            close = getattr(stage, "aclose", None)  # providers over HTTP only
+            if close is not None:
+                await close()
+
     async def apology(self) -> list[Audio]:
         if self._apology is None:
             async with aclosing(self.apology_tts.synthesize(APOLOGY)) as chunks:
@@ -352,11 +359,15 @@ async def _sentences_of(text: str) -> AsyncGenerator[str, None]:
 
 
 class AssistantFactory:
-    """Makes one AssistantBot per call; all calls share one `Stages`, built from the settings on first use."""
+    """Makes one AssistantBot per call; all calls share one `Stages`.
+
+    Given a config, the stages are built at once (cheap: nothing loads yet), so a bad dialog file or model
+    folder fails here; without one, they are built from the environment on first use.
+    """
 
     def __init__(self, config: AssistantConfig | None = None) -> None:
         self._config = config
-        self._stages: Stages | None = None
+        self._stages = Stages.from_config(config) if config is not None else None
 
     @property
     def stages(self) -> Stages:
@@ -368,10 +379,14 @@ class AssistantFactory:
         """At start-up: check the settings, load the models, synthesise the apology (errors name the cause)."""
         await self.stages.prepare()
 
+    async def aclose(self) -> None:
+        if self._stages is not None:
+            await self._stages.aclose()
+
     def __call__(self, call: CallInfo) -> AssistantBot:
         return AssistantBot(call, self.stages)
 
 
 def assistant_factory(config: AssistantConfig | None = None) -> AssistantFactory:
-    """The factory to register as the built-in "assistant" bot (reads the environment when first used)."""
+    """The factory for the built-in "assistant" bot; raises AssistantConfigError for settings that cannot work."""
     return AssistantFactory(config)

@@ -111,6 +111,10 @@ class OpenAIChat:
         self.name = f"{base_url} model {model}"
         self._client = openai_api.client(base_url, api_key, first_token_timeout)
 
+    async def aclose(self) -> None:
+        """Close the HTTP connections (at shutdown)."""
+        await self._client.close()
+
     def respond(
         self, history: Sequence[Mapping[str, str]], tools: Sequence[Tool]
     ) -> AsyncGenerator[str | Action, None]:

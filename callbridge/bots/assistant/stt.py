@@ -130,6 +130,10 @@ class OpenAITranscription:
         self.name = f"{base_url} model {model}"
         self._client = openai_api.client(base_url, api_key, timeout)
 
+    async def aclose(self) -> None:
+        """Close the HTTP connections (at shutdown)."""
+        await self._client.close()
+
     async def transcribe(self, audio: np.ndarray, sample_rate: int) -> str:
         try:
             result = await self._client.audio.transcriptions.create(

@@ -181,6 +181,10 @@ class OpenAISpeech:
         self.name = f"{base_url} model {model}"
         self._client = openai_api.client(base_url, api_key, timeout)
 
+    async def aclose(self) -> None:
+        """Close the HTTP connections (at shutdown)."""
+        await self._client.close()
+
     def synthesize(self, text: str) -> AsyncGenerator[Audio, None]:
         return first_within(self._speak(text), self.timeout, "tts", self.name)
 
