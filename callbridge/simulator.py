@@ -43,8 +43,10 @@ TICK = FRAME / RATE
 #: A 20 ms frame is speech when its RMS is within 40 dB of the loudest frame's and above -60 dBFS.
 SPEECH_BELOW_PEAK_DB = 40.0
 SPEECH_FLOOR_DBFS = -60.0
-#: `python -m callbridge call` speaks once the bot has played nothing for this long (its greeting is over).
+#: `python -m callbridge call` speaks once the bot has played nothing for this long (its greeting is over),
+#: and stays on the line this long after the last answer (a bot's hang-up is seen as the bot's).
 GREETING_QUIET = 0.5
+HOLD_ON = 0.5
 
 
 @dataclass(frozen=True)
@@ -491,24 +493,25 @@ def decode_wav(data: bytes) -> np.ndarray:
     code, channels, rate, _, _, bits = struct.unpack("<HHIIHH", fmt[:16])
     if code == _EXTENSIBLE and len(fmt) >= 26:
         code = int.from_bytes(fmt[24:26], "little")  # the sub-format GUID starts with the format code
-    width = (bits + 7) // 8
-    if channels < 1 or rate < 1 or width < 1:
-        raise AudioError(f"a WAV file with {channels} channels at {rate} Hz, {bits}-bit")
+    readable = {_PCM: (8, 16, 24, 32), _FLOAT: (32, 64), _ULAW: (8,), _ALAW: (8,)}
+    if bits not in readable.get(code, ()):
+        raise AudioError(f"a WAV file encoded as format {code}, {bits}-bit: PCM (8, 16, 24, 32-bit), float, "
+                         "µ-law and A-law are read")
+    if channels < 1 or rate < 1:
+        raise AudioError(f"a WAV file with {channels} channel(s) at {rate} Hz")
+    width = bits // 8
     body = body[: len(body) // (width * channels) * width * channels]
     if code == _PCM and bits == 8:
         samples = (np.frombuffer(body, np.uint8).astype(np.float64) - 128) * 256
-    elif code == _PCM and bits in (16, 24, 32):
+    elif code == _PCM:
         raw = np.frombuffer(body, np.uint8).reshape(-1, width).astype(np.int64)
         value = sum(raw[:, k] << (8 * k) for k in range(width))
         value -= (value >> (bits - 1)) << bits  # two's complement
         samples = value.astype(np.float64) / 2 ** (bits - 16)
-    elif code == _FLOAT and bits in (32, 64):
-        samples = np.frombuffer(body, "<f4" if bits == 32 else "<f8").astype(np.float64) * 32767
-    elif code in (_ULAW, _ALAW) and bits == 8:
-        samples = (ulaw_decode if code == _ULAW else alaw_decode)(body).astype(np.float64)
+    elif code == _FLOAT:
+        samples = np.nan_to_num(np.frombuffer(body, "<f4" if bits == 32 else "<f8").astype(np.float64)) * 32767
     else:
-        raise AudioError(f"a WAV file encoded as format {code}, {bits}-bit: PCM (8, 16, 24, 32-bit), float, "
-                         "µ-law and A-law are read")
+        samples = (ulaw_decode if code == _ULAW else alaw_decode)(body).astype(np.float64)
     if not len(samples):
         raise AudioError("a WAV file with no audio in it")
     mono = np.clip(np.rint(samples.reshape(-1, channels).mean(axis=1)), -32768, 32767).astype(np.int16)
@@ -583,6 +586,7 @@ def main(args) -> int:
                           Speak(speech), WaitForReply("heard", timeout=args.wait)]
     for digit in args.dtmf:
         script += [Dtmf(digit), WaitForReply("heard", timeout=args.dtmf_wait)]
+    script.append(Pause(HOLD_ON))
     caller = SimulatedCaller(url, script, auth_token=args.auth_token, public_url=args.public_url)
     try:
         report = asyncio.run(caller.run())
