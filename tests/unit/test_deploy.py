@@ -359,7 +359,8 @@ def test_build_context_holds_the_sources_and_no_secrets(stages: list[Stage]) -> 
 
 
 def test_installed_package_carries_the_softphone_page(tmp_path: Path) -> None:
-    """The image runs the installed package, not the source tree: its wheel must hold callbridge/web/static."""
+    """The image runs the installed package, not the source tree: its wheel must hold the softphone page and the
+    assistant's dialog file."""
     for name in ("pyproject.toml", PYPROJECT["project"]["readme"]):
         shutil.copy(ROOT / name, tmp_path / name)
     for package in project_packages():
@@ -371,8 +372,9 @@ def test_installed_package_carries_the_softphone_page(tmp_path: Path) -> None:
     )
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    static = {p.relative_to(ROOT).as_posix() for p in (ROOT / "callbridge" / "web" / "static").iterdir()}
-    assert static <= names, f"missing from the wheel: {sorted(static - names)}"
+    data = [ROOT / "callbridge" / "web" / "static", ROOT / "callbridge" / "bots" / "assistant" / "data"]
+    files = {p.relative_to(ROOT).as_posix() for folder in data for p in folder.iterdir()}
+    assert files <= names, f"missing from the wheel: {sorted(files - names)}"
 
 
 # --- compose --------------------------------------------------------------------------------------------
