@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         "answer awaited. Prints a timeline and each reply's latency from the end of the caller's speech "
         "(trailing silence in the WAV excluded).",
     )
-    call.add_argument("wav", nargs="?", help="what the caller says (or --say): any WAV (PCM 8/16/24/32-bit, float, µ-law or "
-                      "A-law; any rate; stereo is mixed down)")
+    call.add_argument("wav", nargs="?", help="what the caller says (or --say): any WAV (PCM 8/16/24/32-bit, "
+                      "float, µ-law or A-law; any rate; stereo is mixed down)")
     call.add_argument("--say", metavar="TEXT", help="say TEXT with espeak-ng instead of a WAV")
     call.add_argument("--url", help="base URL of callbridge (default http://127.0.0.1:PORT, PORT from the "
                       "environment or .env, else 8000)")
