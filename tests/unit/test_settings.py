@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from callbridge.bots.assistant.config import VARIABLES as ASSISTANT_VARIABLES
 from callbridge.settings import Settings, SettingsError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = {name.upper() for name in Settings.model_fields}
+NAMES = {name.upper() for name in Settings.model_fields} | set(ASSISTANT_VARIABLES)
 
 
 def test_defaults_are_safe_for_a_first_run(monkeypatch, tmp_path):
@@ -56,3 +57,9 @@ def test_vad_thread_auto_uses_a_thread_for_one_worker_and_the_loop_for_several()
     assert not Settings(workers=2, **redis).vad_in_thread
     assert Settings(workers=2, vad_thread="thread", **redis).vad_in_thread
     assert not Settings(workers=1, vad_thread="loop").vad_in_thread
+
+
+def test_the_assistants_variables_are_the_ones_it_reads():
+    source = (ROOT / "callbridge" / "bots" / "assistant" / "config.py").read_text()
+    body = source.split("class AssistantConfigError")[1]
+    assert set(re.findall(r'\("([A-Z][A-Z0-9_]+)"', body)) == set(ASSISTANT_VARIABLES)

@@ -20,6 +20,14 @@ TtsEngine = Literal["espeak", "piper", "openai"]
 TTS_ENGINES: tuple[TtsEngine, ...] = ("espeak", "piper", "openai")
 
 
+#: The environment variables the assistant reads (documented in .env.example and the README).
+VARIABLES = (
+    "GREETING", "STT_MODEL", "STT_BASE_URL", "STT_API_KEY", "STT_TIMEOUT_SECONDS", "LLM_BASE_URL", "LLM_MODEL",
+    "LLM_API_KEY", "LLM_TIMEOUT_SECONDS", "SYSTEM_PROMPT", "SYSTEM_PROMPT_FILE", "ASSISTANT_SCRIPT", "TTS_ENGINE",
+    "TTS_BASE_URL", "TTS_API_KEY", "TTS_MODEL", "TTS_VOICE", "TTS_SPEED", "TTS_TIMEOUT_SECONDS",
+)
+
+
 class AssistantConfigError(ValueError):
     """One or more settings are invalid; the message names each variable."""
 
