@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         from callbridge.serve import ServeError, serve
 
         try:
-            load_bot(settings.bot)
+            load_bot(settings.bot, settings.bot_path)
         except BotLoadError as exc:
             print(f"callbridge: invalid settings:\n  BOT: {exc}", file=sys.stderr)
             return 2
