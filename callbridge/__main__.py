@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         from callbridge.serve import ServeError, serve
 
         try:
-            load_bot(settings.bot, settings.bot_path)
+            bot_factory = load_bot(settings.bot, settings.bot_path)  # checked here, loaded once
         except BotLoadError as exc:
             print(f"callbridge: invalid settings:\n  BOT: {exc}", file=sys.stderr)
             return 2
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             return supervise(settings)
         try:
             with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
-                runner.run(serve(settings, worker or 0))
+                runner.run(serve(settings, bot_factory, worker or 0))
         except ServeError as exc:
             print(f"callbridge: {exc}", file=sys.stderr)
             return 1

@@ -16,7 +16,7 @@ import signal
 import socket
 import tempfile
 
-from callbridge.bots.loader import load_bot
+from callbridge.bots.loader import BotFactory, load_bot
 from callbridge.codec import Resampler
 from callbridge.edge.media import media_routes
 from callbridge.edge.server import ClientAddress, Edge
@@ -47,9 +47,9 @@ def make_registry(settings: Settings, worker: int) -> Registry:
     return RedisRegistry(settings.redis_url, replica, f"{replica}/{worker}", settings.concurrency_limit)
 
 
-def make_services(settings: Settings, worker: int = 0) -> Services:
+def make_services(settings: Settings, bot_factory: BotFactory | None = None, worker: int = 0) -> Services:
     """The process's Services; `worker` numbers this process among WORKERS (it names the process in Redis)."""
-    bot_factory = load_bot(settings.bot, settings.bot_path)
+    bot_factory = bot_factory or load_bot(settings.bot, settings.bot_path)
     return Services(settings=settings, bot_factory=bot_factory, registry=make_registry(settings, worker))
 
 
@@ -59,11 +59,11 @@ def prepare_resamplers() -> None:
         Resampler(source, target)
 
 
-async def serve(settings: Settings, worker: int = 0) -> None:
+async def serve(settings: Settings, bot_factory: BotFactory | None = None, worker: int = 0) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
-    services = make_services(settings, worker)
+    services = make_services(settings, bot_factory, worker)
     app = create_app(services)
     app.asgi_app = ClientAddress(app.asgi_app)  # type: ignore[method-assign]
     try:
