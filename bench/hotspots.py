@@ -20,15 +20,15 @@ FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 #: Pipeline stages, first match wins, matched against the "function (file)" frames of a stack (see `_matches`).
 #: Each has the advice that applies when it leads the profile.
 STAGES: list[tuple[str, tuple[str, ...], str]] = [
-    ("VAD inference (onnxruntime session.run)", ("OnnxVad.infer_rows (app/vad.py) > Session.run",),
+    ("VAD inference (onnxruntime session.run)", ("OnnxVad.infer_rows (callbridge/core/vad.py) > Session.run",),
      "Batch the VAD across calls: one `session.run` per tick for every call with a full 32 ms window, state "
      "kept per call (design.md measured ~160-190 µs per window alone, ~40-70 µs per call batched), and run "
      "it off the event loop (onnxruntime releases the GIL)."),
-    ("inbound resampling", ("Resampler.process (codec/resample.py) < Call.push_audio",),
+    ("inbound resampling", ("Resampler.process (callbridge/codec/resample.py) < Call.push_audio",),
      "Skip resampling when the VAD runs at the wire rate (8 kHz), or keep it allocation-free."),
-    ("turn detection (windowing, bookkeeping)", ("app/turns.py", "Call.push_audio", "Call._on_"),
+    ("turn detection (windowing, bookkeeping)", ("callbridge/core/turns.py", "Call.push_audio", "Call._on_"),
      "Allocation-light per-frame work: avoid per-window np.concatenate/np.array copies in TurnDetector.push."),
-    ("VAD input/state shuffling (numpy around the model)", ("app/vad.py",),
+    ("VAD input/state shuffling (numpy around the model)", ("callbridge/core/vad.py",),
      "Allocation-light per-frame work: each call's state and context live in rows of shared arrays "
      "(callbridge.core.vad.StateRows); what is left is one gather and one scatter per batch."),
     ("Twilio JSON parse + base64/µ-law decode", ("parse_message", "decode_payload", "json/decoder.py",
@@ -44,7 +44,7 @@ STAGES: list[tuple[str, tuple[str, ...], str]] = [
      "Per message, h11/wsproto parse the frame (wsproto unmasks every inbound frame in pure Python), Quart "
      "queues it for the handler, and the reverse on every send. Fewer messages (see the event loop), or a "
      "leaner stack for the media socket (a bare ASGI route, C-accelerated framing)."),
-    ("transport glue (app/transports)", ("app/transports/",),
+    ("transport glue (callbridge/transports and edge)", ("callbridge/transports/", "callbridge/edge/media.py"),
      "Per-frame Python in the transports: fewer awaits and checks per message."),
     ("event loop: uvloop's native loop and the C work under no Python frame", ("leaf:asyncio/", "leaf:heapq",
                                                                               "leaf:selectors.py"),

@@ -1,6 +1,6 @@
 """Capacity and latency of callbridge and FastRTC, side by side: `make bench` (or `--quick` for a smoke run).
 
-callbridge runs from a copy of app/, codec/ and bots/ taken when the run starts (others edit the tree
+callbridge runs from a copy of callbridge/ taken when the run starts (others edit the tree
 meanwhile). For each N of a ladder, alternating between the two servers, a fresh server is started (cold
 start timed), left idle for two seconds (idle CPU and RSS), loaded with N concurrent simulated Twilio calls
 (bench/load.py) while its CPU time and RSS are sampled from /proc, then stopped. A server's ladder ends when
@@ -68,9 +68,9 @@ STEAL_ATTEMPTS = 2
 QUIET_CORES = 0.4  # before a level, wait (at most QUIET_WAIT s) until the rest of the machine is this idle
 QUIET_WAIT = 60.0
 NOTES = [
-    "callbridge ran from a copy of app/, codec/ and bots/ taken when the run started (the hash is in the "
+    "callbridge ran from a copy of callbridge/ taken when the run started (the hash is in the "
     "versions line): the tree was being edited meanwhile.",
-    f"callbridge ran with WORKERS={WORKERS} (one process per core on the same port, app/workers.py) sharing "
+    f"callbridge ran with WORKERS={WORKERS} (one process per core on the same port, callbridge/workers.py) sharing "
     "a redis-server started for the run; its CPU, memory and threads are summed over the supervisor, the "
     "workers and that Redis. FastRTC keeps its calls' state inside its process, so it runs as one uvicorn "
     "process.",
@@ -91,7 +91,7 @@ NOTES = [
     "FastRTC sends its own JSON log messages (`{\"type\": \"log\", ...}`) on the Twilio socket; they are "
     "counted and ignored.",
     "Calls offer no permessage-deflate (neither server compresses), and speak Twilio's protocol as "
-    "app/simulator.py does: webhook, `connected`, `start`, 20 ms `media`, marks echoed once played, `stop`.",
+    "callbridge/simulator.py does: webhook, `connected`, `start`, 20 ms `media`, marks echoed once played, `stop`.",
     "CPU columns: server cores = server CPU seconds / wall seconds of the run; load gen cores = the load "
     "processes' own CPU; other CPU = everything else busy on the machine meanwhile (other engineers' tests, "
     "process start-up). On 2 cores, server + load gen + other near 2.0 means the machine, not the server "
@@ -110,14 +110,13 @@ def now() -> str:
 
 
 def snapshot_code() -> tuple[Path, str]:
-    """Copy app/, codec/ and bots/ to bench/work/snapshot, which every callbridge server of the run starts
+    """Copy callbridge/ to bench/work/snapshot, which every callbridge server of the run starts
     from (`python -m callbridge` there imports the copy): others edit the tree while a run goes on, and one run
     must measure one version. Returns the folder and a short hash of what it holds."""
     target = WORK / "snapshot"
     shutil.rmtree(target, ignore_errors=True)
     digest = hashlib.sha256()
-    for package in ("app", "codec", "bots"):
-        shutil.copytree(ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "callbridge", target / "callbridge", ignore=shutil.ignore_patterns("__pycache__"))
     for path in sorted(target.rglob("*")):
         if path.is_file():
             digest.update(str(path.relative_to(target)).encode() + b"\0" + path.read_bytes())
@@ -185,7 +184,7 @@ def versions(snapshot_hash: str) -> str:
     ).stdout.split() or ["?"] * 5
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--", "app", "codec", "bots"],
+    dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--", "callbridge"],
                            cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return (f"callbridge {ours('callbridge')} at {commit}{' + uncommitted changes' if dirty else ''} "
             f"(code snapshot {snapshot_hash}) "
