@@ -40,6 +40,11 @@ class Metrics:
             "callbridge_vad_batch_windows", "Calls' windows in one VAD inference", registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
         )
+        self.stage_seconds = Histogram(
+            "callbridge_stage_seconds", "A bot's stages per turn (the assistant: stt, llm_first_token, "
+            "tts_first_audio)", ["stage"], registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+        )
         self.errors = Counter("callbridge_errors", "Errors by kind", ["kind"], registry=r)
         self.rejections = Counter(
             "callbridge_concurrency_rejections", "Calls refused at the concurrency limit", registry=r
@@ -54,6 +59,10 @@ class Metrics:
 
     def bot_error(self) -> None:
         self.errors.labels("bot").inc()
+
+    def stage_timings(self, stages: dict[str, float]) -> None:
+        for stage, seconds in stages.items():
+            self.stage_seconds.labels(stage).observe(seconds)
 
     # The VAD batcher's.
     def vad_batch(self, seconds: float, windows: int) -> None:

@@ -12,6 +12,8 @@ generator, any of:
   calls `on_heard(mark.name)` (Twilio marks on the phone, frames sent on WebRTC, paced playback on the
   browser socket). After a barge-in no further marks of that reply are reported, and `on_interrupted()`
   is called: a bot learns exactly what the caller heard;
+- `Timings`: where a turn's time went, by stage (seconds): recorded in the `callbridge_stage_seconds`
+  histogram and sent to clients as a `log` message;
 - `EndCall`: hang up once everything said so far has been heard.
 
 One bot object is made per call, so a bot may keep per-call state on `self`.
@@ -56,11 +58,18 @@ class Mark:
 
 
 @dataclass(frozen=True)
+class Timings:
+    """Seconds per stage of one turn, e.g. {"stt": 0.31, "llm_first_token": 0.2, "tts_first_audio": 0.02}."""
+
+    stages: dict[str, float]
+
+
+@dataclass(frozen=True)
 class EndCall:
     """Hang up after the audio yielded before this has played to the caller."""
 
 
-BotOutput = Audio | AdditionalOutputs | Message | Mark | EndCall | tuple[int, np.ndarray]
+BotOutput = Audio | AdditionalOutputs | Message | Mark | Timings | EndCall | tuple[int, np.ndarray]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Mark, Message, Turn
+from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Mark, Message, Timings, Turn
 from callbridge.codec import FRAME_MS, Rechunker, Resampler, resample
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark, log
 from callbridge.core.session import Session
@@ -103,6 +103,7 @@ class CallObserver(Protocol):
     def barge_in(self) -> None: ...
     def turn_answered(self, latency_seconds: float) -> None: ...
     def bot_error(self) -> None: ...
+    def stage_timings(self, stages: dict[str, float]) -> None: ...
 
 
 class _Unobserved:
@@ -113,6 +114,9 @@ class _Unobserved:
         pass
 
     def bot_error(self) -> None:
+        pass
+
+    def stage_timings(self, stages: dict[str, float]) -> None:
         pass
 
 
@@ -343,6 +347,9 @@ class Call:
                     self.send(ClientMessage(item.type, item.data))
                 elif isinstance(item, Mark):
                     self._queue_mark(reply_id, item.name, chunker)
+                elif isinstance(item, Timings):
+                    self.observer.stage_timings(item.stages)
+                    self.send(log({"timings": item.stages}))
                 elif isinstance(item, EndCall):
                     end_call = True
                     break

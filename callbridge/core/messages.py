@@ -73,5 +73,5 @@ def failed(error: str, **meta: Any) -> dict[str, Any]:
     return {"status": "failed", "meta": {"error": error, **meta}}
 
 
-def log(data: str) -> ClientMessage:
+def log(data: Any) -> ClientMessage:
     return ClientMessage("log", data)

@@ -161,3 +161,17 @@ async def test_float_audio_in_int16_range_is_scaled_with_one_warning(batcher, ca
     played = np.concatenate([i.samples for i in items if isinstance(i, AudioOut)])
     assert 14000 < np.max(np.abs(played)) < 18000, "half scale, as meant, not clipped noise"
     assert len([r for r in caplog.records if "beyond ±1" in r.getMessage()]) == 1
+
+
+async def test_a_bots_stage_timings_reach_the_metrics_and_the_clients(batcher):
+    from callbridge.bots.base import Timings
+    from callbridge.metrics import Metrics
+
+    metrics = Metrics()
+    bot = Greeter(CallInfo("c1", "websocket"), Timings({"stt": 0.3, "tts_first_audio": 0.02}))
+    call = make_call(bot, batcher, observer=metrics)
+    items = await greeting_of(call)
+    assert ClientMessage("log", {"timings": {"stt": 0.3, "tts_first_audio": 0.02}}) in items
+    rendered = metrics.render().decode()
+    assert 'callbridge_stage_seconds_count{stage="stt"} 1.0' in rendered
+    assert 'callbridge_stage_seconds_sum{stage="tts_first_audio"} 0.02' in rendered
