@@ -290,7 +290,13 @@ class Softphone {
     if (message.type === "log" && TURN_AFTER_LOG[message.data]) this.setTurnState(TURN_AFTER_LOG[message.data]);
     if (message.type === "fetch_output") {
       this.outputs.push(message.data);
-      this.ui.addOutput(this.elapsed(), message.data);
+      const said = Array.isArray(message.data) ? message.data[0] : null;
+      // A transcript (the assistant's {"role", "text"} outputs) goes to the conversation, the rest to outputs.
+      if (said && typeof said.text === "string" && (said.role === "user" || said.role === "assistant")) {
+        this.ui.addChat(this.elapsed(), said.role, said.text);
+      } else {
+        this.ui.addOutput(this.elapsed(), message.data);
+      }
     }
   }
 
@@ -340,6 +346,7 @@ const ui = {
   remoteAudio: $("remote-audio"),
   log: $("log"),
   outputs: $("outputs"),
+  chat: $("chat"),
   callButton: $("call"),
   hangUpButton: $("hang-up"),
 
@@ -378,10 +385,22 @@ const ui = {
     this.outputs.prepend(item);
     $("outputs-empty").hidden = true;
   },
+  addChat(seconds, role, text) {
+    const item = document.createElement("li");
+    item.className = role;
+    item.innerHTML = `<time>${seconds.toFixed(2)}s</time><b></b><span></span>`;
+    item.querySelector("b").textContent = role === "user" ? "you" : "bot";
+    item.querySelector("span").textContent = text;
+    this.chat.append(item);
+    this.chat.scrollTop = this.chat.scrollHeight;
+    $("chat-empty").hidden = true;
+  },
   clearLists() {
     this.log.replaceChildren();
     this.outputs.replaceChildren();
+    this.chat.replaceChildren();
     $("outputs-empty").hidden = false;
+    $("chat-empty").hidden = false;
   },
 };
 
