@@ -9,7 +9,8 @@ from contextlib import aclosing
 
 import pytest
 
-from callbridge.bots.assistant.brain import END_CALL, EndCallAction, OpenAIChat, Tool, ToolCall
+from callbridge.bots.assistant.brain import END_CALL, EndCallAction, Tool, ToolCall
+from callbridge.bots.assistant.openai_api import OpenAIChat
 from callbridge.bots.assistant.stage import StageError
 from tests.assistant_fixtures import ChatReply, FakeOpenAI, Providers
 

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from callbridge.bots.assistant import AssistantConfig, AssistantConfigError, Stages, assistant_factory
-from callbridge.bots.assistant.brain import DEFAULT_SYSTEM_PROMPT, OpenAIChat
+from callbridge.bots.assistant.brain import DEFAULT_SYSTEM_PROMPT
+from callbridge.bots.assistant.openai_api import OpenAIChat, OpenAISpeech, OpenAITranscription
 from callbridge.bots.assistant.script import ScriptBrain
-from callbridge.bots.assistant.stt import LocalWhisper, OpenAITranscription
-from callbridge.bots.assistant.tts import EspeakTTS, OpenAISpeech
+from callbridge.bots.assistant.stt import LocalWhisper
+from callbridge.bots.assistant.tts import EspeakTTS
 
 
 def test_defaults_are_offline() -> None:

@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
+from callbridge.bots.assistant.openai_api import OpenAITranscription
 from callbridge.bots.assistant.stage import StageError
-from callbridge.bots.assistant.stt import LocalWhisper, OpenAITranscription, check_model_dir, shipped_whisper_model
+from callbridge.bots.assistant.stt import LocalWhisper, check_model_dir, shipped_whisper_model
 from tests.assistant_fixtures import FakeOpenAI, phone_speech, words
 from tests.speech import silence, speech
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from callbridge.bots.assistant.openai_api import OpenAISpeech
 from callbridge.bots.assistant.stage import StageError
-from callbridge.bots.assistant.tts import EspeakTTS, OpenAISpeech, PiperTTS, piper_available
+from callbridge.bots.assistant.tts import EspeakTTS, PiperTTS, piper_available
 from callbridge.bots.base import Audio
 from tests.assistant_fixtures import FakeOpenAI, speech_pcm
 

@@ -7,6 +7,9 @@ and ends with `INTERRUPTED`, so the brain knows where it was cut off.
 
 A provider that fails (down, slow, 401, 429...) costs the caller one spoken apology, synthesised at
 start-up with a local engine, and the service one warning line; the call goes on.
+
+The OpenAI-compatible providers (openai_api.py) are imported only when a provider URL is configured:
+the offline assistant starts without the OpenAI SDK.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from callbridge.bots.assistant.brain import (
     Action,
     Brain,
     EndCallAction,
-    OpenAIChat,
     Tool,
     ToolCall,
     keypress_message,
@@ -35,8 +37,8 @@ from callbridge.bots.assistant.config import AssistantConfig, AssistantConfigErr
 from callbridge.bots.assistant.script import SHIPPED_SCRIPT, ScriptBrain, ScriptError
 from callbridge.bots.assistant.sentences import SentenceSplitter
 from callbridge.bots.assistant.stage import StageError
-from callbridge.bots.assistant.stt import LocalWhisper, OpenAITranscription, SpeechToText
-from callbridge.bots.assistant.tts import EspeakTTS, OpenAISpeech, PiperTTS, TextToSpeech
+from callbridge.bots.assistant.stt import LocalWhisper, SpeechToText
+from callbridge.bots.assistant.tts import EspeakTTS, PiperTTS, TextToSpeech
 from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, CallInfo, EndCall, Mark, Turn
 
 logger = logging.getLogger("callbridge.assistant")
@@ -62,8 +64,11 @@ class Stages:
 
     @classmethod
     def from_config(cls, config: AssistantConfig) -> Stages:
+        """The stages `config` names; the OpenAI SDK is imported only for a provider URL it sets."""
         stt: SpeechToText
         if config.stt_base_url:
+            from callbridge.bots.assistant.openai_api import OpenAITranscription
+
             stt = OpenAITranscription(config.stt_base_url, config.stt_model, config.stt_api_key,
                                       config.stt_timeout_seconds)
         else:
@@ -73,6 +78,8 @@ class Stages:
                 raise AssistantConfigError(f"STT_MODEL: {exc}") from exc
         brain: Brain
         if config.llm_base_url:
+            from callbridge.bots.assistant.openai_api import OpenAIChat
+
             brain = OpenAIChat(config.llm_base_url, config.llm_model, config.llm_api_key, config.system_prompt,
                                config.llm_timeout_seconds)
         else:
@@ -89,6 +96,8 @@ class Stages:
             except RuntimeError as exc:
                 raise AssistantConfigError(f"TTS_ENGINE: {exc}") from exc
         elif config.tts_engine == "openai":
+            from callbridge.bots.assistant.openai_api import OpenAISpeech
+
             tts = OpenAISpeech(config.tts_base_url, config.tts_model, config.tts_voice, config.tts_api_key,
                                config.tts_timeout_seconds)
         return cls(stt, brain, tts, apology_tts=espeak if config.tts_engine == "openai" else tts,

@@ -4,21 +4,15 @@ The bot owns the history (OpenAI chat messages without the system prompt: a brai
 instructions) and passes it whole each turn, with the tools the call offers. A brain yields text deltas
 as they come and actions (`EndCallAction`, or a `ToolCall` for any other tool) where it decides them.
 
-`OpenAIChat` streams Chat Completions from an OpenAI-compatible server; `ScriptBrain` (script.py) answers
-from a dialog file, offline.
+`ScriptBrain` (script.py) answers from a dialog file, offline; `OpenAIChat` (openai_api.py) streams Chat
+Completions from an OpenAI-compatible server.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-import openai
-
-from callbridge.bots.assistant import openai_api
-from callbridge.bots.assistant.stage import StageError, first_within
 
 #: Ends an assistant message the caller cut off: only the text before it was heard.
 INTERRUPTED = "[interrupted by the caller]"
@@ -89,70 +83,3 @@ def pressed_key(message: Mapping[str, str]) -> str | None:
     if message.get("role") == "user" and content.startswith("(pressed ") and content.endswith(")"):
         return content.removeprefix("(pressed ").removesuffix(")")
     return None
-
-
-@dataclass
-class _CallFragments:
-    call_id: str = ""
-    name: str = ""
-    arguments: str = ""
-
-
-class OpenAIChat:
-    """Chat Completions, streamed; the HTTP stream is closed as soon as the consumer stops reading."""
-
-    greeting = None
-
-    def __init__(self, base_url: str, model: str, api_key: str = "", system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-                 first_token_timeout: float = 10.0) -> None:
-        self.model = model
-        self.system_prompt = system_prompt
-        self.first_token_timeout = first_token_timeout
-        self.name = f"{base_url} model {model}"
-        self._client = openai_api.client(base_url, api_key, first_token_timeout)
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections (at shutdown)."""
-        await self._client.close()
-
-    def respond(
-        self, history: Sequence[Mapping[str, str]], tools: Sequence[Tool]
-    ) -> AsyncGenerator[str | Action, None]:
-        return first_within(self._stream(history, tools), self.first_token_timeout, "llm", self.name)
-
-    async def _stream(
-        self, history: Sequence[Mapping[str, str]], tools: Sequence[Tool]
-    ) -> AsyncGenerator[str | Action, None]:
-        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        messages += [dict(message) for message in history]
-        options: dict[str, Any] = {"tools": [tool.as_openai() for tool in tools]} if tools else {}
-        calls: dict[int, _CallFragments] = {}
-        try:
-            stream = await self._client.chat.completions.create(
-                model=self.model, messages=messages, stream=True, **options)
-            async with stream:
-                async for chunk in stream:
-                    if not chunk.choices:
-                        continue
-                    delta = chunk.choices[0].delta
-                    for fragment in delta.tool_calls or ():
-                        call = calls.setdefault(fragment.index, _CallFragments())
-                        call.call_id += fragment.id or ""
-                        if fragment.function is not None:
-                            call.name += fragment.function.name or ""
-                            call.arguments += fragment.function.arguments or ""
-                    if delta.content:
-                        yield delta.content
-        except openai.OpenAIError as exc:
-            raise openai_api.stage_error("llm", self.name, exc) from exc
-        for _, call in sorted(calls.items()):
-            yield self._action(call)
-
-    def _action(self, call: _CallFragments) -> Action:
-        if call.name == END_CALL.name:
-            return EndCallAction()
-        try:
-            arguments = json.loads(call.arguments) if call.arguments.strip() else {}
-        except json.JSONDecodeError:
-            raise StageError("llm", self.name, f"tool call {call.name} has arguments that are not JSON") from None
-        return ToolCall(call.name, arguments, call.call_id)

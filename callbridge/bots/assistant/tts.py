@@ -5,7 +5,7 @@ reading (barge-in): the espeak-ng process is killed, the HTTP response closed.
 
 - `EspeakTTS`: the espeak-ng program (Debian's `espeak-ng` package), 22050 Hz; offline, the default.
 - `PiperTTS`: Piper's neural voices (the `piper` extra), 22050 Hz for the shipped en_US-joe-medium.
-- `OpenAISpeech`: an OpenAI-compatible `/v1/audio/speech`, raw PCM at 24 kHz.
+- `OpenAISpeech` (openai_api.py): an OpenAI-compatible `/v1/audio/speech`, raw PCM at 24 kHz.
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import openai
 
-from callbridge.bots.assistant import openai_api
 from callbridge.bots.assistant.stage import StageError, first_within
 from callbridge.bots.base import Audio
 
@@ -30,8 +28,6 @@ if TYPE_CHECKING:
     from piper import PiperVoice
 
 CHUNK_SECONDS = 0.1
-#: The rate and format of OpenAI's `response_format="pcm"`: 16-bit little-endian mono.
-OPENAI_PCM_RATE = 24000
 
 
 class TextToSpeech(Protocol):
@@ -169,37 +165,3 @@ class PiperTTS:
         for piece in pieces:
             for chunk in chunks_of(piece.audio_int16_array, piece.sample_rate):
                 yield chunk
-
-
-class OpenAISpeech:
-    """An OpenAI-compatible speech endpoint, its raw PCM streamed as it arrives."""
-
-    def __init__(self, base_url: str, model: str, voice: str, api_key: str = "", timeout: float = 10.0) -> None:
-        self.model = model
-        self.voice = voice
-        self.timeout = timeout
-        self.name = f"{base_url} model {model}"
-        self._client = openai_api.client(base_url, api_key, timeout)
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections (at shutdown)."""
-        await self._client.close()
-
-    def synthesize(self, text: str) -> AsyncGenerator[Audio, None]:
-        return first_within(self._speak(text), self.timeout, "tts", self.name)
-
-    async def _speak(self, text: str) -> AsyncGenerator[Audio, None]:
-        piece = int(OPENAI_PCM_RATE * CHUNK_SECONDS) * 2
-        try:
-            async with self._client.audio.speech.with_streaming_response.create(
-                model=self.model, voice=self.voice, input=text, response_format="pcm",
-            ) as response:
-                carry = b""
-                async for data in response.iter_bytes(piece):
-                    data = carry + data
-                    whole = len(data) // 2 * 2
-                    carry = data[whole:]
-                    if whole:
-                        yield Audio(np.frombuffer(data[:whole], dtype="<i2").copy(), OPENAI_PCM_RATE)
-        except openai.OpenAIError as exc:
-            raise openai_api.stage_error("tts", self.name, exc) from exc
