@@ -137,14 +137,16 @@ class CallReport:
         return answers
 
     def timeline(self) -> list[str]:
+        """The events as the command prints them, one a line."""
         return [f"{t:8.3f} s  {kind:<12} {detail}".rstrip() for t, kind, detail in self.events]
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
         """A reply's duration is known once it has played: written into its event at the end of the call."""
-        replies = iter(range(len(self.reply_heard)))
+        n = 0
         for k, (t, kind, _) in enumerate(self.events):
-            if kind == "reply" and (n := next(replies, None)) is not None:
+            if kind == "reply" and n < len(self.reply_heard):
                 self.events[k] = (t, kind, f"#{n + 1}: {self.reply_heard[n]:.2f} s heard")
+                n += 1
 
 
 def webhook(base_url: str, auth_token: str = "", public_url: str = "", **form: str) -> tuple[str, dict[str, str]]:
@@ -281,7 +283,7 @@ class SimulatedCaller:
         self.report.close_reason = ws.close_reason or ""
         if not any(kind in ("hangup", "closed") for _, kind, _ in self.report.events):
             self.report.log(self.now(), "closed", f"by the caller, code {ws.close_code}")
-        self.report._finish()
+        self.report.finish()
         return self.report
 
     async def _receive(self, ws) -> None:
