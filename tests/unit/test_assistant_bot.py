@@ -100,7 +100,10 @@ async def test_offline_turn_answers_the_question_aloud(offline: Stages, whisper:
     assert " ".join(said(outputs, "assistant")) == ANSWERS["hours"]
     # Each sentence: its transcript, its audio, then its mark.
     kinds = [type(item).__name__ for item in outputs if not isinstance(item, Audio)]
-    assert kinds == ["AdditionalOutputs"] + ["AdditionalOutputs", "Mark"] * len(said(outputs, "assistant"))
+    # The user's words, then per sentence its words and its mark; the turn's Timings right after its first audio.
+    sentences = len(said(outputs, "assistant"))
+    assert kinds == ["AdditionalOutputs", "AdditionalOutputs", "Timings", "Mark"] + ["AdditionalOutputs", "Mark"] * (
+        sentences - 1)
     first = len(marks(greeting)) + 1  # mark names run on through the call
     assert marks(outputs) == [f"s{n}" for n in range(first, first + len(said(outputs, "assistant")))]
 
@@ -254,3 +257,18 @@ async def test_factory_shares_the_stages_between_calls(offline: Stages) -> None:
     assert isinstance(one.stages.stt, LocalWhisper) and isinstance(one.stages.brain, ScriptBrain)
     assert isinstance(one.stages.tts, EspeakTTS)
     assert one.stages.greeting.startswith("Thank you for calling Harbor Dental.")
+
+
+async def test_a_turn_reports_its_stage_timings_once_its_first_audio_is_out(offline: Stages) -> None:
+    """The runtime records Timings in callbridge_stage_seconds; the assistant yields them right after the
+    turn's first audio, with the stages that ran."""
+    from callbridge.bots.base import Timings
+
+    bot = AssistantBot(CallInfo("c1", "twilio"), offline)
+    outputs = await collect(bot.reply(Turn(phone_speech("What time do you open?"), 16000)))
+    timings = [item for item in outputs if isinstance(item, Timings)]
+    assert len(timings) == 1
+    assert set(timings[0].stages) == {"stt", "llm_first_token", "tts_first_audio"}
+    assert all(0 <= seconds < 10 for seconds in timings[0].stages.values())
+    first_audio = next(i for i, item in enumerate(outputs) if isinstance(item, Audio))
+    assert outputs.index(timings[0]) == first_audio + 1

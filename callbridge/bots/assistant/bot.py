@@ -39,7 +39,7 @@ from callbridge.bots.assistant.sentences import SentenceSplitter
 from callbridge.bots.assistant.stage import StageError
 from callbridge.bots.assistant.stt import LocalWhisper, SpeechToText
 from callbridge.bots.assistant.tts import EspeakTTS, PiperTTS, TextToSpeech
-from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, CallInfo, EndCall, Mark, Turn
+from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, CallInfo, EndCall, Mark, Timings, Turn
 
 logger = logging.getLogger("callbridge.assistant")
 
@@ -135,6 +135,12 @@ class TurnTimings:
     #: From the start of the reply (the turn's end) to its first audio.
     first_audio_seconds: float | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)
+
+    def stages(self) -> dict[str, float]:
+        """The stages that ran, for the runtime's `callbridge_stage_seconds` histogram."""
+        names = {"stt_seconds": "stt", "llm_first_token_seconds": "llm_first_token",
+                 "tts_first_audio_seconds": "tts_first_audio"}
+        return {stage: round(value, 4) for name, stage in names.items() if (value := getattr(self, name)) is not None}
 
     def figures(self) -> dict[str, float | None]:
         return {name: None if value is None else round(value, 3)
@@ -316,13 +322,17 @@ class AssistantBot(Bot):
         asked = time.perf_counter()
         async with aclosing(self.stages.tts.synthesize(text)) as chunks:
             async for chunk in chunks:
+                first_of_turn = False
                 if sentence is None:
                     if timings is not None and timings.tts_first_audio_seconds is None:
                         timings.tts_first_audio_seconds = time.perf_counter() - asked
                         timings.first_audio_seconds = time.perf_counter() - timings.started
+                        first_of_turn = True
                     sentence = self._add_sentence(text, reply)
                     yield AdditionalOutputs({"role": "assistant", "text": text})
                 yield chunk
+                if first_of_turn and timings is not None:  # the turn's stages are known once its first audio is
+                    yield Timings(timings.stages())
         if sentence is not None:
             yield Mark(sentence.mark)
 
