@@ -45,6 +45,8 @@ class Metrics:
             "tts_first_audio)", ["stage"], registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
         )
+        for stage in ("stt", "llm_first_token", "tts_first_audio"):  # the assistant's, served from the start
+            self.stage_seconds.labels(stage)
         self.errors = Counter("callbridge_errors", "Errors by kind", ["kind"], registry=r)
         self.rejections = Counter(
             "callbridge_concurrency_rejections", "Calls refused at the concurrency limit", registry=r
