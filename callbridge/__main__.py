@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import signal
 import sys
 from collections.abc import Callable
-
-from callbridge.settings import SettingsError, load_settings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,13 +56,22 @@ def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | N
     return None
 
 
+def _stop_while_starting(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Until the event loop takes signals over (draining), SIGTERM while starting stops cleanly: a supervisor or
+    # an orchestrator stopping a process that has not finished loading is not a crash.
+    signal.signal(signal.SIGTERM, _stop_while_starting)
     args = build_parser().parse_args(argv)
     command = args.command or "serve"
     if command == "call":
         from callbridge.simulator import main as simulate
 
         return simulate(args)
+    from callbridge.settings import SettingsError, load_settings
+
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
     try:
         settings = load_settings(**overrides)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 from tests.integration.clients import browser_call
 from tests.integration.conftest import ROOT, Server
+from tests.processes import free_port
 from tests.speech import silence, speech
 
 RATE = 8000
@@ -154,3 +156,15 @@ def test_your_own_bot_from_a_folder_outside_the_checkout(tmp_path, server_factor
     server = server_factory(bot="parrot:Parrot", bot_path=str(folder))
     assert httpx.get(server.url + "/readyz").status_code == 200
     assert "bot=parrot:Parrot" in server.logs()
+
+
+def test_sigterm_while_starting_stops_cleanly(tmp_path):
+    """A process stopped before it is ready (a supervisor or orchestrator stopping it mid-start) exits 0."""
+    process = subprocess.Popen([sys.executable, "-m", "callbridge"], cwd=tmp_path,
+                               env={**os.environ, "PORT": str(free_port()), "BOT": "echo"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(0.6)  # importing, long before the event loop takes over the signals (or, on a fast machine, draining)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
