@@ -351,8 +351,9 @@ def test_a_worker_that_cannot_start_stops_the_service(tmp_path):
     assert "stopping the others" in result.stderr
 
 
-def test_sigterm_drains_every_worker(tmp_path, redis_url):
+async def test_sigterm_drains_every_worker(tmp_path, redis_url):
     server = Server({"WORKERS": "2", "REDIS_URL": redis_url}, tmp_path / "workers.log")
+    await both_workers_listening(server)  # the server is up once one listens; the other may still be starting
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(30) == 0
     server.log.close()
