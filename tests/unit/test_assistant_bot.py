@@ -42,14 +42,6 @@ def offline(whisper: LocalWhisper) -> Stages:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def online(server: FakeOpenAI) -> AsyncIterator[Online]:
     """Factories wired from settings as the service reads them: every provider on the local server."""
     providers = Providers()

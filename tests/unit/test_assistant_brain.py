@@ -21,14 +21,6 @@ Chat = Callable[..., OpenAIChat]
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
 async def providers() -> AsyncIterator[Providers]:
     made = Providers()
     yield made

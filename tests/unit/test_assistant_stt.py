@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
@@ -54,14 +53,6 @@ def whisper() -> LocalWhisper:
     stt = LocalWhisper()
     stt.load()
     return stt
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.start()
-    yield fake
-    await fake.stop()
 
 
 @pytest.mark.parametrize(("text", "keys"), [

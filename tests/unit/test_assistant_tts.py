@@ -42,14 +42,6 @@ async def collect(chunks: AsyncIterator[Audio]) -> list[Audio]:
     return [chunk async for chunk in chunks]
 
 
-@pytest.fixture
-async def server() -> AsyncIterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
 async def test_espeak_streams_speech_at_its_own_rate() -> None:
     started = time.perf_counter()
     chunks = await collect(EspeakTTS().synthesize(SENTENCE))
