@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from callbridge.bots.base import CallInfo
 from callbridge.bots.loader import BotFactory
@@ -113,12 +112,6 @@ class Services:
             log.info("call %s ended: %d turns, %d barge-ins", call.id, call.stats.turns, call.stats.barge_ins,
                      extra={"event": "call_end", "call_id": call.id, "transport": call.session.transport,
                             "turns": call.stats.turns, "barge_ins": call.stats.barge_ins})
-
-    async def set_input(self, call_id: str, *args: Any) -> None:
-        await self.registry.set_input(call_id, *args)
-
-    async def output_stream(self, call_id: str) -> AsyncIterator[tuple[Any, ...]]:
-        return await self.registry.output_stream(call_id)
 
     async def drain(self, grace_seconds: float, farewell_seconds: float = 5.0) -> None:
         """Refuse new calls, let calls in progress finish for up to `grace_seconds`, then have the bot

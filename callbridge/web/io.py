@@ -29,7 +29,7 @@ def io(services: Services) -> Blueprint:
             return failure(422, 'body must be a JSON object with a string "webrtc_id"')
         call_id = body.pop("webrtc_id")
         try:
-            await services.set_input(call_id, *body.values())
+            await services.registry.set_input(call_id, *body.values())
         except UnknownSession:
             return failure(404, f"no call with webrtc_id {call_id!r}")
         except ServiceUnavailable as exc:
@@ -42,7 +42,7 @@ def io(services: Services) -> Blueprint:
         if not call_id:
             return failure(422, "the webrtc_id query parameter is required")
         try:
-            stream = await services.output_stream(call_id)
+            stream = await services.registry.output_stream(call_id)
         except UnknownSession:
             return failure(404, f"no call with webrtc_id {call_id!r}")
         except ServiceUnavailable as exc:
