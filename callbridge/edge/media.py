@@ -47,6 +47,8 @@ logger = logging.getLogger("callbridge.media")
 #: timer wake-ups, frames for the client to parse) of one frame each. The caller then holds between the
 #: lead and the lead + 80 ms of audio; a barge-in's `clear` empties that buffer.
 FRAMES_PER_MESSAGE = 5
+#: Protocol replies (pongs) waiting for the socket to take them, at most.
+MAX_PENDING_REPLIES = 8
 
 
 class PacedWriter:
@@ -177,6 +179,10 @@ class MediaSocket:
             self._start.cancel()
 
     def _send_soon(self, text: str) -> None:
+        """A reply the protocol owes (a pong) sent beside the writer. A few may be in flight; beyond that a client
+        that pings without reading its socket gets no more: nothing piles up for it."""
+        if len(self._sends) >= MAX_PENDING_REPLIES:
+            return
         task = asyncio.ensure_future(self.ws.send(text))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
