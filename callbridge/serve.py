@@ -17,7 +17,6 @@ import socket
 import tempfile
 
 from callbridge.bots.loader import BotFactory, load_bot
-from callbridge.codec import Resampler
 from callbridge.edge.media import media_routes
 from callbridge.edge.server import ClientAddress, Edge
 from callbridge.services import Services
@@ -27,9 +26,6 @@ from callbridge.watchdog import LoopWatchdog
 from callbridge.web.app import create_app
 
 log = logging.getLogger("callbridge")
-
-#: The rate pairs calls resample between (phone and WebRTC audio to the VAD's rates and back).
-CALL_RATE_PAIRS = ((8000, 16000), (16000, 8000), (48000, 16000), (16000, 48000), (8000, 48000), (48000, 8000))
 
 
 class ServeError(Exception):
@@ -53,12 +49,6 @@ def make_services(settings: Settings, bot_factory: BotFactory | None = None, wor
     return Services(settings=settings, bot_factory=bot_factory, registry=make_registry(settings, worker))
 
 
-def prepare_resamplers() -> None:
-    """Design the filters calls use at start-up, not in a call's first turn."""
-    for source, target in CALL_RATE_PAIRS:
-        Resampler(source, target)
-
-
 async def serve(settings: Settings, bot_factory: BotFactory | None = None, worker: int = 0) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
@@ -70,7 +60,6 @@ async def serve(settings: Settings, bot_factory: BotFactory | None = None, worke
         await services.registry.start()
     except ServiceUnavailable as exc:
         raise ServeError(str(exc)) from None
-    await asyncio.to_thread(prepare_resamplers)
     private = tempfile.mkdtemp(prefix="callbridge-")  # mode 0700: only this user reaches Hypercorn
     upstream = os.path.join(private, "http.sock")
     config = Config()
