@@ -88,3 +88,12 @@ def test_a_whisper_folder_without_its_files_is_refused(tmp_path: Path) -> None:
     config = AssistantConfig.from_env({"STT_MODEL": str(tmp_path)})
     with pytest.raises(AssistantConfigError, match=r"STT_MODEL: .* lacks model\.bin"):
         Stages.from_config(config)
+
+
+def test_api_keys_stay_out_of_the_configs_repr():
+    from callbridge.bots.assistant.config import AssistantConfig
+
+    config = AssistantConfig.from_env({"LLM_BASE_URL": "http://127.0.0.1:9/v1", "LLM_MODEL": "m",
+                                       "LLM_API_KEY": "sk-llm", "STT_API_KEY": "sk-stt", "TTS_API_KEY": "sk-tts"})
+    assert config.llm_api_key == "sk-llm"
+    assert not any(key in repr(config) for key in ("sk-llm", "sk-stt", "sk-tts"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -37,16 +37,16 @@ class AssistantConfig:
     #: Local Whisper: a CTranslate2 model folder ("" = the shipped tiny.en). With STT_BASE_URL: the model name.
     stt_model: str = ""
     stt_base_url: str = ""
-    stt_api_key: str = ""
+    stt_api_key: str = field(default="", repr=False)  # never in a log line or traceback
     llm_base_url: str = ""
     llm_model: str = ""
-    llm_api_key: str = ""
+    llm_api_key: str = field(default="", repr=False)  # never in a log line or traceback
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     #: The dialog file for the offline brain (None = the shipped example); not with LLM_BASE_URL.
     assistant_script: Path | None = None
     tts_engine: TtsEngine = "espeak"
     tts_base_url: str = ""
-    tts_api_key: str = ""
+    tts_api_key: str = field(default="", repr=False)  # never in a log line or traceback
     tts_model: str = ""
     #: espeak-ng voice ("en-us"), Piper .onnx voice file ("" = the shipped one) or OpenAI voice name.
     tts_voice: str = ""
