@@ -15,6 +15,7 @@ from callbridge.core.vad import VadBatcher, load_vad
 from callbridge.services import Services
 from callbridge.web.health import health
 from callbridge.web.io import io
+from callbridge.web.responses import JsonProvider
 from callbridge.web.softphone import softphone
 from callbridge.web.telephone import telephone
 from callbridge.web.webrtc import webrtc
@@ -25,6 +26,7 @@ log = logging.getLogger("callbridge")
 def create_app(services: Services) -> Quart:
     settings = services.settings
     app = Quart("callbridge.web")
+    app.json = JsonProvider(app)
     app.register_blueprint(health(services))
     app.register_blueprint(io(services))
     app.register_blueprint(telephone(services))

@@ -13,6 +13,7 @@ import logging
 from quart import Blueprint, Response, request
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
+from callbridge.logs import masked_number
 from callbridge.services import Services
 from callbridge.transports.twilio import call_token, signature_valid, stream_url, token_secret
 
@@ -52,7 +53,9 @@ def telephone(services: Services) -> Blueprint:
         connect = Connect()
         connect.append(stream)
         response.append(connect)
-        logger.info("webhook: call %s from %s to %s", call_sid, form.get("From", "?"), form.get("To", "?"))
+        shown = str if logger.isEnabledFor(logging.DEBUG) else masked_number  # numbers in full at DEBUG only
+        logger.info("webhook: call %s from %s to %s", call_sid, shown(form.get("From", "?")),
+                    shown(form.get("To", "?")))
         return Response(str(response), mimetype="text/xml")
 
     return routes

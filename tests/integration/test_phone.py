@@ -194,6 +194,10 @@ async def test_bad_input_never_disturbs_a_healthy_call(echo_server):
         "unknown event": ([twilio_start(webhook(echo_server.url)[1]), json.dumps({"event": "dance"})], 1007),
         "oversized": ([BIG], 1009),
     }
+    for media_format in ([1], "audio/x-mulaw", 8000, True):
+        start = json.loads(twilio_start(webhook(echo_server.url)[1]))
+        start["start"]["mediaFormat"] = media_format
+        twilio_bad[f"mediaFormat {media_format!r}"] = ([json.dumps(start)], 1007)
     for name, (messages, expected_code) in twilio_bad.items():
         received, code = await raw_exchange(twilio_url, messages)
         assert code == expected_code, name
