@@ -3,6 +3,7 @@ and OpenAI's transcription endpoint as a local server speaks it."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import subprocess
 import sys
@@ -85,6 +86,39 @@ async def test_word_error_rate_over_a_corpus(whisper: LocalWhisper) -> None:
     wer = errors / total
     print(f"WER {wer:.3f} over {len(CORPUS)} utterances, {(time.perf_counter() - started) / len(CORPUS):.2f} s each")
     assert wer < WER_BOUND
+
+
+async def test_turns_queued_behind_other_calls_wait_instead_of_timing_out() -> None:
+    """More turns at once than the machine transcribes at once: each waits its turn; the timeout counts from
+    when its own transcription starts, so none of them gets the apology."""
+    audio = phone_speech("Where are you located?")
+    single = LocalWhisper()
+    single.load()
+    durations = []
+    for _ in range(3):
+        started = time.perf_counter()
+        await single.transcribe(audio, 16000)
+        durations.append(time.perf_counter() - started)
+    stt = LocalWhisper(timeout=3 * max(durations))
+    heard = await asyncio.gather(*(stt.transcribe(audio, 16000) for _ in range(8)))
+    assert all("located" in words(text) for text in heard), heard
+
+
+async def test_a_turn_cancelled_while_queued_is_never_transcribed(monkeypatch) -> None:
+    stt = LocalWhisper()
+    stt.load()
+    runs: list[int] = []
+    transcribe = stt._transcribe
+    monkeypatch.setattr(stt, "_transcribe", lambda samples: runs.append(len(samples)) or transcribe(samples))
+    first = asyncio.create_task(stt.transcribe(phone_speech("What time do you open tomorrow?"), 16000))
+    queued = asyncio.create_task(stt.transcribe(silence(0.7, 16000), 16000))
+    await asyncio.sleep(0.05)
+    queued.cancel()
+    assert "tomorrow" in words(await first)
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    await stt.transcribe(silence(0.3, 16000), 16000)  # the queue has moved past where the cancelled turn was
+    assert len(runs) == 2 and runs[1] == 0.3 * 16000
 
 
 def test_runs_without_any_network() -> None:
