@@ -49,6 +49,15 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     outbound_lead_ms: int = Field(60, ge=0, le=2000)
+    # The media sockets' timeouts (Twilio's stream, the browser's µ-law socket). A real Twilio stream sends its
+    # `start` within about a second; real networks stall for a few seconds (a Wi-Fi or mobile handover). 10 s
+    # rides out such a stall, yet a socket that never starts, a frozen client (its kernel still acknowledges,
+    # nothing answers) or one that never reads gives back its slot and its file descriptor within seconds.
+    media_start_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # The edge pings every this many seconds; a socket whose pong has not come by the next one is dropped.
+    media_ping_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # A socket whose outbound data stays backed up (its write buffer full) this long is dropped.
+    media_send_timeout_seconds: float = Field(10.0, gt=0, le=300)
     workers: int = Field(1, ge=1, le=64)
     # The event loop blocked this long (a blocking call in a bot) is logged, naming the call and the code.
     loop_lag_warning_ms: int = Field(250, ge=0, le=60000)
