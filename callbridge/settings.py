@@ -86,7 +86,10 @@ class Settings(BaseSettings):
     # --- WebRTC -------------------------------------------------------------------------------------
     # No STUN server by default: the service never contacts a public server unless configured to.
     ice_servers: list[IceServer] = Field(default_factory=list)
-    webrtc_connect_timeout_seconds: float = Field(30.0, gt=0, le=600)
+    # A browser on the same host or LAN connects in well under a second, through TURN in one to three: 10 s
+    # leaves room for a few seconds' stall, while an offer that never connects holds its slot (phone callers
+    # meanwhile hear "busy") a third as long as the 30 s of ICE consent expiry.
+    webrtc_connect_timeout_seconds: float = Field(10.0, gt=0, le=600)
     webrtc_max_call_seconds: float = Field(0.0, ge=0)
     limit_status_code: int = 429
 
