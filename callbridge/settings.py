@@ -6,10 +6,12 @@ names the variable (see `load_settings`).
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 
@@ -58,6 +60,8 @@ class Settings(BaseSettings):
     media_ping_timeout_seconds: float = Field(10.0, gt=0, le=300)
     # A socket whose outbound data stays backed up (its write buffer full) this long is dropped.
     media_send_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # Origins whose pages may use the browser routes besides the service's own ("*": any); see origin_refusal.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     workers: int = Field(1, ge=1, le=64)
     # The event loop blocked this long (a blocking call in a bot) is logged, naming the call and the code.
     loop_lag_warning_ms: int = Field(250, ge=0, le=60000)
@@ -106,6 +110,20 @@ class Settings(BaseSettings):
             raise ValueError("must start with https:// (or http:// for local tests)")
         return value
 
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        origins = [origin.strip().rstrip("/").lower() for origin in value]
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin such as https://app.example.com (or *)")
+        return origins
+
     @field_validator("limit_status_code")
     @classmethod
     def _check_limit_status_code(cls, value: int) -> int:
@@ -130,6 +148,21 @@ class Settings(BaseSettings):
     def public_base(self, scheme: str, host: str) -> str:
         """The public base URL Twilio reaches: PUBLIC_URL when set, else what this request was addressed to."""
         return self.public_url or f"{scheme}://{host}"
+
+    def origin_refusal(self, origin: str | None, host: str) -> str | None:
+        """Why a page from `origin` may not use the browser routes (None: it may). Allowed: no Origin at all (not
+        a browser), the service's own origin (the Origin's host is the request's Host, or PUBLIC_URL's origin) and
+        ALLOWED_ORIGINS. Without this check any web site a visitor opens could start calls in their name."""
+        if not origin or "*" in self.allowed_origins:
+            return None
+        origin = origin.strip().rstrip("/").lower()
+        own = {f"http://{host.lower()}", f"https://{host.lower()}"}
+        if self.public_url:
+            public = urlsplit(self.public_url.lower())
+            own.add(f"{public.scheme}://{public.netloc}")
+        if origin in own or origin in self.allowed_origins:
+            return None
+        return f"pages from {origin} may not use this service (ALLOWED_ORIGINS)"
 
     @property
     def vad_in_thread(self) -> bool:

@@ -266,7 +266,8 @@ class MediaSocket:
 
 
 def media_routes(services: Services) -> dict[str, Route]:
-    """The edge's media WebSocket routes: Twilio's stream and the browser's µ-law socket."""
+    """The edge's media WebSocket routes: Twilio's stream and the browser's µ-law socket (only pages of the
+    allowed origins may open that one; Twilio sends no Origin)."""
     settings = services.settings
     max_bytes = settings.max_message_bytes
 
@@ -283,6 +284,9 @@ def media_routes(services: Services) -> dict[str, Route]:
     async def browser_socket(ws: WebSocket) -> None:
         await MediaSocket(services, ws, browser.BrowserProtocol(max_bytes)).run()
 
+    def browser_origin(headers: dict[str, str]) -> str | None:
+        return settings.origin_refusal(headers.get("origin"), headers.get("host", ""))
+
     ping, send = settings.media_ping_timeout_seconds, settings.media_send_timeout_seconds
     return {twilio.PATH: Route(twilio_stream, ping, send),
-            browser.PATH: Route(browser_socket, ping, send)}
+            browser.PATH: Route(browser_socket, ping, send, admission=browser_origin)}

@@ -15,6 +15,7 @@ address, which Hypercorn cannot see through the Unix socket (`ClientAddress` put
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import re
@@ -27,6 +28,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from callbridge.core.messages import failed
 from callbridge.edge.websocket import ClientGone, Gone, Listener, Route
 
 logger = logging.getLogger("callbridge.edge")
@@ -227,10 +229,10 @@ class _Upstream(asyncio.Protocol):
 class MediaConnection:
     """One media WebSocket on websockets' sans-I/O protocol, offering the handlers' WebSocket interface.
 
-    It keeps its route's rules: a ping goes out every `ping_timeout` seconds and a socket whose pong has not
-    come by the next one is dropped (a frozen client: its kernel still acknowledges, nothing answers); so is
-    one whose outbound data stays backed up for `send_timeout` (a client that never reads). Dropping aborts
-    the connection, which ends the call."""
+    It keeps its route's rules: an upgrade the route's admission refuses is answered 403; a ping goes out every
+    `ping_timeout` seconds and a socket whose pong has not come by the next one is dropped (a frozen client:
+    its kernel still acknowledges, nothing answers); so is one whose outbound data stays backed up for
+    `send_timeout` (a client that never reads). Dropping aborts the connection, which ends the call."""
 
     scheme = "ws"
 
@@ -265,14 +267,22 @@ class MediaConnection:
         if not isinstance(request, Request):  # websockets could not parse it: it has answered with an error
             self._flush()
             return
-        response = self.protocol.accept(request)
+        self.headers = {name.lower(): value for name, value in request.headers.raw_items()}
+        self.host = self.headers.get("host", "")
+        admission = self.route.admission
+        refusal = admission(self.headers) if admission is not None else None
+        if refusal is not None:
+            response = self.protocol.reject(403, json.dumps(failed(refusal)))
+            response.headers["Content-Type"] = "application/json"
+            logger.warning("refused a WebSocket upgrade to %s: %s", request.path, refusal)
+        else:
+            response = self.protocol.accept(request)
         self.protocol.send_response(response)
         self._flush()
         if response.status_code != 101:
-            logger.info("refused a WebSocket upgrade to %s: %d", request.path, response.status_code)
+            if refusal is None:
+                logger.info("refused a WebSocket upgrade to %s: %d", request.path, response.status_code)
             return
-        self.headers = {name.lower(): value for name, value in request.headers.raw_items()}
-        self.host = self.headers.get("host", "")
         self.edge.sockets.add(self)
         loop = asyncio.get_running_loop()
         self.task = loop.create_task(self._serve())

@@ -45,6 +45,8 @@ class WebSocket(Protocol):
 
 
 Handler = Callable[[WebSocket], Awaitable[None]]
+#: From an upgrade request's headers (lower-case names): why it is refused (answered 403), or None.
+Admission = Callable[[dict[str, str]], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +57,4 @@ class Route:
     handler: Handler
     ping_timeout: float  # the edge pings this often; a socket whose pong has not come by the next ping is dropped
     send_timeout: float  # a socket whose outbound data stays backed up this long is dropped
+    admission: Admission | None = None

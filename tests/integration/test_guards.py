@@ -1,5 +1,6 @@
-"""Clients that would hold a call's slot without using it: a real server on loopback, raw sockets where a client
-library would answer for the client (pings) or read for it, each beside a healthy echo call that must stay whole."""
+"""Clients that would hold a call's slot without using it, and pages of other sites: a real server on loopback,
+raw sockets where a client library would answer for the client (pings) or read for it, each beside a healthy
+echo call that must stay whole."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import json
 import socket
 import time
 
+import httpx
 import numpy as np
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from callbridge.simulator import webhook
 from tests.integration.clients import BrowserResult, browser_call, raw_exchange
@@ -19,12 +23,14 @@ from tests.speech import peak_correlation, silence, speech
 
 RATE = 8000
 HELLO = "Hello, this is a test call, can you hear me?"
+OWN_SITE = "https://app.example"
+OTHER_SITE = "https://elsewhere.example"
 
 
 @pytest.fixture(scope="module")
 def guarded(server_factory) -> Server:
-    """Small timeouts, so that a test sees them pass."""
-    return server_factory(media_start_timeout_seconds=1, media_ping_timeout_seconds=2)
+    """Small timeouts, so that a test sees them pass; one other site's pages allowed."""
+    return server_factory(media_start_timeout_seconds=1, media_ping_timeout_seconds=2, allowed_origins=OWN_SITE)
 
 
 def ws_url(server: Server, path: str) -> str:
@@ -38,10 +44,10 @@ async def wait_for_log(server: Server, text: str, timeout: float = 15.0) -> None
         await asyncio.sleep(0.05)
 
 
-def healthy_echo(server: Server, call_id: str) -> tuple[asyncio.Task[BrowserResult], np.ndarray]:
+def healthy_echo(server: Server, call_id: str, **options: str) -> tuple[asyncio.Task[BrowserResult], np.ndarray]:
     """A browser call speaking in real time (for about seven seconds, until its echo has played)."""
     said = speech(HELLO, RATE)
-    call = browser_call(server.url, call_id, np.concatenate([said, silence(1.0, RATE)]), pace=0.02)
+    call = browser_call(server.url, call_id, np.concatenate([said, silence(1.0, RATE)]), pace=0.02, **options)
     return asyncio.create_task(call), said
 
 
@@ -121,3 +127,54 @@ async def test_a_client_that_never_reads_is_dropped(server_factory):
                                "(the client is not reading)")
     await wait_for_log(server, "call never-reads ended")
     assert_whole(await healthy, said)
+
+
+async def test_pages_of_other_sites_are_refused_and_the_services_own_and_allowed_ones_are_not(guarded):
+    refusal = {"status": "failed", "meta": {"error": f"pages from {OTHER_SITE} may not use this service "
+                                                     "(ALLOWED_ORIGINS)"}}
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(ws_url(guarded, "/websocket/offer"), origin=OTHER_SITE):
+            pass
+    assert refused.value.response.status_code == 403
+    assert json.loads(refused.value.response.body) == refusal
+
+    own_page = f"http://127.0.0.1:{guarded.port}"  # the softphone, served by the service itself
+    healthy, said = healthy_echo(guarded, "same-origin", origin=own_page)
+    for origin in (OWN_SITE, None):  # the allowed site; a client that is no browser
+        async with connect(ws_url(guarded, "/websocket/offer"), origin=origin) as ws:
+            await ws.send(json.dumps({"event": "start", "websocket_id": f"from-{origin}"}))
+            await ws.send(json.dumps({"event": "stop"}))
+            await asyncio.wait_for(ws.wait_closed(), 5)
+        assert ws.close_code == 1000
+    # Twilio sends no Origin, and its stream is not a page's to open: it is not checked there.
+    async with connect(ws_url(guarded, "/telephone/handler"), origin=OTHER_SITE) as ws:
+        await ws.send(json.dumps({"event": "stop"}))
+        await asyncio.wait_for(ws.wait_closed(), 5)
+    assert ws.close_code == 1008  # a stop before start: the socket itself was accepted
+
+    async with httpx.AsyncClient(base_url=guarded.url, timeout=10) as http:
+        other = {"Origin": OTHER_SITE}
+        offer = {"sdp": "v=0", "type": "offer", "webrtc_id": "cross-site"}
+        for response in (await http.post("/webrtc/offer", json=offer, headers=other),
+                         await http.post("/input_hook", json={"webrtc_id": "same-origin", "x": 1}, headers=other),
+                         await http.get("/updates", params={"webrtc_id": "same-origin"}, headers=other)):
+            assert (response.status_code, response.json()) == (403, refusal), response.request.url
+        for origin in (own_page, OWN_SITE):  # these reach the route, which judges the body
+            response = await http.post("/webrtc/offer", json={"type": "offer"}, headers={"Origin": origin})
+            assert response.status_code == 422, response.text
+    assert f"refused a WebSocket upgrade to /websocket/offer: pages from {OTHER_SITE}" in guarded.logs()
+    assert_whole(await healthy, said)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_a_body_not_sent_as_json_is_refused(guarded, content_type):
+    """A page may send text/plain or a form to any site without asking; JSON needs a CORS preflight."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    error = f"the body must be JSON sent as Content-Type: application/json, not {content_type or 'no Content-Type'}"
+    body = json.dumps({"sdp": "v=0", "type": "offer", "webrtc_id": "as-text"})
+    async with httpx.AsyncClient(base_url=guarded.url, timeout=10) as http:
+        for route in ("/webrtc/offer", "/input_hook"):
+            response = await http.post(route, content=body, headers=headers)
+            assert (response.status_code, response.json()) == (415, {"status": "failed", "meta": {"error": error}})
+        as_json = await http.post("/webrtc/offer", content=body, headers={"Content-Type": "application/json"})
+    assert as_json.status_code == 400 and "cannot answer" in as_json.json()["meta"]["error"]
