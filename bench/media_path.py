@@ -149,7 +149,8 @@ def build_edge(calls: int, vad_on_loop: bool) -> tuple[Any, Any, bytes, Any]:
     from callbridge.settings import Settings
     from callbridge.transports.twilio import token_secret
 
-    settings = Settings(bot="echo", concurrency_limit=calls + 10)
+    # Its streams answer no pings: the longest ping timeout keeps them from being dropped in a long run.
+    settings = Settings(bot="echo", concurrency_limit=calls + 10, media_ping_timeout_seconds=300)
     services = make_services(settings)
     services.vad = VadBatcher(load_vad(settings.vad_backend), in_thread=not vad_on_loop)
     edge = Edge(media_routes(services), "/nonexistent", 1 << 20)

@@ -6,10 +6,12 @@ names the variable (see `load_settings`).
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
 
@@ -49,6 +51,17 @@ class Settings(BaseSettings):
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
     outbound_lead_ms: int = Field(60, ge=0, le=2000)
+    # The media sockets' timeouts (Twilio's stream, the browser's µ-law socket). A real Twilio stream sends its
+    # `start` within about a second; real networks stall for a few seconds (a Wi-Fi or mobile handover). 10 s
+    # rides out such a stall, yet a socket that never starts, a frozen client (its kernel still acknowledges,
+    # nothing answers) or one that never reads gives back its slot and its file descriptor within seconds.
+    media_start_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # The edge pings every this many seconds; a socket whose pong has not come by the next one is dropped.
+    media_ping_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # A socket whose outbound data stays backed up (its write buffer full) this long is dropped.
+    media_send_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    # Origins whose pages may use the browser routes besides the service's own ("*": any); see origin_refusal.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     workers: int = Field(1, ge=1, le=64)
     # The event loop blocked this long (a blocking call in a bot) is logged, naming the call and the code.
     loop_lag_warning_ms: int = Field(250, ge=0, le=60000)
@@ -77,7 +90,10 @@ class Settings(BaseSettings):
     # --- WebRTC -------------------------------------------------------------------------------------
     # No STUN server by default: the service never contacts a public server unless configured to.
     ice_servers: list[IceServer] = Field(default_factory=list)
-    webrtc_connect_timeout_seconds: float = Field(30.0, gt=0, le=600)
+    # A browser on the same host or LAN connects in well under a second, through TURN in one to three: 10 s
+    # leaves room for a few seconds' stall, while an offer that never connects holds its slot (phone callers
+    # meanwhile hear "busy") a third as long as the 30 s of ICE consent expiry.
+    webrtc_connect_timeout_seconds: float = Field(10.0, gt=0, le=600)
     webrtc_max_call_seconds: float = Field(0.0, ge=0)
     limit_status_code: int = 429
 
@@ -93,6 +109,20 @@ class Settings(BaseSettings):
         if value and not value.startswith(("https://", "http://")):
             raise ValueError("must start with https:// (or http:// for local tests)")
         return value
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        return [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        origins = [origin.strip().rstrip("/").lower() for origin in value]
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin such as https://app.example.com (or *)")
+        return origins
 
     @field_validator("limit_status_code")
     @classmethod
@@ -118,6 +148,21 @@ class Settings(BaseSettings):
     def public_base(self, scheme: str, host: str) -> str:
         """The public base URL Twilio reaches: PUBLIC_URL when set, else what this request was addressed to."""
         return self.public_url or f"{scheme}://{host}"
+
+    def origin_refusal(self, origin: str | None, host: str) -> str | None:
+        """Why a page from `origin` may not use the browser routes (None: it may). Allowed: no Origin at all (not
+        a browser), the service's own origin (the Origin's host is the request's Host, or PUBLIC_URL's origin) and
+        ALLOWED_ORIGINS. Without this check any web site a visitor opens could start calls in their name."""
+        if not origin or "*" in self.allowed_origins:
+            return None
+        origin = origin.strip().rstrip("/").lower()
+        own = {f"http://{host.lower()}", f"https://{host.lower()}"}
+        if self.public_url:
+            public = urlsplit(self.public_url.lower())
+            own.add(f"{public.scheme}://{public.netloc}")
+        if origin in own or origin in self.allowed_origins:
+            return None
+        return f"pages from {origin} may not use this service (ALLOWED_ORIGINS)"
 
     @property
     def vad_in_thread(self) -> bool:

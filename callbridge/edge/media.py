@@ -21,7 +21,7 @@ import numpy as np
 
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, PlaybackMark
-from callbridge.edge.websocket import ClientGone, Handler, WebSocket
+from callbridge.edge.websocket import ClientGone, Route, WebSocket
 from callbridge.services import Services
 from callbridge.sessions.registry import ConnectionAlreadyExists, RegistryError
 from callbridge.transports import browser, twilio
@@ -151,8 +151,8 @@ class MediaSocket:
         else:
             self._apply(self.call, event)
 
-    def on_gone(self) -> None:
-        self._end(ClientGone())
+    def on_gone(self, reason: str) -> None:
+        self._end(ClientGone(reason))
 
     def _apply(self, call: Call, event: Event) -> None:
         if isinstance(event, Media):
@@ -201,7 +201,10 @@ class MediaSocket:
         await asyncio.shield(self._ended)  # shielded: cancelling this watcher leaves the outcome readable
 
     async def _open(self) -> Call:
-        await asyncio.wait([self._start, self._ended], return_when=asyncio.FIRST_COMPLETED)
+        timeout = self.settings.media_start_timeout_seconds
+        await asyncio.wait([self._start, self._ended], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not self._start.done():  # an idle socket would hold its file descriptor for ever
+            raise ProtocolError(f"no start message within {timeout:g} s")
         if self._ended.done():
             self._ended.result()  # raises what ended the socket before start
             raise ClientGone  # a stop before start
@@ -226,8 +229,12 @@ class MediaSocket:
                                  self._reply_sent)
             await run_until_first_done(self._until_ended(), writer.run())
             await self.ws.close(NORMAL)
-        except ClientGone:
-            logger.info("%s %s: the client closed the socket", transport, self.label)
+        except ClientGone as gone:
+            if gone.reason:
+                logger.warning("%s %s: dropped: %s", transport, self.label, gone.reason,
+                               extra={"event": "client_dropped", "call_id": self.label, "error": gone.reason})
+            else:
+                logger.info("%s %s: the client closed the socket", transport, self.label)
         except ProtocolError as exc:
             self.services.metrics.errors.labels("protocol").inc()
             logger.warning("%s %s: %s; closing with %d", transport, self.label, exc, exc.code,
@@ -258,8 +265,9 @@ class MediaSocket:
                 await self.services.end_call(self.call)
 
 
-def media_routes(services: Services) -> dict[str, Handler]:
-    """The edge's media WebSocket routes: Twilio's stream and the browser's µ-law socket."""
+def media_routes(services: Services) -> dict[str, Route]:
+    """The edge's media WebSocket routes: Twilio's stream and the browser's µ-law socket (only pages of the
+    allowed origins may open that one; Twilio sends no Origin)."""
     settings = services.settings
     max_bytes = settings.max_message_bytes
 
@@ -276,4 +284,9 @@ def media_routes(services: Services) -> dict[str, Handler]:
     async def browser_socket(ws: WebSocket) -> None:
         await MediaSocket(services, ws, browser.BrowserProtocol(max_bytes)).run()
 
-    return {twilio.PATH: twilio_stream, browser.PATH: browser_socket}
+    def browser_origin(headers: dict[str, str]) -> str | None:
+        return settings.origin_refusal(headers.get("origin"), headers.get("host", ""))
+
+    ping, send = settings.media_ping_timeout_seconds, settings.media_send_timeout_seconds
+    return {twilio.PATH: Route(twilio_stream, ping, send),
+            browser.PATH: Route(browser_socket, ping, send, admission=browser_origin)}

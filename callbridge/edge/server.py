@@ -15,7 +15,9 @@ address, which Hypercorn cannot see through the Unix socket (`ClientAddress` put
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -26,7 +28,8 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from callbridge.edge.websocket import ClientGone, Gone, Handler, Listener
+from callbridge.core.messages import failed
+from callbridge.edge.websocket import ClientGone, Gone, Listener, Route
 
 logger = logging.getLogger("callbridge.edge")
 # websockets logs every opened and closed connection at INFO; the handlers log what matters.
@@ -44,7 +47,7 @@ _REQUEST_LINE = re.compile(rb"([A-Z]+) (\S+) HTTP/1\.[01]")
 class Edge:
     """Listens on the public address; owns the media connections it serves."""
 
-    def __init__(self, routes: dict[str, Handler], upstream: str, max_size: int) -> None:
+    def __init__(self, routes: dict[str, Route], upstream: str, max_size: int) -> None:
         self.routes = routes
         self.upstream = upstream
         self.max_size = max_size  # a hard cap; the transports enforce MAX_MESSAGE_BYTES with a clear error
@@ -94,9 +97,9 @@ class Connection(asyncio.Protocol):
         self.timer.cancel()
         head, rest = bytes(self.buffer[:end]), bytes(self.buffer[end + 4:])
         path = media_upgrade_path(head) if end >= 0 else None
-        handler = self.edge.routes.get(path) if path is not None else None
-        if handler is not None:
-            media = self.next = MediaConnection(self.edge, handler, self.transport)
+        route = self.edge.routes.get(path) if path is not None else None
+        if route is not None:
+            media = self.next = MediaConnection(self.edge, route, self.transport)
             media.start(bytes(self.buffer))
         elif end >= 0 and _REQUEST_LINE.match(head):
             first = with_peer(head, self.transport.get_extra_info("peername")) + rest
@@ -224,13 +227,18 @@ class _Upstream(asyncio.Protocol):
 
 
 class MediaConnection:
-    """One media WebSocket on websockets' sans-I/O protocol, offering the handlers' WebSocket interface."""
+    """One media WebSocket on websockets' sans-I/O protocol, offering the handlers' WebSocket interface.
+
+    It keeps its route's rules: an upgrade the route's admission refuses is answered 403; a ping goes out every
+    `ping_timeout` seconds and a socket whose pong has not come by the next one is dropped (a frozen client:
+    its kernel still acknowledges, nothing answers); so is one whose outbound data stays backed up for
+    `send_timeout` (a client that never reads). Dropping aborts the connection, which ends the call."""
 
     scheme = "ws"
 
-    def __init__(self, edge: Edge, handler: Handler, transport: asyncio.Transport) -> None:
+    def __init__(self, edge: Edge, route: Route, transport: asyncio.Transport) -> None:
         self.edge = edge
-        self.handler = handler
+        self.route = route
         self.transport = transport
         self.protocol = ServerProtocol(max_size=edge.max_size, logger=_ws_logger)
         self.headers: dict[str, str] = {}
@@ -243,6 +251,10 @@ class MediaConnection:
         self.fragment_opcode: Opcode | None = None
         self.drained: asyncio.Future[None] | None = None
         self.close_timer: asyncio.TimerHandle | None = None
+        self.ping_timer: asyncio.TimerHandle | None = None  # the next ping, or the deadline of the one out
+        self.ping_payload: bytes | None = None  # the ping waiting for its pong
+        self.send_timer: asyncio.TimerHandle | None = None  # while outbound data is backed up
+        self.dropped = ""  # why the edge dropped the connection
         self.task: asyncio.Task[None] | None = None
         self.listener: Listener | None = None
         self.on_gone: Gone | None = None
@@ -255,22 +267,32 @@ class MediaConnection:
         if not isinstance(request, Request):  # websockets could not parse it: it has answered with an error
             self._flush()
             return
-        response = self.protocol.accept(request)
+        self.headers = {name.lower(): value for name, value in request.headers.raw_items()}
+        self.host = self.headers.get("host", "")
+        admission = self.route.admission
+        refusal = admission(self.headers) if admission is not None else None
+        if refusal is not None:
+            response = self.protocol.reject(403, json.dumps(failed(refusal)))
+            response.headers["Content-Type"] = "application/json"
+            logger.warning("refused a WebSocket upgrade to %s: %s", request.path, refusal)
+        else:
+            response = self.protocol.accept(request)
         self.protocol.send_response(response)
         self._flush()
         if response.status_code != 101:
-            logger.info("refused a WebSocket upgrade to %s: %d", request.path, response.status_code)
+            if refusal is None:
+                logger.info("refused a WebSocket upgrade to %s: %d", request.path, response.status_code)
             return
-        self.headers = {name.lower(): value for name, value in request.headers.raw_items()}
-        self.host = self.headers.get("host", "")
         self.edge.sockets.add(self)
-        self.task = asyncio.get_running_loop().create_task(self._serve())
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self._serve())
+        self.ping_timer = loop.call_later(self.route.ping_timeout, self._ping)
         if len(events) > 1:  # frames that came with the request
             self._handle_frames(events[1:])
 
     async def _serve(self) -> None:
         try:
-            await self.handler(self)
+            await self.route.handler(self)
         except ClientGone:
             pass
         except Exception:
@@ -284,7 +306,7 @@ class MediaConnection:
 
     async def send(self, text: str) -> None:
         if self.closed or self.protocol.state is not State.OPEN:
-            raise ClientGone
+            raise ClientGone(self.dropped)
         self.protocol.send_text(text.encode())
         self._flush()
         if self.drained is not None:
@@ -332,16 +354,24 @@ class MediaConnection:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.close_timer is not None:
-            self.close_timer.cancel()
+        for timer in (self.close_timer, self.ping_timer, self.send_timer):
+            if timer is not None:
+                timer.cancel()
         self._notify_gone()
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
 
     def pause_writing(self) -> None:
-        self.drained = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.drained = loop.create_future()
+        timeout = self.route.send_timeout
+        self.send_timer = loop.call_later(timeout, self._drop, f"outbound data backed up for {timeout:g} s "
+                                          "(the client is not reading)")
 
     def resume_writing(self) -> None:
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
         if self.drained is not None and not self.drained.done():
             self.drained.set_result(None)
         self.drained = None
@@ -392,6 +422,8 @@ class MediaConnection:
                 if frame.fin:
                     self._deliver(self.fragment_opcode, b"".join(self.fragments))
                     self.fragment_opcode, self.fragments = None, []
+            elif opcode is Opcode.PONG and self.ping_payload is not None and frame.data == self.ping_payload:
+                self._answered()
         self._after_frames()
 
     def _after_frames(self) -> None:
@@ -435,7 +467,32 @@ class MediaConnection:
         self.gone = True
         if self.on_gone is not None and not self.gone_told:
             self.gone_told = True
-            self.on_gone()
+            self.on_gone(self.dropped)
+
+    def _ping(self) -> None:
+        """Ping, and give the pong until the next ping is due (a random payload: only a client that read the
+        ping can answer it)."""
+        if self.protocol.state is not State.OPEN:
+            return
+        self.ping_payload = os.urandom(4)
+        self.protocol.send_ping(self.ping_payload)
+        self._flush()
+        timeout = self.route.ping_timeout
+        self.ping_timer = asyncio.get_running_loop().call_later(timeout, self._drop, f"no pong within {timeout:g} s")
+
+    def _answered(self) -> None:
+        assert self.ping_timer is not None
+        self.ping_timer.cancel()
+        self.ping_payload = None
+        self.ping_timer = asyncio.get_running_loop().call_later(self.route.ping_timeout, self._ping)
+
+    def _drop(self, reason: str) -> None:
+        """Cut a connection whose client does not answer or does not read: no closing handshake, which it would
+        not take part in either (nor in a graceful close, which waits for it to read). connection_lost follows
+        and tells the handler why."""
+        self.dropped = reason
+        self.closed = True
+        self.transport.abort()
 
     def _flush(self) -> None:
         for data in self.protocol.data_to_send():

@@ -1,17 +1,24 @@
-"""What a media socket handler needs from a WebSocket: the edge's MediaConnection offers it."""
+"""What a media socket handler needs from a WebSocket, and what a media route is: the edge's MediaConnection
+offers the one and enforces the other."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 
 class ClientGone(Exception):
-    """The client closed the socket (or the connection dropped)."""
+    """The client closed the socket, the connection dropped, or the edge dropped it: then `reason` says why."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 Listener = Callable[[str | bytes], None]
-Gone = Callable[[], None]
+#: Told once that nothing more will arrive, with why the edge dropped the socket ("" when the client went).
+Gone = Callable[[str], None]
 
 
 class WebSocket(Protocol):
@@ -38,3 +45,16 @@ class WebSocket(Protocol):
 
 
 Handler = Callable[[WebSocket], Awaitable[None]]
+#: From an upgrade request's headers (lower-case names): why it is refused (answered 403), or None.
+Admission = Callable[[dict[str, str]], str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A media socket route: its handler and what the edge enforces on its sockets, so that a client that
+    never answers or never reads cannot keep a call's slot."""
+
+    handler: Handler
+    ping_timeout: float  # the edge pings this often; a socket whose pong has not come by the next ping is dropped
+    send_timeout: float  # a socket whose outbound data stays backed up this long is dropped
+    admission: Admission | None = None

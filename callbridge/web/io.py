@@ -4,6 +4,9 @@
   other fields' values in the order the body gives them; applies to the call's next turn.
 - `GET /updates?webrtc_id=ID`: the call's additional outputs as Server-Sent Events, one `output`
   event per output (`data` is the JSON list of values), until the call ends.
+
+Like the signalling routes, they refuse pages from foreign origins and bodies that are not JSON
+(callbridge.web.guards).
 """
 
 from __future__ import annotations
@@ -16,15 +19,17 @@ from quart import Blueprint, Response, request
 from callbridge.core.messages import jsonable
 from callbridge.services import Services
 from callbridge.sessions.registry import ServiceUnavailable, UnknownSession
+from callbridge.web.guards import guard_browser_api
 from callbridge.web.responses import failure
 
 
 def io(services: Services) -> Blueprint:
     routes = Blueprint("io", __name__)
+    guard_browser_api(routes, services.settings)
 
     @routes.post("/input_hook")
     async def input_hook() -> tuple[dict, int]:
-        body = await request.get_json(force=True, silent=True)
+        body = await request.get_json(silent=True)
         if not isinstance(body, dict) or not isinstance(body.get("webrtc_id"), str) or not body["webrtc_id"]:
             return failure(422, 'body must be a JSON object with a string "webrtc_id"')
         call_id = body.pop("webrtc_id")

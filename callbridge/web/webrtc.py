@@ -1,6 +1,7 @@
 """WebRTC signalling: `POST /webrtc/offer` takes offers and trickled candidates (callbridge.transports.webrtc).
 
-Refusals: a bad body -> 422; a duplicate id -> 409 `connection_already_exists`; over the limit ->
+Refusals: a page from a foreign origin -> 403 and a body that is not JSON -> 415 (callbridge.web.guards);
+a bad body -> 422; a duplicate id -> 409 `connection_already_exists`; over the limit ->
 `LIMIT_STATUS_CODE` (429, or 200) with the concurrency body; an unusable SDP -> 400. The peer side (aiortc)
 lives in callbridge.edge.webrtc and is imported at the first offer. With several workers a candidate may reach
 another process than its offer: it is passed on through the registry's commands.
@@ -23,6 +24,7 @@ from callbridge.sessions.registry import (
     UnknownSession,
 )
 from callbridge.transports.webrtc import Candidate, Offer, OfferError, parse_request
+from callbridge.web.guards import guard_browser_api
 from callbridge.web.responses import failure
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ logger = logging.getLogger("callbridge.webrtc")
 def webrtc(services: Services) -> Blueprint:
     routes = Blueprint("webrtc", __name__)
     settings = services.settings
+    guard_browser_api(routes, settings)
     live: dict[str, PeerCall] = {}
 
     async def candidate_here(call_id: str, candidate: Any) -> None:
@@ -60,7 +63,7 @@ def webrtc(services: Services) -> Blueprint:
     @routes.post("/webrtc/offer")
     async def offer() -> tuple[dict[str, Any], int]:
         try:
-            parsed = parse_request(await request.get_json(force=True, silent=True), request.args.get("mode"))
+            parsed = parse_request(await request.get_json(silent=True), request.args.get("mode"))
             if isinstance(parsed, Candidate):
                 await add_candidate(parsed)
                 return {"status": "success"}, 200

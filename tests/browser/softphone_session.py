@@ -77,8 +77,9 @@ def run_call(playwright: Playwright, server: Server, wav: Path, transport: str) 
         page.wait_for_function("window.softphone.stateHistory.includes('listening')", timeout=CALL_TIMEOUT_MS)
         call_id = page.text_content("#call-id")
         input_status = page.evaluate(
-            """async ([id, label]) => (await fetch('/input_hook', {method: 'POST', body: JSON.stringify(
-                {webrtc_id: id, label})})).status""", [call_id, LABEL])
+            """async ([id, label]) => (await fetch('/input_hook', {method: 'POST',
+                headers: {'Content-Type': 'application/json'},
+                body: JSON.stringify({webrtc_id: id, label})})).status""", [call_id, LABEL])
         page.wait_for_function("window.softphone.stateHistory.includes('bot')", timeout=CALL_TIMEOUT_MS)
         # Mid-reply: the bot is speaking; sample its level as WebRTC reports it, and keep a picture.
         inbound_levels = []

@@ -39,12 +39,14 @@ class BrowserResult:
 
 
 async def browser_call(base_url: str, call_id: str, audio: np.ndarray, *, until: str = "playback_finished",
-                       timeout: float = 20.0, pace: float = 0.0, drop: bool = False) -> BrowserResult:
+                       timeout: float = 20.0, pace: float = 0.0, drop: bool = False, origin: str | None = None
+                       ) -> BrowserResult:
     """One call over /websocket/offer: send `audio` (frames every `pace` s), collect until log `until`,
-    then send `stop` (or, with `drop`, just close the socket as a crashed page would)."""
+    then send `stop` (or, with `drop`, just close the socket as a crashed page would). `origin`: the Origin
+    header a browser page would send (none by default, as a non-browser client)."""
     result = BrowserResult()
     url = base_url.replace("http://", "ws://") + "/websocket/offer"
-    async with connect(url, max_size=None) as ws:
+    async with connect(url, max_size=None, origin=origin) as ws:
         await ws.send(json.dumps({"event": "start", "websocket_id": call_id}))
 
         async def receive() -> None:

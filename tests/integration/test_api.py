@@ -89,7 +89,8 @@ async def check_input_hook_and_updates(server: Server, call_id: str) -> None:
     on a new connection: with several workers, any of them may answer)."""
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
         assert (await client.post("/input_hook", json={"webrtc_id": "nobody", "label": "x"})).status_code == 404
-        assert (await client.post("/input_hook", content=b"not json")).status_code == 422
+        malformed = await client.post("/input_hook", content=b"not json", headers={"Content-Type": "application/json"})
+        assert malformed.status_code == 422
         assert (await client.post("/input_hook", json={"label": "no id"})).status_code == 422
         assert (await client.get("/updates", params={"webrtc_id": "nobody"})).status_code == 404
         assert (await client.get("/updates")).status_code == 422

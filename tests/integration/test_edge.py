@@ -25,8 +25,14 @@ def http_exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
     return b"".join(chunks)
 
 
-def open_raw_websocket(port: int, path: str, *, version: str = "13") -> tuple[socket.socket, bytes]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+def open_raw_websocket(port: int, path: str, *, version: str = "13", receive_buffer: int = 0
+                       ) -> tuple[socket.socket, bytes]:
+    """A raw socket upgraded to a WebSocket (its receive buffer set small before connecting, if asked)."""
+    sock = socket.socket()
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(5)
+    sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n\r\n".encode())

@@ -20,6 +20,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 
 from callbridge.codec import resample
+from callbridge.simulator import Pause, SimulatedCaller, Speak, WaitForReply, webhook
 from tests.integration.webrtc_bots import GREETING_SECONDS
 from tests.speech import peak_correlation, silence, speech
 
@@ -321,6 +322,22 @@ async def test_limit_and_duplicate_ids(server_factory):
         await again.connect()
     finally:
         await again.close()
+
+
+async def test_an_offer_that_never_connects_gives_its_slot_back_by_the_default_timeout(server_factory):
+    """A page that posts an offer and goes away holds a slot, phone callers hear busy meanwhile: for
+    WEBRTC_CONNECT_TIMEOUT_SECONDS' default of 10 s, not the 30 s of ICE consent."""
+    server = server_factory(concurrency_limit=1, **LOOPBACK_ICE)
+    ghost = Peer(server.url, "webrtc-ghost")
+    assert (await post_offer(server.url, await ghost.offer_body())).status_code == 200
+    await ghost.close()  # its answer is never applied
+    with pytest.raises(RuntimeError, match="rejected"):
+        await asyncio.to_thread(webhook, server.url)
+    await wait_for_log_line(server, "webrtc webrtc-ghost: ending: no connection within 10 s", timeout=15)
+    await wait_for_log_line(server, "call webrtc-ghost ended")
+    said = speech(HELLO, 8000)
+    report = await SimulatedCaller(server.url, [Pause(0.3), Speak(said), WaitForReply("heard")]).run()
+    assert report.close_code == 1000 and peak_correlation(report.heard_audio, said) > 0.9
 
 
 async def test_bad_requests_get_clear_errors(server):

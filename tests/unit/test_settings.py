@@ -63,3 +63,26 @@ def test_the_assistants_variables_are_the_ones_it_reads():
     source = (ROOT / "callbridge" / "bots" / "assistant" / "config.py").read_text()
     body = source.split("class AssistantConfigError")[1]
     assert set(re.findall(r'\("([A-Z][A-Z0-9_]+)"', body)) == set(ASSISTANT_VARIABLES)
+
+
+@pytest.mark.parametrize(("origin", "host", "allowed"), [
+    (None, "127.0.0.1:8000", True),  # not a browser
+    ("http://127.0.0.1:8000", "127.0.0.1:8000", True),  # the softphone, served here
+    ("https://Bot.Example.com", "bot.example.com", True),  # behind a TLS proxy: the Host has no scheme
+    ("https://bot.example.com", "10.0.0.5:8000", True),  # a proxy that rewrites Host: PUBLIC_URL's origin
+    ("https://app.example.com/", "127.0.0.1:8000", True),  # listed in ALLOWED_ORIGINS
+    ("http://app.example.com", "127.0.0.1:8000", False),  # another scheme is another origin
+    ("https://evil.example", "127.0.0.1:8000", False),
+    ("null", "127.0.0.1:8000", False),  # a sandboxed frame or a file
+])
+def test_which_origins_may_use_the_browser_routes(origin, host, allowed):
+    settings = Settings(public_url="https://bot.example.com", allowed_origins="https://app.example.com, http://x.test")
+    assert (settings.origin_refusal(origin, host) is None) == allowed
+
+
+def test_allowed_origins_star_allows_any_and_a_bad_entry_is_named(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert Settings(allowed_origins="*").origin_refusal("https://evil.example", "127.0.0.1:8000") is None
+    monkeypatch.setenv("ALLOWED_ORIGINS", "https://ok.example,app.example.com")
+    with pytest.raises(SettingsError, match=r"ALLOWED_ORIGINS.*'app\.example\.com' is not an origin"):
+        load_settings()
