@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Callable
 
 from callbridge.bots.loader import BotFactory, load_bot
 from callbridge.edge.media import media_routes
@@ -49,7 +50,10 @@ def make_services(settings: Settings, bot_factory: BotFactory | None = None, wor
     return Services(settings=settings, bot_factory=bot_factory, registry=make_registry(settings, worker))
 
 
-async def serve(settings: Settings, bot_factory: BotFactory | None = None, worker: int = 0) -> None:
+async def serve(settings: Settings, bot_factory: BotFactory | None = None, worker: int = 0,
+                on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM; `on_ready` is called once the public port is open (the models loaded, Redis
+    reached): a supervisor tells a worker that served from one that could not start by it."""
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
@@ -105,6 +109,8 @@ async def serve(settings: Settings, bot_factory: BotFactory | None = None, worke
             raise ServeError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
         log.info("serving on http://%s:%d%s", settings.host, settings.port,
                  f" (worker {worker} of {settings.workers})" if settings.workers > 1 else "")
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
     finally:
         if watchdog is not None:
