@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -19,7 +20,7 @@ from collections.abc import Callable
 
 from callbridge.bots.loader import BotFactory, load_bot
 from callbridge.edge.media import media_routes
-from callbridge.edge.server import ClientAddress, Edge
+from callbridge.edge.server import BACKLOG, ClientAddress, Edge
 from callbridge.services import Services
 from callbridge.sessions.registry import MemoryRegistry, Registry, ServiceUnavailable
 from callbridge.settings import Settings
@@ -50,6 +51,15 @@ def make_services(settings: Settings, bot_factory: BotFactory | None = None, wor
     return Services(settings=settings, bot_factory=bot_factory, registry=make_registry(settings, worker))
 
 
+def raise_open_file_limit() -> None:
+    """Open files (sockets) up to the hard limit: each HTTP request in flight holds three (the client's, both
+    ends of Hypercorn's socket), and a soft limit of 1024 (systemd's default) refuses a burst of a few hundred.
+    The soft limit stays low by default only for programs that use select(); the event loops here use epoll."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(settings: Settings, bot_factory: BotFactory | None = None, worker: int = 0,
                 on_ready: Callable[[], None] | None = None) -> None:
     """Serve until SIGTERM; `on_ready` is called once the public port is open (the models loaded, Redis
@@ -57,6 +67,7 @@ async def serve(settings: Settings, bot_factory: BotFactory | None = None, worke
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
+    raise_open_file_limit()
     services = make_services(settings, bot_factory, worker)
     app = create_app(services)
     app.asgi_app = ClientAddress(app.asgi_app)  # type: ignore[method-assign]
@@ -68,6 +79,7 @@ async def serve(settings: Settings, bot_factory: BotFactory | None = None, worke
     upstream = os.path.join(private, "http.sock")
     config = Config()
     config.bind = [f"unix:{upstream}"]
+    config.backlog = BACKLOG  # a burst the edge accepts waits here for Hypercorn to take it
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, printed once
     config.graceful_timeout = 5.0  # calls have drained by the time Hypercorn is asked to stop
