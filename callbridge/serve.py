@@ -2,8 +2,9 @@
 
 The edge listens on HOST:PORT and serves the media sockets; Hypercorn serves the Quart app on a private
 Unix socket behind it (callbridge.edge.server). SIGTERM drains (new calls refused, calls in progress finish
-within SHUTDOWN_GRACE_SECONDS, then the bot says goodbye) and exits; a second signal stops at once. With
-WORKERS > 1 this is one of several processes sharing the port (callbridge.workers).
+within SHUTDOWN_GRACE_SECONDS, then the bot says goodbye), gives HTTP requests still open
+HTTP_GRACE_SECONDS, and exits; a second signal stops at once. With WORKERS > 1 this is one of several processes
+sharing the port (callbridge.workers).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from callbridge.watchdog import LoopWatchdog
 from callbridge.web.app import create_app
 
 log = logging.getLogger("callbridge")
+
+#: After SIGTERM, once the calls have drained, how long HTTP requests still open may take to be answered before
+#: the edge closes them.
+HTTP_GRACE_SECONDS = 5.0
 
 
 class ServeError(Exception):
@@ -82,7 +87,8 @@ async def serve(settings: Settings, bot_factory: BotFactory | None = None, worke
     config.backlog = BACKLOG  # a burst the edge accepts waits here for Hypercorn to take it
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, printed once
-    config.graceful_timeout = 5.0  # calls have drained by the time Hypercorn is asked to stop
+    # Calls have drained and the edge has closed every connection by the time Hypercorn is asked to stop.
+    config.graceful_timeout = HTTP_GRACE_SECONDS
     edge = Edge(media_routes(services), upstream, max_size=settings.max_message_bytes * 4)
 
     stop = asyncio.Event()
@@ -127,7 +133,7 @@ async def serve(settings: Settings, bot_factory: BotFactory | None = None, worke
     finally:
         if watchdog is not None:
             watchdog.stop()
-        await edge.close()
+        await edge.close(HTTP_GRACE_SECONDS)
         hypercorn_stop.set()
         await http
         await services.registry.stop()

@@ -61,13 +61,14 @@ UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnect
 
 
 class Edge:
-    """Listens on the public address; owns the media connections it serves."""
+    """Listens on the public address; owns every public connection, and the media connections it serves."""
 
     def __init__(self, routes: dict[str, Handler], upstream: str, max_size: int) -> None:
         self.routes = routes
         self.upstream = upstream
         self.max_size = max_size  # a hard cap; the transports enforce MAX_MESSAGE_BYTES with a clear error
         self.server: asyncio.Server | None = None
+        self.connections: set[Connection] = set()
         self.upstream_line = asyncio.Lock()  # connections waiting for room in Hypercorn's queue (Splice)
         self.sockets: set[MediaConnection] = set()
 
@@ -77,13 +78,23 @@ class Edge:
         self.server = await loop.create_server(lambda: Connection(self), host, port, backlog=BACKLOG,
                                                reuse_port=reuse_port or None)
 
-    async def close(self) -> None:
-        """Stop listening, close the media sockets still open and wait for their handlers."""
+    async def close(self, grace: float) -> None:
+        """Stop listening, close the media sockets still open and wait for their handlers; give the requests
+        Hypercorn still serves `grace` seconds to be answered, then drop every connection left.
+
+        Why the edge ends them: Hypercorn, asked to stop with a request still open (a long `/updates` stream,
+        a client that never sends its body), cancels it and logs a traceback; a connection dropped here ends
+        in Hypercorn as a client that went away."""
         if self.server is not None:
             self.server.close()
         for connection in list(self.sockets):
             connection.abort()
         await asyncio.gather(*(c.task for c in list(self.sockets) if c.task is not None), return_exceptions=True)
+        splices = [c.next for c in self.connections if isinstance(c.next, Splice)]
+        if serving := [s.answered for s in splices if not s.answered.done()]:
+            await asyncio.wait(serving, timeout=grace)
+        for connection in list(self.connections):
+            connection.abort()
 
 
 class Connection(asyncio.Protocol):
@@ -102,6 +113,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self.timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self.transport.close)
+        self.edge.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.next is not None:
@@ -141,6 +153,7 @@ class Connection(asyncio.Protocol):
         return self.next.eof_received() if self.next is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.edge.connections.discard(self)
         if self.timer is not None:
             self.timer.cancel()
         if self.next is not None:
@@ -153,6 +166,11 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.next is not None:
             self.next.resume_writing()
+
+    def abort(self) -> None:
+        """Drop the connection at once (shutdown)."""
+        assert self.transport is not None  # an Edge knows connections from connection_made on
+        self.transport.abort()
 
 
 def media_upgrade_path(head: bytes) -> str | None:
@@ -221,6 +239,7 @@ class Splice:
         self.pending: list[bytes] = []  # what arrives before Hypercorn's socket is connected
         self.lingering: Lingering | None = None
         self.client_done = False  # the client has sent all it will send (EOF)
+        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # Hypercorn is done
         self.data_received(first)
         client.pause_reading()
         task = asyncio.ensure_future(self._connect(edge))
@@ -266,6 +285,8 @@ class Splice:
 
     def upstream_closed(self) -> None:
         """Hypercorn has answered (or could not be reached): close the client, once it has sent its request."""
+        if not self.answered.done():
+            self.answered.set_result(None)
         if self.request is not None and not (self.request.ended or self.request.passing or self.client_done):
             self.lingering = Lingering(self.client, self.request)
         else:

@@ -9,6 +9,7 @@ import json
 import os
 import resource
 import secrets
+import signal
 import socket
 import time
 import urllib.parse
@@ -18,6 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from callbridge.simulator import Pause, Speak, WaitForReply
+from tests.integration.conftest import Server
 from tests.integration.test_phone import HELLO, simulate
 from tests.speech import peak_correlation, speech
 
@@ -324,3 +326,34 @@ def test_a_lower_case_method_is_not_implemented_wherever_it_goes(echo_server, re
         request_head += b"\r\n\r\n"
     answer = http_exchange(echo_server.port, request_head)  # read until the server closes
     assert answer == b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", answer
+
+
+async def test_sigterm_with_http_requests_open_stops_without_a_traceback(tmp_path):
+    """A long `/updates` stream and a request whose body never comes are still open at SIGTERM: they are
+    closed, and the service stops cleanly, logging no error."""
+    server = Server({"SHUTDOWN_GRACE_SECONDS": "0.5", "LOG_FORMAT": "text"}, tmp_path / "server.log")
+    try:
+        call = await connect(server.url.replace("http", "ws") + "/websocket/offer")
+        await call.send(json.dumps({"event": "start", "websocket_id": "held"}))
+        for _ in range(50):
+            if "call held started" in server.logs():
+                break
+            await asyncio.sleep(0.1)
+        updates_reader, updates = await asyncio.open_connection("127.0.0.1", server.port)
+        updates.write(b"GET /updates?webrtc_id=held HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(updates_reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+        stalled_reader, stalled = await asyncio.open_connection("127.0.0.1", server.port)
+        stalled.write(b"POST /input_hook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        await asyncio.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.process.wait, 30) == 0
+        await asyncio.wait_for(updates_reader.read(-1), 5)  # the stream has ended
+        await asyncio.wait_for(stalled_reader.read(-1), 5)  # the stalled request is closed
+        for writer in (updates, stalled):
+            writer.close()
+        await call.close()
+    finally:
+        server.stop()
+    logs = server.logs()
+    assert "stopped" in logs
+    assert "Traceback" not in logs and " ERROR " not in logs, logs[-3000:]
