@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -21,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override HOST")
     serve.add_argument("--port", type=int, help="override PORT")
     serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # set by the supervisor (callbridge.workers)
+    serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # where the supervisor hears it is ready
     call = commands.add_parser(
         "call", help="simulate a Twilio phone call: say a WAV (or --say TEXT) into /telephone/handler",
         description="Plays the caller's audio into the Twilio handler in real time as Twilio would (webhook, "
@@ -58,6 +61,19 @@ def event_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | N
 
 def _stop_while_starting(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def tell_ready(fd: int | None) -> Callable[[], None] | None:
+    """What tells the supervisor, on the pipe it gave this worker, that the worker serves (callbridge.workers)."""
+    if fd is None:
+        return None
+
+    def ready() -> None:
+        with contextlib.suppress(BrokenPipeError):  # the supervisor is gone: nobody left to tell
+            os.write(fd, b"ready")
+        os.close(fd)
+
+    return ready
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             return supervise(settings)
         try:
             with asyncio.Runner(loop_factory=event_loop_factory(settings.event_loop)) as runner:
-                runner.run(serve(settings, bot_factory, worker or 0))
+                runner.run(serve(settings, bot_factory, worker or 0, tell_ready(getattr(args, "ready_fd", None))))
         except ServeError as exc:
             print(f"callbridge: {exc}", file=sys.stderr)
             return 1

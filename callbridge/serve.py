@@ -2,8 +2,9 @@
 
 The edge listens on HOST:PORT and serves the media sockets; Hypercorn serves the Quart app on a private
 Unix socket behind it (callbridge.edge.server). SIGTERM drains (new calls refused, calls in progress finish
-within SHUTDOWN_GRACE_SECONDS, then the bot says goodbye) and exits; a second signal stops at once. With
-WORKERS > 1 this is one of several processes sharing the port (callbridge.workers).
+within SHUTDOWN_GRACE_SECONDS, then the bot says goodbye), gives HTTP requests still open
+HTTP_GRACE_SECONDS, and exits; a second signal stops at once. With WORKERS > 1 this is one of several processes
+sharing the port (callbridge.workers).
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Callable
 
 from callbridge.bots.loader import BotFactory, load_bot
 from callbridge.edge.media import media_routes
-from callbridge.edge.server import ClientAddress, Edge
+from callbridge.edge.server import BACKLOG, ClientAddress, Edge
 from callbridge.services import Services
 from callbridge.sessions.registry import MemoryRegistry, Registry, ServiceUnavailable
 from callbridge.settings import Settings
@@ -26,6 +29,10 @@ from callbridge.watchdog import LoopWatchdog
 from callbridge.web.app import create_app
 
 log = logging.getLogger("callbridge")
+
+#: After SIGTERM, once the calls have drained, how long HTTP requests still open may take to be answered before
+#: the edge closes them.
+HTTP_GRACE_SECONDS = 5.0
 
 
 class ServeError(Exception):
@@ -49,10 +56,23 @@ def make_services(settings: Settings, bot_factory: BotFactory | None = None, wor
     return Services(settings=settings, bot_factory=bot_factory, registry=make_registry(settings, worker))
 
 
-async def serve(settings: Settings, bot_factory: BotFactory | None = None, worker: int = 0) -> None:
+def raise_open_file_limit() -> None:
+    """Open files (sockets) up to the hard limit: each HTTP request in flight holds three (the client's, both
+    ends of Hypercorn's socket), and a soft limit of 1024 (systemd's default) refuses a burst of a few hundred.
+    The soft limit stays low by default only for programs that use select(); the event loops here use epoll."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(settings: Settings, bot_factory: BotFactory | None = None, worker: int = 0,
+                on_ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM; `on_ready` is called once the public port is open (the models loaded, Redis
+    reached): a supervisor tells a worker that served from one that could not start by it."""
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
+    raise_open_file_limit()
     services = make_services(settings, bot_factory, worker)
     app = create_app(services)
     app.asgi_app = ClientAddress(app.asgi_app)  # type: ignore[method-assign]
@@ -64,9 +84,11 @@ async def serve(settings: Settings, bot_factory: BotFactory | None = None, worke
     upstream = os.path.join(private, "http.sock")
     config = Config()
     config.bind = [f"unix:{upstream}"]
+    config.backlog = BACKLOG  # a burst the edge accepts waits here for Hypercorn to take it
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")  # through our handler, printed once
-    config.graceful_timeout = 5.0  # calls have drained by the time Hypercorn is asked to stop
+    # Calls have drained and the edge has closed every connection by the time Hypercorn is asked to stop.
+    config.graceful_timeout = HTTP_GRACE_SECONDS
     edge = Edge(media_routes(services), upstream, max_size=settings.max_message_bytes * 4)
 
     stop = asyncio.Event()
@@ -105,11 +127,13 @@ async def serve(settings: Settings, bot_factory: BotFactory | None = None, worke
             raise ServeError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
         log.info("serving on http://%s:%d%s", settings.host, settings.port,
                  f" (worker {worker} of {settings.workers})" if settings.workers > 1 else "")
+        if on_ready is not None:
+            on_ready()
         await stop.wait()
     finally:
         if watchdog is not None:
             watchdog.stop()
-        await edge.close()
+        await edge.close(HTTP_GRACE_SECONDS)
         hypercorn_stop.set()
         await http
         await services.registry.stop()

@@ -175,6 +175,7 @@ class MediaSocket:
             self._ended.set_result(None)
         else:
             self._ended.set_exception(error)
+            self._ended.exception()  # marked read: run() reads it while the call is up, nobody after it ends
         if not self._start.done():
             self._start.cancel()
 

@@ -10,6 +10,12 @@ WebRTC signalling, the softphone, requests that are not HTTP at all) is spliced 
 Hypercorn, which serves the Quart app on a private Unix socket; the edge adds only `Connection: close`,
 so that a client's next request arrives on a new connection and is routed again, and the client's
 address, which Hypercorn cannot see through the Unix socket (`ClientAddress` puts it back in the scope).
+
+The edge keeps to one request per connection: it passes on the first request (h11 finds where its body
+ends) and drops what a client pipelines behind it, unanswered, as RFC 9112 §9.6 has a server that said
+`Connection: close` do (the client sends it again on a new connection). A connection is never closed while
+the client may still be sending its request (a 413 for a body over the limit, for one): closing with unread
+data sends a reset, which can destroy the answer before the client reads it (see `Lingering`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
+import h11
 from websockets.frames import Opcode, apply_mask
 from websockets.http11 import Request
 from websockets.protocol import State
@@ -40,50 +47,76 @@ HEAD_LIMIT = 16 * 1024  # a longer first request head is passed to Hypercorn, wh
 HEAD_TIMEOUT = 10.0  # seconds a new connection has to send its first request head
 CLOSE_TIMEOUT = 2.0  # seconds the client has to answer our close frame before the TCP connection is cut
 PEER_HEADER = b"x-callbridge-peer"
+#: Connections waiting to be accepted, on the public port and on Hypercorn's private socket alike: a burst the
+#: edge accepts can queue in front of Hypercorn too (Hypercorn's own default is 100; the kernel caps both at
+#: net.core.somaxconn).
+BACKLOG = 1024
+#: Seconds a connection may wait for room in Hypercorn's queue when it is full (a burst bigger than BACKLOG)
+#: before the client gets a 503: as long as a new connection may take to send its head.
+UPSTREAM_TIMEOUT = HEAD_TIMEOUT
+#: Seconds an answered connection stays open while the client still sends its request, read and dropped.
+LINGER_SECONDS = 5.0
 
-_REQUEST_LINE = re.compile(rb"([A-Z]+) (\S+) HTTP/1\.[01]")
+# A request line; the method is any token (RFC 9110 §9.1), so that `get` is not taken for something else.
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/1\.[01]")
+NOT_IMPLEMENTED = b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+UNAVAILABLE = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 class Edge:
-    """Listens on the public address; owns the media connections it serves."""
+    """Listens on the public address; owns every public connection, and the media connections it serves."""
 
     def __init__(self, routes: dict[str, Route], upstream: str, max_size: int) -> None:
         self.routes = routes
         self.upstream = upstream
         self.max_size = max_size  # a hard cap; the transports enforce MAX_MESSAGE_BYTES with a clear error
         self.server: asyncio.Server | None = None
+        self.connections: set[Connection] = set()
+        self.upstream_line = asyncio.Lock()  # connections waiting for room in Hypercorn's queue (Splice)
         self.sockets: set[MediaConnection] = set()
 
     async def start(self, host: str, port: int, *, reuse_port: bool = False) -> None:
         """Listen; `reuse_port` lets several worker processes share the port (the kernel spreads connections)."""
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: Connection(self), host, port, backlog=1024,
+        self.server = await loop.create_server(lambda: Connection(self), host, port, backlog=BACKLOG,
                                                reuse_port=reuse_port or None)
 
-    async def close(self) -> None:
-        """Stop listening, close the media sockets still open and wait for their handlers."""
+    async def close(self, grace: float) -> None:
+        """Stop listening, close the media sockets still open and wait for their handlers; give the requests
+        Hypercorn still serves `grace` seconds to be answered, then drop every connection left.
+
+        Why the edge ends them: Hypercorn, asked to stop with a request still open (a long `/updates` stream,
+        a client that never sends its body), cancels it and logs a traceback; a connection dropped here ends
+        in Hypercorn as a client that went away."""
         if self.server is not None:
             self.server.close()
         for connection in list(self.sockets):
             connection.abort()
         await asyncio.gather(*(c.task for c in list(self.sockets) if c.task is not None), return_exceptions=True)
+        splices = [c.next for c in self.connections if isinstance(c.next, Splice)]
+        if serving := [s.answered for s in splices if not s.answered.done()]:
+            await asyncio.wait(serving, timeout=grace)
+        for connection in list(self.connections):
+            connection.abort()
 
 
 class Connection(asyncio.Protocol):
     """The one protocol of every public connection: reads the first request head, then hands everything
-    to what serves the connection (a MediaConnection or a Splice). Delegating instead of switching the
-    transport's protocol keeps to plain asyncio (switching inside a read callback crashed uvloop under load)."""
+    to what serves the connection (a MediaConnection, a Splice, or Lingering after the edge's own answer).
+    Delegating instead of switching the transport's protocol keeps to plain asyncio (switching inside a read
+    callback crashed uvloop under load)."""
 
     def __init__(self, edge: Edge) -> None:
         self.edge = edge
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.next: MediaConnection | Splice | None = None
+        self.next: MediaConnection | Splice | Lingering | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self.timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self.transport.close)
+        self.edge.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.next is not None:
@@ -96,22 +129,34 @@ class Connection(asyncio.Protocol):
             return
         self.timer.cancel()
         head, rest = bytes(self.buffer[:end]), bytes(self.buffer[end + 4:])
-        path = media_upgrade_path(head) if end >= 0 else None
+        request_line = _REQUEST_LINE.match(head) if end >= 0 else None
+        path = media_upgrade_path(head) if request_line is not None else None
         route = self.edge.routes.get(path) if path is not None else None
         if route is not None:
             media = self.next = MediaConnection(self.edge, route, self.transport)
             media.start(bytes(self.buffer))
-        elif end >= 0 and _REQUEST_LINE.match(head):
+        elif request_line is not None and request_line[1] != request_line[1].upper():
+            # Methods are case-sensitive and every one the app serves is upper-case, but Hypercorn upper-cases
+            # what it reads: `get` would be served as GET by the app, or refused as a media upgrade here.
+            self.transport.write(NOT_IMPLEMENTED)
+            request = RequestEnd()
+            request.take(bytes(self.buffer))
+            if request.ended:
+                self.transport.close()
+            else:
+                self.next = Lingering(self.transport, request)
+        elif request_line is not None:
             first = with_peer(head, self.transport.get_extra_info("peername")) + rest
-            self.next = Splice(self.transport, self.edge.upstream, first)
+            self.next = Splice(self.transport, self.edge, first, RequestEnd())
         else:  # not HTTP, or a head too long: Hypercorn answers as it would have
-            self.next = Splice(self.transport, self.edge.upstream, bytes(self.buffer))
+            self.next = Splice(self.transport, self.edge, bytes(self.buffer), None)
         self.buffer = bytearray()
 
     def eof_received(self) -> bool | None:
         return self.next.eof_received() if self.next is not None else None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.edge.connections.discard(self)
         if self.timer is not None:
             self.timer.cancel()
         if self.next is not None:
@@ -124,6 +169,11 @@ class Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.next is not None:
             self.next.resume_writing()
+
+    def abort(self) -> None:
+        """Drop the connection at once (shutdown)."""
+        assert self.transport is not None  # an Edge knows connections from connection_made on
+        self.transport.abort()
 
 
 def media_upgrade_path(head: bytes) -> str | None:
@@ -148,26 +198,70 @@ def with_peer(head: bytes, peer: Any) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
+class RequestEnd:
+    """Finds where a connection's first request ends, reading its framing (Content-Length or chunked) with h11,
+    the parser Hypercorn reads it with."""
+
+    def __init__(self) -> None:
+        self.parser = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
+        self.ended = False  # the request is all in
+        self.passing = False  # everything is passed on from here: a protocol switch, or what h11 cannot read
+
+    def take(self, data: bytes) -> bytes:
+        """The part of `data` that belongs to the request: all of it until its end, nothing after (unless
+        passing: after an upgrade or CONNECT the bytes that follow may be another protocol's)."""
+        if self.passing:
+            return data
+        if self.ended:
+            return b""
+        self.parser.receive_data(data)
+        try:
+            event = self.parser.next_event()
+            while not isinstance(event, h11.EndOfMessage) and event is not h11.NEED_DATA:
+                event = self.parser.next_event()  # the head, then the body's pieces
+        except h11.RemoteProtocolError:  # Hypercorn reads it with the same parser and answers 400
+            self.passing = True
+            return data
+        if event is h11.NEED_DATA:
+            return data
+        self.ended = True
+        if self.parser.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+            self.passing = True
+            return data
+        return data[: len(data) - len(self.parser.trailing_data[0])]
+
+
 class Splice:
     """A connection passed to Hypercorn: bytes copied both ways; when one side's writes back up, reading
-    the other side pauses."""
+    the other side pauses. `request` (None for what is not HTTP) limits what is passed to the first request."""
 
-    def __init__(self, client: asyncio.Transport, upstream: str, first: bytes) -> None:
+    def __init__(self, client: asyncio.Transport, edge: Edge, first: bytes, request: RequestEnd | None) -> None:
         self.client = client
+        self.request = request
         self.server: asyncio.Transport | None = None
-        self.pending: list[bytes] = [first]  # what arrives before Hypercorn's socket is connected
+        self.pending: list[bytes] = []  # what arrives before Hypercorn's socket is connected
+        self.lingering: Lingering | None = None
+        self.client_done = False  # the client has sent all it will send (EOF)
+        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()  # Hypercorn is done
+        self.data_received(first)
         client.pause_reading()
-        task = asyncio.ensure_future(self._connect(upstream))
+        task = asyncio.ensure_future(self._connect(edge))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _connect(self, upstream: str) -> None:
+    async def _connect(self, edge: Edge) -> None:
         loop = asyncio.get_running_loop()
         try:
-            server, _ = await loop.create_unix_connection(lambda: _Upstream(self.client), upstream)
-        except OSError as exc:
-            logger.error("cannot reach the HTTP app at %s: %s", upstream, exc)
-            self.client.write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-            self.client.close()
+            try:
+                server, _ = await loop.create_unix_connection(lambda: _Upstream(self), edge.upstream)
+            except BlockingIOError:  # EAGAIN: Hypercorn's queue is full (a burst bigger than BACKLOG)
+                async with asyncio.timeout(UPSTREAM_TIMEOUT):
+                    server = await self._connect_in_line(edge)
+        except (OSError, TimeoutError) as exc:  # no socket or nobody on it (Hypercorn has stopped), or timed out
+            if not self.client.is_closing():
+                logger.error("cannot reach the HTTP app at %s: %s", edge.upstream,
+                             str(exc) or f"its queue stayed full for {UPSTREAM_TIMEOUT:g} s")
+                self.client.write(UNAVAILABLE)
+            self.upstream_closed()
             return
         if self.client.is_closing():
             server.close()
@@ -177,9 +271,40 @@ class Splice:
         self.pending = []
         self.client.resume_reading()
 
+    async def _connect_in_line(self, edge: Edge) -> asyncio.BaseTransport:
+        """Wait in line behind the connections that found Hypercorn's queue full, then retry until it takes this
+        one (every 1 ms, doubling to 50 ms; Hypercorn accepts meanwhile on the same loop). Only the first in line
+        retries: a burst is taken in order, without a herd of retries that would starve Hypercorn."""
+        loop = asyncio.get_running_loop()
+        async with edge.upstream_line:
+            pause = 0.001
+            while True:
+                try:
+                    server, _ = await loop.create_unix_connection(lambda: _Upstream(self), edge.upstream)
+                    return server
+                except BlockingIOError:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 0.05)
+
+    def upstream_closed(self) -> None:
+        """Hypercorn has answered (or could not be reached): close the client, once it has sent its request."""
+        if not self.answered.done():
+            self.answered.set_result(None)
+        if self.request is not None and not (self.request.ended or self.request.passing or self.client_done):
+            self.lingering = Lingering(self.client, self.request)
+        else:
+            self.client.close()
+
     # The client's side (called by Connection).
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering is not None:
+            self.lingering.data_received(data)
+            return
+        if self.request is not None:
+            data = self.request.take(data)
+            if not data:
+                return
         if self.server is None:
             self.pending.append(data)
         else:
@@ -189,9 +314,14 @@ class Splice:
         # The client sent all it will send. Hypercorn is not half-closed in turn (write_eof): it answers the
         # request it has (asked to close after it), and shutting a uvloop stream down just before closing
         # it crashed under load. Our side stays open for the answer.
+        if self.lingering is not None:
+            return self.lingering.eof_received()
+        self.client_done = True
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lingering is not None:
+            self.lingering.connection_lost(exc)
         if self.server is not None:
             self.server.close()
 
@@ -207,8 +337,9 @@ class Splice:
 class _Upstream(asyncio.Protocol):
     """Hypercorn's side of a Splice."""
 
-    def __init__(self, client: asyncio.Transport) -> None:
-        self.client = client
+    def __init__(self, splice: Splice) -> None:
+        self.splice = splice
+        self.client = splice.client
 
     def data_received(self, data: bytes) -> None:
         self.client.write(data)
@@ -217,13 +348,43 @@ class _Upstream(asyncio.Protocol):
         return None  # Hypercorn has answered and closes (Connection: close): connection_lost closes the client
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.client.close()
+        self.splice.upstream_closed()
 
     def pause_writing(self) -> None:  # Hypercorn is slow to read: stop reading the client
         self.client.pause_reading()
 
     def resume_writing(self) -> None:
         self.client.resume_reading()
+
+
+class Lingering:
+    """An answered connection whose client is still sending its request: the rest of the request is read and
+    dropped, then the connection closed (or once the client closes its side, or after LINGER_SECONDS).
+    Closed at once, a socket with unread data sends a reset, and a client still busy sending (a body over
+    the limit) can lose the answer with it."""
+
+    def __init__(self, client: asyncio.Transport, request: RequestEnd) -> None:
+        self.client = client
+        self.request = request
+        client.resume_reading()
+        self.timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, client.close)
+
+    def data_received(self, data: bytes) -> None:
+        self.request.take(data)
+        if self.request.ended:
+            self.client.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes once our answer is written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.timer.cancel()
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
 
 
 class MediaConnection:

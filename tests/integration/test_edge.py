@@ -7,12 +7,23 @@ import asyncio
 import base64
 import json
 import os
+import resource
+import secrets
+import signal
 import socket
 import time
+import urllib.parse
 from collections.abc import Iterator
 
 import pytest
 from websockets.asyncio.client import connect
+
+from callbridge.simulator import Pause, Speak, WaitForReply
+from tests.integration.conftest import Server
+from tests.integration.test_phone import HELLO, simulate
+from tests.speech import peak_correlation, speech
+
+RATE = 8000
 
 
 def http_exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
@@ -217,3 +228,138 @@ async def test_messages_sent_with_the_upgrade_are_not_lost(echo_server):
     payload = await reader.readexactly(first[1] & 0x7F)
     assert json.loads(payload) == {"event": "pong"}
     writer.close()
+
+
+def twilio_webhook_body() -> bytes:
+    """The form fields Twilio posts to the incoming-call webhook."""
+    return urllib.parse.urlencode({
+        "AccountSid": "AC" + secrets.token_hex(16), "ApiVersion": "2010-04-01", "CallSid": "CA" + secrets.token_hex(16),
+        "CallStatus": "ringing", "Called": "+15550100002", "Caller": "+15550100001", "Direction": "inbound",
+        "From": "+15550100001", "To": "+15550100002"}).encode()
+
+
+async def keep_alive_webhook(port: int, go: asyncio.Event) -> bytes:
+    """Connect, wait for `go`, post the webhook as a keep-alive client and read until the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await go.wait()
+    body = twilio_webhook_body()
+    writer.write(b"POST /telephone/incoming HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n"
+                 b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    try:
+        return await asyncio.wait_for(reader.read(-1), 60)
+    finally:
+        writer.close()
+
+
+async def test_a_burst_of_400_webhooks_is_answered_beside_a_call(echo_server):
+    """More simultaneous connections than Hypercorn's private socket queues (its default: 100) wait for room
+    instead of getting a 503; a call in progress meanwhile stays whole."""
+    burst = 400
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 4 * burst:  # this process holds the burst's sockets; the server raises its own limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * burst), hard))
+    said = speech(HELLO, RATE)
+    call = asyncio.create_task(simulate(echo_server, [Pause(0.3), Speak(said), WaitForReply("heard")]))
+    await asyncio.sleep(0.5)  # the caller is speaking
+    go = asyncio.Event()
+    webhooks = [asyncio.create_task(keep_alive_webhook(echo_server.port, go)) for _ in range(burst)]
+    await asyncio.sleep(0.5)  # every connection open
+    go.set()
+    answers = await asyncio.gather(*webhooks)
+    statuses = [answer.split(b" ", 2)[1] if answer else b"closed" for answer in answers]
+    assert statuses.count(b"200") == burst, {status: statuses.count(status) for status in set(statuses)}
+    assert all(b"<Stream" in answer for answer in answers)
+    report = await call
+    assert report.close_code == 1000 and len(report.reply_starts) == 1
+    assert peak_correlation(report.heard_audio, said) > 0.9
+    assert abs(len(report.heard_audio) / RATE - (len(said) / RATE + 0.2)) < 0.15, "the echo is whole"
+    assert "cannot reach the HTTP app" not in echo_server.logs()
+
+
+def chunked(body: bytes, size: int) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
+                    for i in range(0, len(body), size)) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_over_the_limit_gets_413_not_a_reset(echo_server, framing):
+    """Quart refuses a body over MAX_CONTENT_LENGTH (16 MiB) before reading it all; a client that sends all of
+    it before reading the answer (as urllib does) must still read the 413."""
+    body = b"x" * (32 * 1024 * 1024)  # twice the limit: Hypercorn has answered long before the end
+    if framing == "chunked":
+        head, payload = b"Transfer-Encoding: chunked", chunked(body, 1 << 20)
+    else:
+        head, payload = b"Content-Length: %d" % len(body), body
+    with socket.create_connection(("127.0.0.1", echo_server.port), timeout=10) as sock:
+        sock.sendall(b"POST /input_hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s\r\n\r\n" % head)
+        sock.sendall(payload)  # before the fix: ConnectionResetError, the edge closed on unread data
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+@pytest.mark.parametrize("first", [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST /telephone/incoming HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    b"Content-Length: 13\r\n\r\nCallSid=CApip",
+    b"POST /input_hook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + chunked(b'{"webrtc_id": "nobody", "x": 1}', 7),
+], ids=["get", "content-length body", "chunked body"])
+def test_a_pipelined_request_leaves_the_first_answered(echo_server, first):
+    """The edge passes one request per connection and answers `Connection: close`: what is pipelined behind
+    the first request is dropped unanswered (the client sends it again), and the first is answered as alone."""
+    alone = http_exchange(echo_server.port, first)
+    pipelined = http_exchange(echo_server.port, first + b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert pipelined.count(b"HTTP/1.1 ") == 1, pipelined
+    status = alone.split(b"\r\n", 1)[0]
+    assert status in (b"HTTP/1.1 200 ", b"HTTP/1.1 404 ") and pipelined.startswith(status), (alone, pipelined)
+    assert pipelined.partition(b"\r\n\r\n")[2] == alone.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("request_head", [
+    b"get /healthz HTTP/1.1\r\nHost: x",
+    b"get /websocket/offer HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13",
+    b"get /updates?webrtc_id=x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13",
+    b"post /telephone/incoming HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\n\r\nCallSid=CAlow",
+], ids=["plain", "media upgrade", "app upgrade", "with a body"])
+def test_a_lower_case_method_is_not_implemented_wherever_it_goes(echo_server, request_head):
+    """Methods are case-sensitive (RFC 9110 §9.1): `get` is no GET, whether the path is the edge's or the app's
+    (Hypercorn would upper-case it), and the connection is closed after the answer, not kept for more."""
+    if b"\r\n\r\n" not in request_head:
+        request_head += b"\r\n\r\n"
+    answer = http_exchange(echo_server.port, request_head)  # read until the server closes
+    assert answer == b"HTTP/1.1 501 Not Implemented\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", answer
+
+
+async def test_sigterm_with_http_requests_open_stops_without_a_traceback(tmp_path):
+    """A long `/updates` stream and a request whose body never comes are still open at SIGTERM: they are
+    closed, and the service stops cleanly, logging no error."""
+    server = Server({"SHUTDOWN_GRACE_SECONDS": "0.5", "LOG_FORMAT": "text"}, tmp_path / "server.log")
+    try:
+        call = await connect(server.url.replace("http", "ws") + "/websocket/offer")
+        await call.send(json.dumps({"event": "start", "websocket_id": "held"}))
+        for _ in range(50):
+            if "call held started" in server.logs():
+                break
+            await asyncio.sleep(0.1)
+        updates_reader, updates = await asyncio.open_connection("127.0.0.1", server.port)
+        updates.write(b"GET /updates?webrtc_id=held HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await asyncio.wait_for(updates_reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 200")
+        stalled_reader, stalled = await asyncio.open_connection("127.0.0.1", server.port)
+        stalled.write(b"POST /input_hook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        await asyncio.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.process.wait, 30) == 0
+        await asyncio.wait_for(updates_reader.read(-1), 5)  # the stream has ended
+        await asyncio.wait_for(stalled_reader.read(-1), 5)  # the stalled request is closed
+        for writer in (updates, stalled):
+            writer.close()
+        await call.close()
+    finally:
+        server.stop()
+    logs = server.logs()
+    assert "stopped" in logs
+    assert "Traceback" not in logs and " ERROR " not in logs, logs[-3000:]

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import time
 import uuid
 
 import httpx
@@ -22,7 +21,6 @@ from callbridge.sessions.registry import (
 )
 from callbridge.sessions.shared import ANSWER_SECONDS, RedisRegistry
 from callbridge.simulator import Pause, Speak, WaitForReply, webhook
-from callbridge.workers import START_GRACE_SECONDS
 from tests.integration.clients import browser_call, raw_exchange
 from tests.integration.conftest import Server
 from tests.integration.test_api import check_input_hook_and_updates, run_cli
@@ -299,13 +297,10 @@ async def test_two_services_on_one_machine_keep_their_calls_apart(server_factory
 
 
 async def test_a_worker_that_dies_mid_call_is_replaced_and_its_call_leaves_the_counts(tmp_path, redis_url):
-    started = time.monotonic()
     server = Server({"WORKERS": "2", "REDIS_URL": redis_url, "LOG_FORMAT": "text", "CONCURRENCY_LIMIT": "10"},
                     tmp_path / "workers.log")
     try:
-        await both_workers_listening(server)
-        # Past the start-up grace: a worker dying now is restarted rather than taken for one that cannot start.
-        await asyncio.sleep(max(0.0, START_GRACE_SECONDS + 1 - (time.monotonic() - started)))
+        await both_workers_listening(server)  # both ready: a worker dying now is restarted, however soon
         doomed = asyncio.create_task(browser_call(server.url, "doomed", silence(0.1, RATE), until="never",
                                                   timeout=10.0))
         await asyncio.sleep(1.0)
@@ -319,7 +314,7 @@ async def test_a_worker_that_dies_mid_call_is_replaced_and_its_call_leaves_the_c
 
         for _ in range(150):  # restarted, and both workers answer again
             logs = server.logs()
-            if f"worker {index} exited with code -9: starting it again" in logs and len(
+            if f"worker {index} exited with code -9 after it was ready: starting it again" in logs and len(
                     re.findall(rf"\[worker {index}\] callbridge: serving on", logs)) == 2:
                 break
             await asyncio.sleep(0.1)
@@ -339,6 +334,87 @@ async def test_a_worker_that_dies_mid_call_is_replaced_and_its_call_leaves_the_c
         server.stop()
 
 
+def latest_pid(server: Server, index: int) -> int:
+    return int(re.findall(rf"worker {index} started \(pid (\d+)\)", server.logs())[-1])
+
+
+async def serve_a_call_on(server: Server, index: int, name: str) -> None:
+    """Short browser calls until one lands on worker `index` (the kernel spreads connections)."""
+    for attempt in range(60):
+        call_id = f"{name}-{attempt}"
+        await browser_call(server.url, call_id, silence(0.1, RATE), until="never", timeout=0.5)
+        if worker_of(server, f"call {call_id} started") == {str(index)}:
+            return
+    raise AssertionError(f"no call landed on worker {index}")
+
+
+async def wait_until_serving(server: Server, index: int, times: int) -> None:
+    """Until worker `index` has opened the port `times` times (started, then restarted)."""
+    for _ in range(300):
+        if server.process.poll() is not None:
+            raise AssertionError(f"the service stopped:\n{server.logs()[-3000:]}")
+        if len(re.findall(rf"\[worker {index}\] callbridge: serving on", server.logs())) >= times:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"worker {index} did not serve {times} times:\n{server.logs()[-3000:]}")
+
+
+async def test_a_worker_killed_after_serving_is_restarted_every_time(tmp_path, redis_url):
+    """Killed twice, seconds after it started and served calls each time, a worker is started again both times
+    (having been ready, it is not taken for one that cannot start) and the service goes on answering calls."""
+    server = Server({"WORKERS": "2", "REDIS_URL": redis_url, "LOG_FORMAT": "text", "CONCURRENCY_LIMIT": "10"},
+                    tmp_path / "workers.log")
+    said = speech(HELLO, RATE)
+    try:
+        await both_workers_listening(server)
+        index = 1
+        for kill in (1, 2):
+            await serve_a_call_on(server, index, f"served-{kill}")
+            os.kill(latest_pid(server, index), signal.SIGKILL)
+            await wait_until_serving(server, index, kill + 1)
+            assert server.logs().count(f"worker {index} exited with code -9 after it was ready: starting it again"
+                                       ) == kill
+        for _ in range(4):  # whichever worker takes each call
+            report = await simulate(server, [Pause(0.3), Speak(said), WaitForReply("heard")])
+            assert peak_correlation(report.heard_audio, said) > 0.9
+        await serve_a_call_on(server, index, "after")  # the twice restarted worker serves too
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+
+
+async def test_a_worker_that_cannot_start_again_is_retried_until_it_can(tmp_path):
+    """A worker that served dies while Redis is away: its restarts fail (no Redis) and are tried again after a
+    pause, the other worker keeps serving, and once Redis is back the worker starts and serves again."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    redis_log = open(tmp_path / "redis.log", "w")  # noqa: SIM115 - closed below
+    redis = start_redis(port, redis_log)
+    server = Server({"WORKERS": "2", "REDIS_URL": url, "LOG_FORMAT": "text"}, tmp_path / "server.log")
+    try:
+        await both_workers_listening(server)
+        redis.kill()
+        redis.wait(10)
+        os.kill(latest_pid(server, 1), signal.SIGKILL)
+        for _ in range(200):  # two failed starts, each a second or two apart
+            if server.logs().count("worker 1 exited with code 1 before it was ready again") >= 2:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"worker 1 was not tried again:\n{server.logs()[-3000:]}")
+        assert server.process.poll() is None, "the service goes on"
+        for _ in range(4):  # the other worker still answers
+            assert httpx.get(server.url + "/healthz", headers={"Connection": "close"}).status_code == 200
+        redis = start_redis(port, redis_log)
+        await wait_until_serving(server, 1, 2)
+        await serve_a_call_on(server, 1, "back")
+    finally:
+        server.stop()
+        redis.kill()
+        redis.wait(10)
+        redis_log.close()
+
+
 def test_workers_need_redis():
     result = run_cli(WORKERS="2")
     assert result.returncode == 2 and "REDIS_URL" in result.stderr
@@ -348,7 +424,8 @@ def test_a_worker_that_cannot_start_stops_the_service(tmp_path):
     result = run_cli(WORKERS="2", REDIS_URL="redis://127.0.0.1:9/0", PORT=str(free_port()))
     assert result.returncode == 1
     assert "cannot use Redis at redis://127.0.0.1:9/0" in result.stderr
-    assert "stopping the others" in result.stderr
+    assert re.search(r"worker \d exited with code 1 before it was ever ready: it cannot start; stopping the others",
+                     result.stderr), result.stderr
 
 
 async def test_sigterm_drains_every_worker(tmp_path, redis_url):
