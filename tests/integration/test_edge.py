@@ -303,7 +303,7 @@ def test_a_body_over_the_limit_gets_413_not_a_reset(echo_server, framing):
     b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
     b"POST /telephone/incoming HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
     b"Content-Length: 13\r\n\r\nCallSid=CApip",
-    b"POST /input_hook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"POST /input_hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     + chunked(b'{"webrtc_id": "nobody", "x": 1}', 7),
 ], ids=["get", "content-length body", "chunked body"])
 def test_a_pipelined_request_leaves_the_first_answered(echo_server, first):
