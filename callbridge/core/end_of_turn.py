@@ -97,7 +97,7 @@ def model_input(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     end and the output loses it at the start, so the turn ends at the same instant at both rates."""
     if audio.ndim != 1 or audio.dtype != np.float32:
         raise TypeError(f"expected 1-D float32 audio, got {audio.dtype} with shape {audio.shape}")
-    audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)  # garbage in scores low, never NaN
+    audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)  # bad samples give a probability, never NaN
     if sample_rate != MODEL_RATE:
         resampler = Resampler(sample_rate, MODEL_RATE)
         lag = round(resampler.delay_seconds * MODEL_RATE)
