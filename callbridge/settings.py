@@ -7,10 +7,13 @@ names the variable (see `load_settings`).
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
+
+from callbridge.redact import redact_url
 
 
 class SettingsError(Exception):
@@ -107,6 +110,7 @@ class Settings(BaseSettings):
         value = value.strip()
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        _ = urlsplit(value).port  # a port that is no number raises ValueError (its message shows no password)
         return value
 
     @model_validator(mode="after")
@@ -144,6 +148,8 @@ def load_settings(**overrides: object) -> Settings:
             variable, *within = [str(part) for part in error["loc"]] or ["settings"]
             name = variable.upper() + (f" (entry {'.'.join(within)})" if within else "")
             value = error.get("input")
+            if isinstance(value, str):
+                value = redact_url(value)  # a mistyped URL's password stays out of the message
             shown = f" (got {value!r})" if not isinstance(value, dict) else ""
             lines.append(f"{name}: {error['msg']}{shown}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

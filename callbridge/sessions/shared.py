@@ -32,6 +32,7 @@ import redis.asyncio as redis
 
 from callbridge.core.messages import jsonable
 from callbridge.core.session import Session
+from callbridge.redact import redact_url
 from callbridge.sessions.registry import (
     CommandHandler,
     ConcurrencyLimitReached,
@@ -86,7 +87,7 @@ class RedisRegistry:
     """One worker's view of the shared state (the Registry protocol); its own calls' Sessions stay in `here`."""
 
     def __init__(self, url: str, replica: str, worker: str, limit: int) -> None:
-        self.url = url
+        self.address = redact_url(url)  # what messages show: never the password
         self.replica = replica
         self.worker = worker
         self.limit = limit
@@ -247,7 +248,7 @@ class RedisRegistry:
                 return await request
         except (redis.RedisError, OSError) as exc:  # TimeoutError is an OSError
             reason = str(exc) or f"no answer in {ANSWER_SECONDS:g} s"
-            raise ServiceUnavailable(f"cannot use Redis at {self.url}: {reason}") from None
+            raise ServiceUnavailable(f"cannot use Redis at {self.address}: {reason}") from None
 
     async def _outputs(self, pubsub: Any) -> AsyncIterator[tuple[Any, ...]]:
         try:
