@@ -124,6 +124,10 @@ class MemoryRegistry:
     def holds(self, call_id: str) -> bool:
         return call_id in self._sessions
 
+    def ids(self) -> list[str]:
+        """The calls this process holds."""
+        return list(self._sessions)
+
     def get(self, call_id: str) -> Session:
         """A call held by this process; raises UnknownSession."""
         try:
