@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     twilio_auth_token: str = ""
     twilio_account_sid: str = ""
     call_token_secret: str = ""
+    # A per-call token opens its stream within this long of the webhook (Twilio connects within a second or two).
+    call_token_seconds: float = Field(30.0, gt=0, le=600)
 
     # --- turn-taking --------------------------------------------------------------------------------
     vad_backend: Literal["onnx", "torch"] = "onnx"

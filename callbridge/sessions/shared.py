@@ -11,6 +11,7 @@ never leaves the process that holds the socket. Redis holds only what the other 
 - channel `callbridge:worker:{worker}`: commands for a worker's calls (set_input, trickled ICE candidates);
 - `callbridge:output:{id}` (the latest outputs, JSON) and channel `callbridge:outputs:{id}`: outputs for
   `output_stream` in other processes, then an end marker when the call ends;
+- `callbridge:token:{key}`: a single-use token claimed (`claim_once`), until it would have expired anyway.
 
 Values crossing processes are JSON: inputs come from JSON bodies anyway; outputs go through `jsonable`.
 
@@ -258,6 +259,10 @@ class RedisRegistry:
     async def count(self) -> int:
         """Calls in progress on this replica (every live worker)."""
         return int(await self._ask(self._count(keys=[self.key("workers", self.replica)], args=[PREFIX])))
+
+    async def claim_once(self, key: str, seconds: float) -> bool:
+        claimed = self.redis.set(self.key("token", key), self.worker, nx=True, px=max(1, round(seconds * 1000)))
+        return bool(await self._ask(claimed))
 
     # Calls held here or by other processes.
 
