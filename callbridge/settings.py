@@ -14,6 +14,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from callbridge.redact import redact_url
+
 
 class SettingsError(Exception):
     """Raised when the environment holds an invalid setting; the message names each bad variable."""
@@ -71,6 +73,8 @@ class Settings(BaseSettings):
     twilio_auth_token: str = ""
     twilio_account_sid: str = ""
     call_token_secret: str = ""
+    # A per-call token opens its stream within this long of the webhook (Twilio connects within a second or two).
+    call_token_seconds: float = Field(30.0, gt=0, le=600)
 
     # --- turn-taking --------------------------------------------------------------------------------
     vad_backend: Literal["onnx", "torch"] = "onnx"
@@ -137,6 +141,7 @@ class Settings(BaseSettings):
         value = value.strip()
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        _ = urlsplit(value).port  # a port that is no number raises ValueError (its message shows no password)
         return value
 
     @model_validator(mode="after")
@@ -189,6 +194,8 @@ def load_settings(**overrides: object) -> Settings:
             variable, *within = [str(part) for part in error["loc"]] or ["settings"]
             name = variable.upper() + (f" (entry {'.'.join(within)})" if within else "")
             value = error.get("input")
+            if isinstance(value, str):
+                value = redact_url(value)  # a mistyped URL's password stays out of the message
             shown = f" (got {value!r})" if not isinstance(value, dict) else ""
             lines.append(f"{name}: {error['msg']}{shown}")
         raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -31,7 +31,7 @@ def start_redis(port: int, log: IO[str], args: Sequence[str] = ("--save", "", "-
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                 sock.sendall(b"PING\r\n")
-                if sock.recv(64).startswith(b"+PONG"):
+                if sock.recv(64).startswith((b"+PONG", b"-NOAUTH")):  # NOAUTH: it answers, with --requirepass
                     return process
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:

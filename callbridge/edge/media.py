@@ -210,6 +210,8 @@ class MediaSocket:
             self._ended.result()  # raises what ended the socket before start
             raise ClientGone  # a stop before start
         start = self._start.result()
+        if start.claim and not await self.services.registry.claim_once(start.claim, start.claim_seconds):
+            raise ProtocolError("call token already used: it opens one stream")
         call = await self.services.open_call(
             start.call_id, self.protocol.transport, inbound_rate=self.protocol.rate,
             outbound_rate=self.protocol.rate, parameters=start.parameters,

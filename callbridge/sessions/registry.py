@@ -7,6 +7,8 @@ interface; `MemoryRegistry` serves one process, `RedisRegistry` several (callbri
 
 from __future__ import annotations
 
+import heapq
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
@@ -86,6 +88,11 @@ class Registry(Protocol):
         """Deliver a command to the process holding `call_id`; raises UnknownSession when none does."""
         ...
 
+    async def claim_once(self, key: str, seconds: float) -> bool:
+        """True the first time `key` is claimed within `seconds` (a single-use token); may raise
+        ServiceUnavailable."""
+        ...
+
 
 class MemoryRegistry:
     """The registry of one process."""
@@ -94,6 +101,8 @@ class MemoryRegistry:
         self.limit = limit
         self._sessions: dict[str, Session] = {}
         self._commands: dict[str, CommandHandler] = {}
+        self._claimed: set[str] = set()
+        self._claims_by_expiry: list[tuple[float, str]] = []  # a heap: the next claim to lapse first
 
     async def start(self) -> None:
         pass
@@ -124,6 +133,10 @@ class MemoryRegistry:
     def holds(self, call_id: str) -> bool:
         return call_id in self._sessions
 
+    def ids(self) -> list[str]:
+        """The calls this process holds."""
+        return list(self._sessions)
+
     def get(self, call_id: str) -> Session:
         """A call held by this process; raises UnknownSession."""
         try:
@@ -146,6 +159,16 @@ class MemoryRegistry:
     async def send_command(self, call_id: str, kind: str, data: Any) -> None:
         self.get(call_id)
         await self.run_command(call_id, kind, data)
+
+    async def claim_once(self, key: str, seconds: float) -> bool:
+        now = time.monotonic()
+        while self._claims_by_expiry and self._claims_by_expiry[0][0] <= now:
+            self._claimed.discard(heapq.heappop(self._claims_by_expiry)[1])
+        if key in self._claimed:
+            return False
+        self._claimed.add(key)
+        heapq.heappush(self._claims_by_expiry, (now + seconds, key))
+        return True
 
     async def run_command(self, call_id: str, kind: str, data: Any) -> None:
         handler = self._commands.get(kind)

@@ -45,6 +45,10 @@ class Start:
 
     call_id: str
     parameters: dict[str, str] = field(default_factory=dict)
+    #: A single-use token the call must claim before it opens (Registry.claim_once), and how long it remains
+    #: valid (the claim need not outlive it); empty for protocols without one.
+    claim: str = ""
+    claim_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -3,8 +3,14 @@
 Inbound: `connected` (ignored), `start` (streamSid, callSid, customParameters with the per-call token,
 mediaFormat), `media` (base64 µ-law 8 kHz), `mark` (echoed once the caller has heard the audio before it, or
 on `clear`), `dtmf`, `stop`. Outbound: `media`, `mark` and `clear` only; client messages have no place on
-Twilio's socket. The token is an HMAC of the CallSid made by the webhook (callbridge.web.telephone), so any
-replica can check it in `start` without shared state.
+Twilio's socket.
+
+The per-call token (`call_token`) is made by the webhook (callbridge.web.telephone): an expiry and an HMAC of
+the CallSid with that expiry, so any replica can check it in `start` without shared state, and nobody can
+extend it. It opens one stream: `start` hands it on as `Start.claim`, and the media socket claims it in the
+registry (shared by every replica through Redis) before the call opens, so a second stream with it —
+at the same time, or replayed after the call — is refused. The stream's own X-Twilio-Signature cannot do
+that: it is the same for every call.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -38,6 +46,7 @@ from callbridge.transports.media import (
 PATH = "/telephone/handler"
 RATE = 8000
 _PROCESS_SECRET = secrets.token_bytes(32)
+_TOKEN = re.compile(r"([0-9]{1,15})\.([0-9a-f]{32})")  # expiry in Unix ms, HMAC
 
 
 def token_secret(call_token_secret: str, auth_token: str) -> bytes:
@@ -46,8 +55,14 @@ def token_secret(call_token_secret: str, auth_token: str) -> bytes:
     return secret.encode() if secret else _PROCESS_SECRET
 
 
-def call_token(secret: bytes, call_sid: str) -> str:
-    return hmac.new(secret, call_sid.encode(), hashlib.sha256).hexdigest()[:32]
+def call_token(secret: bytes, call_sid: str, expires: float) -> str:
+    """`{expiry in Unix milliseconds}.{HMAC of the CallSid and that expiry}`: valid for one stream, until then."""
+    expires_ms = int(expires * 1000)
+    return f"{expires_ms}.{_token_mac(secret, call_sid, expires_ms)}"
+
+
+def _token_mac(secret: bytes, call_sid: str, expires_ms: int) -> str:
+    return hmac.new(secret, f"{call_sid}.{expires_ms}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def stream_url(base: str) -> str:
@@ -69,9 +84,10 @@ class TwilioProtocol:
     rate = RATE
     echoes_marks = True
 
-    def __init__(self, secret: bytes, max_bytes: int) -> None:
+    def __init__(self, secret: bytes, max_bytes: int, clock: Callable[[], float] = time.time) -> None:
         self.secret = secret
         self.max_bytes = max_bytes
+        self.clock = clock  # Unix time: tokens are made by whichever replica took the webhook
         self.stream_sid = ""
         self._sid_json = '""'
 
@@ -110,13 +126,24 @@ class TwilioProtocol:
         encoding, rate = media_format.get("encoding", "audio/x-mulaw"), str(media_format.get("sampleRate", RATE))
         if encoding != "audio/x-mulaw" or rate != str(RATE):
             raise ProtocolError(f"unsupported mediaFormat {media_format}", INVALID_PAYLOAD)
-        if not hmac.compare_digest(str(params.get("token", "")), call_token(self.secret, call_sid)):
-            raise ProtocolError("invalid or missing call token (start the call through /telephone/incoming)")
+        token = str(params.get("token", ""))
+        valid_for = self._token_valid_for(token, call_sid)
         parameters = {str(k): str(v) for k, v in params.items() if k != "token"}
         parameters["CallSid"] = call_sid
         self.stream_sid = stream_sid
         self._sid_json = json.dumps(stream_sid)
-        return Start(stream_sid, parameters)
+        return Start(stream_sid, parameters, claim=token, claim_seconds=valid_for)
+
+    def _token_valid_for(self, token: str, call_sid: str) -> float:
+        """Seconds `token` remains valid for `call_sid`; raises ProtocolError if it is forged or expired."""
+        parts = _TOKEN.fullmatch(token)
+        if parts is None or not hmac.compare_digest(parts[2], _token_mac(self.secret, call_sid, int(parts[1]))):
+            raise ProtocolError("invalid or missing call token (start the call through /telephone/incoming)")
+        valid_for = int(parts[1]) / 1000 - self.clock()
+        if valid_for <= 0:
+            raise ProtocolError(f"call token expired {-valid_for:.1f} s ago (streams start within CALL_TOKEN_SECONDS "
+                                "of the webhook)")
+        return valid_for
 
     def media(self, samples: np.ndarray) -> str:
         return f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{encode_payload(samples)}"}}}}'

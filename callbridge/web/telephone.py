@@ -1,7 +1,8 @@
 """The Twilio webhook: `POST /telephone/incoming` answers `<Connect><Stream>` to the call's media socket.
 
 The stream URL points at `/telephone/handler` (served by the edge: callbridge.edge.media) and carries From,
-To and a per-call token as `<Parameter>`s: Twilio rejects query strings in the Stream URL. When a new call
+To and a per-call token as `<Parameter>`s: Twilio rejects query strings in the Stream URL. The token opens
+one stream, within CALL_TOKEN_SECONDS (callbridge.transports.twilio). When a new call
 would be refused (starting, draining, no shared registry, every slot taken) the answer is `<Reject
 reason="busy"/>`, so the caller hears busy instead of silence.
 """
@@ -9,6 +10,7 @@ reason="busy"/>`, so the caller hears busy instead of silence.
 from __future__ import annotations
 
 import logging
+import time
 
 from quart import Blueprint, Response, request
 from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
@@ -46,7 +48,7 @@ def telephone(services: Services) -> Blueprint:
             return Response(str(response), mimetype="text/xml")
         stream = Stream(url=stream_url(base))
         secret = token_secret(settings.call_token_secret, settings.twilio_auth_token)
-        stream.parameter(name="token", value=call_token(secret, call_sid))
+        stream.parameter(name="token", value=call_token(secret, call_sid, time.time() + settings.call_token_seconds))
         for name in ("From", "To"):
             if form.get(name):
                 stream.parameter(name=name, value=form[name])

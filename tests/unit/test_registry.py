@@ -90,3 +90,13 @@ async def test_take_input_prefers_fresh_input_and_waits_only_when_there_is_none(
     await asyncio.sleep(0)
     session.set_input("y", 2)
     assert await asyncio.wait_for(waiter, 1) == ("y", 2)
+
+
+async def test_a_key_is_claimed_once_until_its_time_is_up():
+    registry = MemoryRegistry(limit=1)
+    assert await registry.claim_once("token-a", 0.2)
+    assert not await registry.claim_once("token-a", 0.2), "claimed already"
+    assert await registry.claim_once("token-b", 5.0), "another key is its own"
+    await asyncio.sleep(0.3)
+    assert await registry.claim_once("token-a", 0.2), "its claim lapsed with its time"
+    assert not await registry.claim_once("token-b", 5.0)

@@ -15,6 +15,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from callbridge.bots.assistant.brain import DEFAULT_SYSTEM_PROMPT
+from callbridge.redact import redact_url
 
 TtsEngine = Literal["espeak", "piper", "openai"]
 TTS_ENGINES: tuple[TtsEngine, ...] = ("espeak", "piper", "openai")
@@ -71,7 +72,7 @@ class AssistantConfig:
             if value:
                 parts = urlsplit(value)
                 if parts.scheme not in ("http", "https") or not parts.netloc:
-                    problems.append(f"{name} must be an http:// or https:// URL, got {value!r}")
+                    problems.append(f"{name} must be an http:// or https:// URL, got {redact_url(value)!r}")
             return value
 
         def seconds(name: str, default: float) -> float:

@@ -24,6 +24,7 @@ from callbridge.bots.assistant.brain import DEFAULT_SYSTEM_PROMPT, END_CALL, Act
 from callbridge.bots.assistant.stage import StageError, first_within
 from callbridge.bots.assistant.tts import CHUNK_SECONDS
 from callbridge.bots.base import Audio
+from callbridge.redact import redact_url
 
 NO_KEY = "no-key"
 #: The rate and format of OpenAI's `response_format="pcm"`: 16-bit little-endian mono.
@@ -71,7 +72,7 @@ class OpenAIChat:
         self.model = model
         self.system_prompt = system_prompt
         self.first_token_timeout = first_token_timeout
-        self.name = f"{base_url} model {model}"
+        self.name = f"{redact_url(base_url)} model {model}"
         self._client = client(base_url, api_key, first_token_timeout)
 
     async def aclose(self) -> None:
@@ -139,7 +140,7 @@ class OpenAITranscription:
 
     def __init__(self, base_url: str, model: str, api_key: str = "", timeout: float = 10.0) -> None:
         self.model = model
-        self.name = f"{base_url} model {model}"
+        self.name = f"{redact_url(base_url)} model {model}"
         self._client = client(base_url, api_key, timeout)
 
     async def aclose(self) -> None:
@@ -166,7 +167,7 @@ class OpenAISpeech:
         self.model = model
         self.voice = voice
         self.timeout = timeout
-        self.name = f"{base_url} model {model}"
+        self.name = f"{redact_url(base_url)} model {model}"
         self._client = client(base_url, api_key, timeout)
 
     async def aclose(self) -> None:
