@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    # Caller audio waiting for the VAD, per call, at most; beyond it a media socket closes (Call.push_audio says why).
+    inbound_backlog_seconds: float = Field(10.0, ge=1, le=300)
     outbound_lead_ms: int = Field(60, ge=0, le=2000)
     workers: int = Field(1, ge=1, le=64)
     # The event loop blocked this long (a blocking call in a bot) is logged, naming the call and the code.
