@@ -39,7 +39,7 @@ class Outbox:
     def __init__(self) -> None:
         self._items: deque[Outbound] = deque()
         self._ready = asyncio.Event()
-        self.drops = 0  # how many times queued audio was dropped (barge-ins)
+        self.drops = 0  # how many times queued audio was dropped (barge-ins, the goodbye)
         self._pause: asyncio.Future[None] | None = None
 
     def put(self, item: Outbound) -> None:
@@ -253,9 +253,15 @@ class Call:
         self._jobs.put_nowait(_Job("dtmf", digit))
 
     def say_goodbye(self) -> None:
-        """The service is draining: stop what the bot is saying, let it say goodbye, then hang up."""
+        """The service is draining: stop what the bot is saying, let it say goodbye, then hang up.
+
+        Stopping the reply here is not a barge-in (nobody spoke over the bot): it is not counted, logged or
+        told to clients as one. A hang-up that waited for the stopped reply now waits for the goodbye."""
         if self.bot_talking:
-            self.interrupt()
+            self._stop_reply()
+            logger.info("call %s: reply stopped for the goodbye", self.id,
+                        extra={"event": "goodbye_stops_reply", "call_id": self.id})
+        self._hangup_after = None
         while not self._jobs.empty():
             self._jobs.get_nowait()
         self._jobs.put_nowait(_Job("farewell"))
@@ -306,9 +312,18 @@ class Call:
         self._jobs.put_nowait(_Job("turn", event, speech_end_at))
 
     def interrupt(self) -> None:
-        """Barge-in: cancel the reply, drop its queued audio, tell the transport to flush playback."""
+        """Barge-in: the caller spoke over the reply. It stops, and a hang-up that waited for it happens now."""
         self.stats.barge_ins += 1
         self.observer.barge_in()
+        self._stop_reply()
+        self.send(log("barge_in"))
+        if self._hangup_after is not None:
+            self.outbox.put(Hangup())
+        logger.info("call %s: barge-in", self.id, extra={"event": "barge_in", "call_id": self.id})
+
+    def _stop_reply(self) -> None:
+        """Cancel the reply, drop its queued audio, tell the transport to flush playback and the bot that the
+        rest was not heard."""
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
         self.outbox.drop_audio()
@@ -316,10 +331,6 @@ class Call:
         self._unheard.clear()
         self._bot_marks.clear()  # marks echoed after the clear were not heard
         self._call_bot_hook("on_interrupted")
-        self.send(log("barge_in"))
-        if self._hangup_after is not None:
-            self.outbox.put(Hangup())
-        logger.info("call %s: barge-in", self.id, extra={"event": "barge_in", "call_id": self.id})
 
     # -- the bot -------------------------------------------------------------------------------------
 
