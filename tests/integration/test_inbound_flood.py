@@ -16,7 +16,7 @@ STORY = "Once upon a time, in a small village by the sea, there lived an old fis
 FLOOD_SECONDS = 10
 CAP_SECONDS = 2
 #: The cap keeps 2 s of audio (32 KB) per flooded call; the rest is allocator slack and messages in flight.
-#: Without the cap this flood grew the server by hundreds of MB.
+#: Before the cap, one such flooding client grew the server by over 1 GB in 10 s.
 RSS_GROWTH_BOUND = 50 * 1024 * 1024
 
 
@@ -58,8 +58,8 @@ async def test_flooding_sockets_cost_bounded_memory_and_a_healthy_echo_stays_who
     assert peak_correlation(report.heard_audio, said) > 0.9
     assert abs(len(report.heard_audio) / RATE - (len(said) / RATE + 0.2)) < 0.15
     assert report.stall_seconds == 0, f"stalled {report.stall_seconds * 1000:.0f} ms"
-    # The flood: each socket closed with 1008 once it was more than the cap ahead, told why; the client then
-    # opened another (its last one may have ended by its own stop, 1000).
+    # The flood: each socket closed with 1008 once more than the cap of its audio waited, and told why; the
+    # client then opened another (its last one may have ended by its own stop, 1000).
     for flood in (json.loads(line) for line in output.decode().splitlines()):
         closed_for_flooding = flood["close_codes"].get("1008", 0)
         assert closed_for_flooding >= max(2, flood["sockets"] - 1), flood["close_codes"]
