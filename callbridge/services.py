@@ -94,6 +94,7 @@ class Services:
             session, bot, self.vad, inbound_rate=inbound_rate, outbound_rate=outbound_rate,
             turn_config=self.turn_config, barge_in=self.settings.barge_in,
             input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport != "twilio",
+            inbound_backlog_seconds=self.settings.inbound_backlog_seconds,
             observer=self.metrics,
         )
         self.calls[call_id] = call
@@ -111,7 +112,8 @@ class Services:
             self.metrics.calls_in_progress.labels(call.session.transport).dec()
             log.info("call %s ended: %d turns, %d barge-ins", call.id, call.stats.turns, call.stats.barge_ins,
                      extra={"event": "call_end", "call_id": call.id, "transport": call.session.transport,
-                            "turns": call.stats.turns, "barge_ins": call.stats.barge_ins})
+                            "turns": call.stats.turns, "barge_ins": call.stats.barge_ins,
+                            "inbound_dropped_seconds": round(call.stats.inbound_dropped_seconds, 3)})
 
     async def drain(self, grace_seconds: float, farewell_seconds: float = 5.0) -> None:
         """Refuse new calls, let calls in progress finish for up to `grace_seconds`, then have the bot

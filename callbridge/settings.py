@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     max_message_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    # Caller audio waiting for the VAD, per call, at most; beyond it a media socket closes (Call.push_audio says why).
+    inbound_backlog_seconds: float = Field(10.0, ge=1, le=300)
     outbound_lead_ms: int = Field(60, ge=0, le=2000)
     # The media sockets' timeouts (Twilio's stream, the browser's µ-law socket). A real Twilio stream sends its
     # `start` within about a second; real networks stall for a few seconds (a Wi-Fi or mobile handover). 10 s

@@ -39,7 +39,7 @@ class Outbox:
     def __init__(self) -> None:
         self._items: deque[Outbound] = deque()
         self._ready = asyncio.Event()
-        self.drops = 0  # how many times queued audio was dropped (barge-ins)
+        self.drops = 0  # how many times queued audio was dropped (barge-ins, the goodbye)
         self._pause: asyncio.Future[None] | None = None
 
     def put(self, item: Outbound) -> None:
@@ -95,6 +95,7 @@ class Outbox:
 class CallStats:
     turns: int = 0
     barge_ins: int = 0
+    inbound_dropped_seconds: float = 0.0  # caller audio beyond the backlog cap (Call.push_audio)
 
 
 class CallObserver(Protocol):
@@ -156,6 +157,7 @@ class Call:
         barge_in: bool = True,
         input_timeout: float = 0.5,
         inputs_possible: bool = True,
+        inbound_backlog_seconds: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         observer: CallObserver | None = None,
     ) -> None:
@@ -174,6 +176,8 @@ class Call:
         self._windows = Rechunker(self.vad_rate, VAD_WINDOW_MS)
         self._vad = vad.stream(self.vad_rate, self._on_window)
         self._inbound_resampler = Resampler(inbound_rate, self.vad_rate) if inbound_rate != self.vad_rate else None
+        self.inbound_backlog_seconds = inbound_backlog_seconds
+        self._max_backlog_windows = max(1, round(inbound_backlog_seconds * 1000 / VAD_WINDOW_MS))
         self.outbox = Outbox()
         self.stats = CallStats()
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
@@ -204,14 +208,38 @@ class Call:
             self._worker = asyncio.create_task(self._run(), name=f"call-{self.id}")
             self._jobs.put_nowait(_Job("greet"))
 
-    def push_audio(self, pcm: np.ndarray) -> None:
-        """Caller audio: int16 mono at `inbound_rate`, any length."""
+    def push_audio(self, pcm: np.ndarray) -> bool:
+        """Caller audio: int16 mono at `inbound_rate`, any length. False: some of it was dropped at the cap.
+
+        Every transport's caller audio waits here for the VAD, which keeps up with about twice real time
+        per call. At most `inbound_backlog_seconds` of it waits: audio beyond that is cut before it is framed
+        into windows (no copy, no memory held), counted, and warned of once per call; that bounds a call's
+        memory whatever the transport. A caller on a real line never sends faster than real time for long
+        and a network burst of a few seconds stays under the cap, so only a client flooding audio (or a
+        call already that far behind, lost anyway) reaches it; the media sockets then close the socket
+        (1008), because a flooder left connected keeps costing a core in decoding what is dropped."""
         if self.closed:
-            return
+            return True
         if self._inbound_resampler is not None:
             pcm = self._inbound_resampler.process(pcm)
+        room = (self._max_backlog_windows - self._vad.waiting) * self._windows.frame_samples - self._windows.pending
+        taken = len(pcm) <= room
+        if not taken:
+            kept = max(room, 0)
+            self._drop_inbound(len(pcm) - kept)
+            pcm = pcm[:kept]
         for window in self._windows.push(pcm):
             self._vad.submit(window)
+        return taken
+
+    def _drop_inbound(self, samples: int) -> None:
+        """Count caller audio dropped at the backlog cap; the first time, warn the log and the client."""
+        if not self.stats.inbound_dropped_seconds:
+            message = (f"caller audio arrives faster than real time: more than {self.inbound_backlog_seconds:g} s of "
+                       "it waits to be heard (INBOUND_BACKLOG_SECONDS), and audio beyond that is dropped")
+            logger.warning("call %s: %s", self.id, message, extra={"event": "inbound_backlog", "call_id": self.id})
+            self.send(ClientMessage("warning", message))
+        self.stats.inbound_dropped_seconds += samples / self.vad_rate
 
     def _on_window(self, window: np.ndarray, probability: float) -> None:
         """A VAD result, in order: advance the turn state machine."""
@@ -225,9 +253,15 @@ class Call:
         self._jobs.put_nowait(_Job("dtmf", digit))
 
     def say_goodbye(self) -> None:
-        """The service is draining: stop what the bot is saying, let it say goodbye, then hang up."""
+        """The service is draining: stop what the bot is saying, let it say goodbye, then hang up.
+
+        Stopping the reply here is not a barge-in (nobody spoke over the bot): it is not counted, logged or
+        told to clients as one. A hang-up that waited for the stopped reply now waits for the goodbye."""
         if self.bot_talking:
-            self.interrupt()
+            self._stop_reply()
+            logger.info("call %s: reply stopped for the goodbye", self.id,
+                        extra={"event": "goodbye_stops_reply", "call_id": self.id})
+        self._hangup_after = None
         while not self._jobs.empty():
             self._jobs.get_nowait()
         self._jobs.put_nowait(_Job("farewell"))
@@ -278,9 +312,18 @@ class Call:
         self._jobs.put_nowait(_Job("turn", event, speech_end_at))
 
     def interrupt(self) -> None:
-        """Barge-in: cancel the reply, drop its queued audio, tell the transport to flush playback."""
+        """Barge-in: the caller spoke over the reply. It stops, and a hang-up that waited for it happens now."""
         self.stats.barge_ins += 1
         self.observer.barge_in()
+        self._stop_reply()
+        self.send(log("barge_in"))
+        if self._hangup_after is not None:
+            self.outbox.put(Hangup())
+        logger.info("call %s: barge-in", self.id, extra={"event": "barge_in", "call_id": self.id})
+
+    def _stop_reply(self) -> None:
+        """Cancel the reply, drop its queued audio, tell the transport to flush playback and the bot that the
+        rest was not heard."""
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
         self.outbox.drop_audio()
@@ -288,10 +331,6 @@ class Call:
         self._unheard.clear()
         self._bot_marks.clear()  # marks echoed after the clear were not heard
         self._call_bot_hook("on_interrupted")
-        self.send(log("barge_in"))
-        if self._hangup_after is not None:
-            self.outbox.put(Hangup())
-        logger.info("call %s: barge-in", self.id, extra={"event": "barge_in", "call_id": self.id})
 
     # -- the bot -------------------------------------------------------------------------------------
 

@@ -112,6 +112,11 @@ class BatchedVadStream:
         self.pending: deque[np.ndarray] = deque()
         self.closed = False
 
+    @property
+    def waiting(self) -> int:
+        """Windows submitted and not yet answered: the call's backlog (Call caps it)."""
+        return len(self.pending)
+
     def submit(self, window: np.ndarray) -> None:
         if len(window) != self.window_samples:
             raise ValueError(f"VAD window must be {self.window_samples} samples, got {len(window)}")

@@ -128,6 +128,7 @@ class MediaSocket:
         self._start: asyncio.Future[Start] = loop.create_future()
         self._ended: asyncio.Future[None] = loop.create_future()  # stop, bad input, or the client gone
         self._opening: list[Event] = []  # events that came while the call was being opened
+        self._opening_samples = 0  # the audio among them
         self._timers: list[asyncio.TimerHandle] = []
         self._sends: set[asyncio.Task[None]] = set()
 
@@ -148,6 +149,10 @@ class MediaSocket:
             self._start.set_result(event)
         elif self.call is None:
             self._opening.append(event)
+            if isinstance(event, Media):  # the Call's backlog cap, before there is a Call
+                self._opening_samples += len(event.pcm)
+                if self._opening_samples > self.settings.inbound_backlog_seconds * self.protocol.rate:
+                    self._end(self._flooding())
         else:
             self._apply(self.call, event)
 
@@ -156,7 +161,8 @@ class MediaSocket:
 
     def _apply(self, call: Call, event: Event) -> None:
         if isinstance(event, Media):
-            call.push_audio(event.pcm)
+            if not call.push_audio(event.pcm):
+                self._end(self._flooding())
         elif isinstance(event, Played):
             call.playback_finished(event.name)
         elif isinstance(event, Dtmf):
@@ -167,6 +173,11 @@ class MediaSocket:
         elif isinstance(event, Stop):
             logger.info("%s %s: stop", self.protocol.transport, self.label)
             self._end(None)
+
+    def _flooding(self) -> ProtocolError:
+        """Caller audio beyond the backlog cap: the socket closes (Call.push_audio says why)."""
+        return ProtocolError(f"caller audio arrives faster than real time: more than "
+                             f"{self.settings.inbound_backlog_seconds:g} s waiting (INBOUND_BACKLOG_SECONDS)")
 
     def _end(self, error: BaseException | None) -> None:
         if self._ended.done():
