@@ -184,7 +184,9 @@ class PeerCall:
             except MediaStreamError:
                 return
             for mono in to_mono.resample(frame):
-                self.call.push_audio(mono.to_ndarray().reshape(-1))
+                if not self.call.push_audio(mono.to_ndarray().reshape(-1)):  # as the media sockets close
+                    self.end("caller audio arrives faster than real time (INBOUND_BACKLOG_SECONDS)")
+                    return
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if self.channel is not None:
