@@ -29,6 +29,7 @@ import os
 import pstats
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +137,8 @@ def ms_percentiles(values: list[float]) -> str:
     return f"{1000 * p50:.1f} / {1000 * p95:.1f}"
 
 
-def build_edge(calls: int, vad_on_loop: bool) -> tuple[Any, Any, bytes, Any]:
-    """(edge, services, call-token secret, Connection class) of the tree on sys.path: this layout
+def build_edge(calls: int, vad_on_loop: bool) -> tuple[Any, Any, Callable[[str], str], Any]:
+    """(edge, services, the webhook's token for a CallSid, Connection class) of the tree on sys.path: this layout
     (callbridge/) or the one before it (app/, codec/, bots/), so trees from either side of the move compare."""
     try:
         from callbridge.core.vad import VadBatcher, load_vad
@@ -147,17 +148,18 @@ def build_edge(calls: int, vad_on_loop: bool) -> tuple[Any, Any, bytes, Any]:
     from callbridge.edge.server import Connection, Edge
     from callbridge.serve import make_services
     from callbridge.settings import Settings
-    from callbridge.transports.twilio import token_secret
+    from callbridge.transports.twilio import call_token, token_secret
 
     # Its streams answer no pings: the longest ping timeout keeps them from being dropped in a long run.
     settings = Settings(bot="echo", concurrency_limit=calls + 10, media_ping_timeout_seconds=300)
     services = make_services(settings)
     services.vad = VadBatcher(load_vad(settings.vad_backend), in_thread=not vad_on_loop)
     edge = Edge(media_routes(services), "/nonexistent", 1 << 20)
-    return edge, services, token_secret(settings.call_token_secret, settings.twilio_auth_token), Connection
+    secret = token_secret(settings.call_token_secret, settings.twilio_auth_token)
+    return edge, services, lambda call_sid: call_token(secret, call_sid, time.time() + 60), Connection
 
 
-def build_edge_before_the_move(calls: int, vad_on_loop: bool) -> tuple[Any, Any, bytes, Any]:
+def build_edge_before_the_move(calls: int, vad_on_loop: bool) -> tuple[Any, Any, Callable[[str], str], Any]:
     from app.registry import MemoryRegistry  # type: ignore[import-not-found]
     from app.server import MEDIA_ROUTES, Services, load_bot  # type: ignore[import-not-found]
     from app.settings import Settings  # type: ignore[import-not-found]
@@ -168,12 +170,10 @@ def build_edge_before_the_move(calls: int, vad_on_loop: bool) -> tuple[Any, Any,
     settings = Settings(bot="echo")
     state = Services(settings=settings, bot_factory=load_bot("echo"), registry=MemoryRegistry(calls + 10))
     state.vad = VadBatcher(load_vad(settings.vad_backend), **({"in_thread": False} if vad_on_loop else {}))
-    return Edge(state, MEDIA_ROUTES, "/nonexistent", 1 << 20), state, token_secret(settings), Connection
-
-
-def stream_token(secret: bytes, call_sid: str) -> str:
-    """The webhook's per-call token (both layouts make it the same way)."""
-    return hmac.new(secret, call_sid.encode(), hashlib.sha256).hexdigest()[:32]
+    secret = token_secret(settings)
+    # That tree's token: a hash of the CallSid alone.
+    return (Edge(state, MEDIA_ROUTES, "/nonexistent", 1 << 20), state,
+            lambda call_sid: hmac.new(secret, call_sid.encode(), hashlib.sha256).hexdigest()[:32], Connection)
 
 
 def start_message(stream_sid: str, call_sid: str, parameters: dict[str, str]) -> str:
@@ -191,7 +191,7 @@ def encode_ulaw(samples: np.ndarray) -> bytes:
 
 async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_loop: bool) -> dict[str, Any]:
     waits = time_vad_answers() if answers else None
-    edge, state, secret, Connection = build_edge(calls, vad_on_loop)
+    edge, state, make_token, Connection = build_edge(calls, vad_on_loop)
     audio = call_audio(seconds)
     payloads = [base64.b64encode(encode_ulaw(audio[i : i + FRAME])).decode() for i in range(0, len(audio), FRAME)]
     streams = []
@@ -203,7 +203,7 @@ async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_l
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         stream_sid, call_sid = f"MZ{index:032d}", f"CA{index:032d}"
         connection.data_received(client_frame(json.dumps({"event": "connected", "protocol": "Call"})))
-        token = stream_token(secret, call_sid)
+        token = make_token(call_sid)
         connection.data_received(client_frame(start_message(stream_sid, call_sid, {"token": token})))
         streams.append((connection, stream_sid))
     await asyncio.sleep(0.2)
