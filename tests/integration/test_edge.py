@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import resource
 import secrets
 import signal
@@ -314,7 +315,11 @@ def test_a_pipelined_request_leaves_the_first_answered(echo_server, first):
     assert pipelined.count(b"HTTP/1.1 ") == 1, pipelined
     status = alone.split(b"\r\n", 1)[0]
     assert status in (b"HTTP/1.1 200 ", b"HTTP/1.1 404 ") and pipelined.startswith(status), (alone, pipelined)
-    assert pipelined.partition(b"\r\n\r\n")[2] == alone.partition(b"\r\n\r\n")[2]
+    # The same answer; a webhook's call token holds its own expiry, so it is the one part that differs.
+    def body(answer: bytes) -> bytes:
+        return re.sub(rb'name="token" value="[^"]*"', b"TOKEN", answer.partition(b"\r\n\r\n")[2])
+
+    assert body(pipelined) == body(alone)
 
 
 @pytest.mark.parametrize("request_head", [
