@@ -24,6 +24,7 @@ import base64
 import cProfile
 import hashlib
 import hmac
+import inspect
 import json
 import os
 import pstats
@@ -156,6 +157,8 @@ def build_edge(calls: int, vad_on_loop: bool) -> tuple[Any, Any, Callable[[str],
     services.vad = VadBatcher(load_vad(settings.vad_backend), in_thread=not vad_on_loop)
     edge = Edge(media_routes(services), "/nonexistent", 1 << 20)
     secret = token_secret(settings.call_token_secret, settings.twilio_auth_token)
+    if len(inspect.signature(call_token).parameters) == 2:  # a tree from before tokens expired
+        return edge, services, lambda call_sid: call_token(secret, call_sid), Connection
     return edge, services, lambda call_sid: call_token(secret, call_sid, time.time() + 60), Connection
 
 
