@@ -177,7 +177,9 @@ class Call:
         self._vad = vad.stream(self.vad_rate, self._on_window)
         self._inbound_resampler = Resampler(inbound_rate, self.vad_rate) if inbound_rate != self.vad_rate else None
         self.inbound_backlog_seconds = inbound_backlog_seconds
-        self._max_backlog_windows = max(1, round(inbound_backlog_seconds * 1000 / VAD_WINDOW_MS))
+        # In samples, computed once: the check runs on every inbound message (bench/results/history.md).
+        self._window_samples = self._windows.frame_samples
+        self._max_backlog_samples = max(1, round(inbound_backlog_seconds * 1000 / VAD_WINDOW_MS)) * self._window_samples
         self.outbox = Outbox()
         self.stats = CallStats()
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
@@ -222,7 +224,7 @@ class Call:
             return True
         if self._inbound_resampler is not None:
             pcm = self._inbound_resampler.process(pcm)
-        room = (self._max_backlog_windows - self._vad.waiting) * self._windows.frame_samples - self._windows.pending
+        room = self._max_backlog_samples - len(self._vad.pending) * self._window_samples - self._windows.pending
         taken = len(pcm) <= room
         if not taken:
             kept = max(room, 0)
