@@ -6,7 +6,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from callbridge.core.vad import VadBatcher
 from tests.assistant_fixtures import FakeOpenAI
+
+
+@pytest.fixture
+async def batcher(onnx_vad):
+    batcher = VadBatcher(onnx_vad)
+    yield batcher
+    await batcher.close()
 
 
 @pytest.fixture

@@ -15,21 +15,14 @@ from callbridge.bots.function import FunctionBot
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, PlaybackMark
 from callbridge.core.turns import TurnConfig
-from callbridge.core.vad import VadBatcher
 from callbridge.sessions.registry import MemoryRegistry
 from tests.speech import silence, speech
+from tests.unit.call_outbox import settle, take_all
 
 RATE = 8000
 FRAME = 160  # 20 ms at 8 kHz
 HELLO = "Hello there, how are you today?"
 AGAIN = "Tell me more about the weather."
-
-
-@pytest.fixture
-async def batcher(onnx_vad):
-    batcher = VadBatcher(onnx_vad)
-    yield batcher
-    await batcher.close()
 
 
 def make_call(bot_factory=EchoBot, *, barge_in: bool = True, vad, registry=None, call_id="c1", **kw) -> Call:
@@ -38,21 +31,6 @@ def make_call(bot_factory=EchoBot, *, barge_in: bool = True, vad, registry=None,
     bot = bot_factory(CallInfo(call_id=call_id, transport="test"))
     return Call(session, bot, vad, inbound_rate=RATE, outbound_rate=RATE,
                 turn_config=TurnConfig(sample_rate=RATE, **kw), barge_in=barge_in)
-
-
-async def settle(call: Call | None = None) -> None:
-    """Let the VAD answer everything pushed, then the bot tasks run until nothing changes."""
-    if call is not None:
-        await call._vad.batcher.idle()
-    for _ in range(50):
-        await asyncio.sleep(0.001)
-
-
-def take_all(call: Call) -> list:
-    items = []
-    while (item := call.outbox.get_nowait()) is not None:
-        items.append(item)
-    return items
 
 
 def logs(items: list) -> list[str]:

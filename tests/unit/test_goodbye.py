@@ -3,17 +3,14 @@ bot that was about to hang up is still heard saying goodbye."""
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
-import pytest
 
 from callbridge.bots.base import Audio, Bot, CallInfo, EndCall
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, PlaybackMark
 from callbridge.core.session import Session
 from callbridge.core.turns import TurnConfig
-from callbridge.core.vad import VadBatcher
+from tests.unit.call_outbox import settle, take_all
 
 RATE = 8000
 
@@ -55,20 +52,9 @@ class CountingObserver:
         pass
 
 
-@pytest.fixture
-async def batcher(onnx_vad):
-    batcher = VadBatcher(onnx_vad)
-    yield batcher
-    await batcher.close()
-
-
 async def outbox_after_a_moment(call: Call) -> list:
-    for _ in range(50):
-        await asyncio.sleep(0.001)
-    items = []
-    while (item := call.outbox.get_nowait()) is not None:
-        items.append(item)
-    return items
+    await settle()
+    return take_all(call)
 
 
 async def test_the_goodbye_stops_the_last_words_without_a_barge_in_and_is_heard_before_the_hang_up(batcher):

@@ -16,15 +16,9 @@ from callbridge.core.session import Session
 from callbridge.core.turns import TurnConfig
 from callbridge.core.vad import VAD_WINDOW_MS, VadBatcher
 from tests.speech import speech
+from tests.unit.call_outbox import take_all
 
 CAP_SECONDS = 2.0
-
-
-@pytest.fixture
-async def batcher(onnx_vad):
-    batcher = VadBatcher(onnx_vad)
-    yield batcher
-    await batcher.close()
 
 
 def make_call(vad: VadBatcher, inbound_rate: int) -> Call:
@@ -35,10 +29,7 @@ def make_call(vad: VadBatcher, inbound_rate: int) -> Call:
 
 
 def warnings_sent(call: Call) -> list[str]:
-    items = []
-    while (item := call.outbox.get_nowait()) is not None:
-        items.append(item)
-    return [i.data for i in items if isinstance(i, ClientMessage) and i.type == "warning"]
+    return [i.data for i in take_all(call) if isinstance(i, ClientMessage) and i.type == "warning"]
 
 
 @pytest.mark.parametrize("inbound_rate", [8000, 48000])  # Twilio and browser sockets; WebRTC
