@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     preroll_ms: int = Field(200, ge=0, le=2000)
     max_turn_seconds: float = Field(30.0, gt=0.5, le=600)
     barge_in: bool = True
+    # A barge-in holds the reply: a backchannel or a noise lets it resume where the caller stopped hearing it
+    # (false: it is cancelled at once).
+    backchannel_resume: bool = True
+    # Speech over a held reply longer than this is a real interruption: it cancels the reply at once. The
+    # corpus (bench/results/backchannel.md): backchannels 0.35-0.64 s of speech to the VAD, interruptions 0.93 s on.
+    backchannel_max_ms: int = Field(800, ge=100, le=5000)
     input_timeout_seconds: float = Field(0.5, ge=0, le=30)
 
     # --- WebRTC -------------------------------------------------------------------------------------
