@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from callbridge.core.messages import ends_reply
 from tests.integration.conftest import ROOT
 from tests.speech import have_tools, peak_correlation, read_wav, silence, speech, write_wav
 
@@ -35,6 +36,11 @@ def timeline(stdout: str) -> list[tuple[float, str, str]]:
 
 def first(events: list[tuple[float, str, str]], kind: str, detail: str = "") -> float:
     return next(t for t, k, d in events if k == kind and d.startswith(detail))
+
+
+def reply_heard_to_its_end(events: list[tuple[float, str, str]]) -> float:
+    """When the first reply's end mark was echoed (the marks inside a reply are its resume points)."""
+    return next(t for t, k, d in events if k == "mark_echo" and ends_reply(d))
 
 
 def latency_ms(stdout: str, what: str = "turn 1") -> int:
@@ -98,7 +104,7 @@ def test_dtmf_is_pressed_once_the_reply_is_heard_and_each_answer_awaited(server_
     events = timeline(result.stdout)
     replies = [(t, d) for t, k, d in events if k == "reply"]
     assert len(replies) == 3, result.stdout  # the echo, digit 2's beep, '#''s goodbye
-    echo_heard = first(events, "mark_echo")
+    echo_heard = reply_heard_to_its_end(events)
     two, hash_ = first(events, "dtmf", "2"), first(events, "dtmf", "#")
     assert replies[0][0] < echo_heard < two < replies[1][0] < hash_ < replies[2][0], result.stdout
     assert "0.30 s heard" in replies[1][1] and "0.50 s heard" in replies[2][1], result.stdout
@@ -111,7 +117,7 @@ def test_the_caller_waits_for_a_greeting_unless_told_to_talk_over_it(server_fact
     polite = call("--say", HELLO, "--url", server.url)
     assert polite.returncode == 0, polite.stdout + polite.stderr
     events = timeline(polite.stdout)
-    greeting_heard = first(events, "mark_echo")  # the 2 s greeting played to its end
+    greeting_heard = reply_heard_to_its_end(events)  # the 2 s greeting played to its end
     assert first(events, "reply") + 1.9 < greeting_heard < first(events, "speech_start"), polite.stdout
     assert not any(k == "clear" for _, k, _ in events)
     assert "turn 1: end of speech -> first reply audio" in polite.stdout
