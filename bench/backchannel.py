@@ -2,11 +2,13 @@
 the third? (BACKCHANNEL_RESUME, BACKCHANNEL_MAX_MS)
 
 Each 8 kHz utterance of bench/turn_corpus.py (backchannel, noise, interruption; espeak-ng voices, through
-µ-law) is spoken over a 30 s reply, driven through a real Call (the real VAD, no sockets): the reply starts,
-the caller has heard its first second (its marks confirmed, as a transport would), then the utterance
-(its 0.5 s of lead silence, the sound, 2 s of silence) arrives, one VAD window at a time. Two verdicts on a
-short turn: `base`, the Bot default (every short sound is a backchannel: the bound alone decides), and
-`assistant`, AssistantBot.is_backchannel (the shipped Whisper tiny.en, then the backchannel words). Outcomes:
+µ-law), and one-word interruptions the corpus lacks (`SHORT_INTERRUPTIONS`: as short as a backchannel, so
+only the words can tell them apart), is spoken over a 30 s reply, driven through a real Call (the real VAD,
+no sockets): the reply starts, the caller has heard its first second (its marks confirmed, as a transport
+would), then the utterance (its 0.5 s of lead silence, the sound, 2 s of silence) arrives, one VAD window at
+a time. Two verdicts on a short turn: `base`, the Bot default (every short sound is a backchannel: the bound
+alone decides), and `assistant`, AssistantBot.is_backchannel (the shipped Whisper tiny.en, then the
+backchannel words). Outcomes:
 
 - resumed: held, then resumed at the last point heard (checked: the next frame is the one after it);
 - kept: no barge-in at all (the VAD never heard speech): the reply plays on;
@@ -36,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.end_of_turn_eval import vad_probabilities
-from bench.turn_corpus import Utterance, build
+from bench.turn_corpus import ESPEAK_VOICES, Utterance, build, spoken, utterance
 from callbridge.bots.assistant.bot import AssistantBot, Stages
 from callbridge.bots.assistant.script import ScriptBrain
 from callbridge.bots.assistant.stt import LocalWhisper
@@ -53,7 +55,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RATE = 8000
 FRAME = 160
 HEARD_FRAMES = 2 * RESUME_POINT_FRAMES  # the caller has heard the reply's first second
-CATEGORIES = ("backchannel", "noise", "interruption")
+SHORT_INTERRUPTIONS = ("No.", "Wait.", "Stop.", "What?", "Hold on.", "Sorry?")
+CATEGORIES = ("backchannel", "noise", "interruption", "short interruption")
 OUTCOMES = ("resumed", "kept", "cancelled (bound)", "cancelled (verdict)")
 SWEEP_MS = (500, 600, 700, 800, 900, 1000, 1200)
 
@@ -205,7 +208,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "backchannel.md")
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.UTC)
-    corpus = build(rates=(RATE,), categories=CATEGORIES)
+    corpus = build(rates=(RATE,), categories=CATEGORIES) + [
+        utterance("short interruption", text, spoken(text, (), voice, RATE), voice, RATE)
+        for voice in ESPEAK_VOICES for text in SHORT_INTERRUPTIONS]
     lengths = speech_lengths(corpus)
     results = asyncio.run(run_all(corpus, args.max_ms))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -224,10 +229,11 @@ def main() -> None:
         vad = [length for _, length in picked if length]
         fmt = lambda xs: f"{min(xs):.2f} / {statistics.median(xs):.2f} / {max(xs):.2f}" if xs else "-"  # noqa: E731
         out.append(f"| {category} | {len(picked)} | {fmt(sound)} | {fmt(vad)} ({len(picked) - len(vad)} no speech) |")
-    out += ["", "By length alone (the `base` verdict), per bound: backchannels + noises cancelled, interruptions "
-            "let resume.", "", "| BACKCHANNEL_MAX_MS | " + " | ".join(map(str, SWEEP_MS)) + " |",
+    out += ["", "By length alone (the `base` verdict), per bound: backchannels + noises cancelled, the corpus's "
+            "interruptions let resume.", "", "| BACKCHANNEL_MAX_MS | " + " | ".join(map(str, SWEEP_MS)) + " |",
             "|---|" + "---:|" * len(SWEEP_MS)]
-    short = [length for u, length in zip(corpus, lengths, strict=True) if u.category != "interruption" and length]
+    short = [length for u, length in zip(corpus, lengths, strict=True)
+             if u.category in ("backchannel", "noise") and length]
     long = [length for u, length in zip(corpus, lengths, strict=True) if u.category == "interruption"]
     out.append("| backchannels + noises cancelled | " + " | ".join(
         str(sum(length * 1000 > ms for length in short)) for ms in SWEEP_MS) + " |")
