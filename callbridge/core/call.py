@@ -317,10 +317,11 @@ class Call:
         """End the call: cancel the bot (its generator is closed) and stop the worker."""
         self.closed = True
         self._vad.close()
-        for task in (self._reply, self._worker):
+        tasks = (self._reply, self._worker, self._hold.verdict if self._hold is not None else None)
+        for task in tasks:
             if task is not None and not task.done():
                 task.cancel()
-        for task in (self._reply, self._worker):
+        for task in tasks:
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
 

@@ -24,6 +24,8 @@ from callbridge.core.messages import AudioOut, Outbound, PlaybackMark
 #: in, beside 10 media messages out and 50 in). 25 frames are 5 of the PacedWriter's 5-frame messages, so the
 #: marks fall between messages and split none.
 RESUME_POINT_FRAMES = 25
+#: At most a minute of audio is kept unheard: a far end that never confirms marks costs no more memory than that.
+MAX_UNHEARD_FRAMES = 3000
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,7 +44,7 @@ class Tape:
         self._put = put
         #: Keep unheard audio and place resume points; without it the tape only names and looks up checkpoints.
         self.resumable = resumable
-        self._unheard: deque[AudioOut | Checkpoint] = deque()
+        self._unheard: deque[AudioOut | Checkpoint] = deque(maxlen=MAX_UNHEARD_FRAMES)
         self._on_wire: dict[str, Checkpoint] = {}  # the name each queued checkpoint has on the outbox
         self._names = itertools.count(1)
         self._frames_since_checkpoint = 0
@@ -69,11 +71,9 @@ class Tape:
         """The checkpoint the transport reports heard (None: not one on the wire now); what came before it is
         forgotten."""
         checkpoint = self._on_wire.pop(name, None)
-        if checkpoint is not None and self.resumable:
-            while self._unheard:
-                entry = self._unheard.popleft()
-                if entry is checkpoint:
-                    break
+        if checkpoint is not None and checkpoint in self._unheard:  # found near the front: marks come in order
+            while self._unheard.popleft() is not checkpoint:
+                pass
         return checkpoint
 
     def hold(self) -> None:

@@ -198,3 +198,23 @@ async def test_a_short_turn_the_bot_says_is_no_backchannel_cancels_the_reply_and
     assert len(call.bot.turns) == 1
     assert "response_starting" in logs(items) and "reply_resumed" not in logs(items)
     await call.close()
+
+
+class Pondering(CountingTalker):
+    """Never makes up its mind about a backchannel."""
+
+    async def is_backchannel(self, turn: Turn) -> bool:
+        await asyncio.Event().wait()
+        return True
+
+
+async def test_closing_a_call_whose_reply_is_held_stops_the_verdict_too(batcher):
+    session = MemoryRegistry(10).open_here("c1", "test")
+    call = Call(session, Pondering(CallInfo(call_id="c1", transport="test")), batcher, inbound_rate=RATE,
+                outbound_rate=RATE, turn_config=TurnConfig(sample_rate=RATE), backchannel_resume=True)
+    await greeting_under_way(call)
+    await speak_over(call, np.concatenate([speech("Okay.", RATE), silence(1.0, RATE)]))
+    verdict = call._hold.verdict if call._hold is not None else None
+    assert verdict is not None and not verdict.done(), "the bot is still deciding"
+    await call.close()
+    assert verdict.cancelled() and call.bot.greeting_closed
