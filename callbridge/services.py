@@ -95,6 +95,7 @@ class Services:
             turn_config=self.turn_config, barge_in=self.settings.barge_in,
             input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport != "twilio",
             inbound_backlog_seconds=self.settings.inbound_backlog_seconds,
+            idle_seconds=self.settings.idle_seconds, idle_prompts=self.settings.idle_prompts,
             observer=self.metrics,
         )
         self.calls[call_id] = call

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     max_turn_seconds: float = Field(30.0, gt=0.5, le=600)
     barge_in: bool = True
     input_timeout_seconds: float = Field(0.5, ge=0, le=30)
+    # Seconds of caller silence (nobody speaking, nothing playing) before the bot re-prompts; 0: never.
+    idle_seconds: float = Field(10.0, ge=0, le=3600)
+    # Re-prompts an idle caller gets before the bot's idle goodbye ends the call.
+    idle_prompts: int = Field(2, ge=0, le=10)
 
     # --- WebRTC -------------------------------------------------------------------------------------
     # No STUN server by default: the service never contacts a public server unless configured to.

@@ -88,6 +88,11 @@ class TurnDetector:
         self._silence = 0
         self._turn_windows = 0
 
+    @property
+    def speaking(self) -> bool:
+        """The caller is in a turn: from its speech start until the pause (or length) that ends it."""
+        return self._speaking
+
     def step(self, window: np.ndarray, p: float) -> TurnEvent | None:
         """Advance by one VAD window (int16, `config.window_samples` long) whose speech probability is p."""
         cfg = self.config

@@ -135,6 +135,19 @@ def test_a_bot_that_says_nothing_is_pointed_at_the_server_log(server_factory):
     assert f"the bot said nothing: check the server's log for 'call {sid[1]}: ...'" in result.stdout
 
 
+def test_hold_keeps_the_line_open_in_silence_and_the_echo_bot_never_hangs_up_on_it(server_factory):
+    """The echo bot says nothing to an idle caller, so IDLE_SECONDS never ends its calls: the caller hangs up."""
+    server = server_factory(idle_seconds=1, idle_prompts=1)
+    result = call("--say", HELLO, "--url", server.url, "--hold", "4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = timeline(result.stdout)
+    assert [k for _, k, _ in events].count("reply") == 1, result.stdout  # the echo, nothing while idle
+    hangup = next((t, d) for t, k, d in events if k == "hangup")
+    assert hangup[1] == "the caller sent stop", result.stdout
+    assert hangup[0] - first(events, "mark_echo") >= 4 - 0.1, "held 4 s after the echo was heard"
+    assert "idle caller" not in server.logs()
+
+
 @pytest.mark.parametrize(("args", "says"), [
     (["{wav}"], "not a WAV file"),
     (["{mp3}"], "format 85"),
