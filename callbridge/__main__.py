@@ -29,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Plays the caller's audio into the Twilio handler in real time as Twilio would (webhook, "
         "connected, start, media, dtmf, stop; marks echoed once heard; buffer emptied on clear): waits for a "
         "greeting to end, speaks, waits for the reply to be heard, then presses --dtmf digits one by one, each "
-        "answer awaited. Prints a timeline and each reply's latency from the end of the caller's speech "
-        "(trailing silence in the WAV excluded).",
+        "answer awaited, and stays on the line --hold seconds before hanging up. Prints a timeline and each "
+        "reply's latency from the end of the caller's speech (trailing silence in the WAV excluded).",
     )
     call.add_argument("wav", nargs="?", help="what the caller says (or --say): any WAV (PCM 8/16/24/32-bit, "
                       "float, µ-law or A-law; any rate; stereo is mixed down)")
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds to wait for a greeting to end, and for the reply (default %(default)s)")
     call.add_argument("--dtmf-wait", type=float, default=3.0,
                       help="seconds to wait for each digit's answer (default %(default)s)")
+    call.add_argument("--hold", type=float, default=0.5, metavar="SECONDS",
+                      help="stay on the line, silent, this long after the last answer before hanging up, e.g. to "
+                      "hear the bot's idle re-prompts (IDLE_SECONDS) and hang-up (default %(default)s)")
     call.add_argument("--talk-over", action="store_true",
                       help="speak 0.3 s into the call, over any greeting, instead of waiting for it to end")
     call.add_argument("--auth-token", default="", help="sign requests with this Twilio auth token")

@@ -96,6 +96,7 @@ class Services:
             backchannel_resume=self.settings.backchannel_resume, backchannel_max_ms=self.settings.backchannel_max_ms,
             input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport != "twilio",
             inbound_backlog_seconds=self.settings.inbound_backlog_seconds,
+            idle_seconds=self.settings.idle_seconds, idle_prompts=self.settings.idle_prompts,
             observer=self.metrics,
         )
         self.calls[call_id] = call

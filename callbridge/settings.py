@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # corpus (bench/results/backchannel.md): backchannels 0.35-0.64 s of speech to the VAD, interruptions 0.93 s on.
     backchannel_max_ms: int = Field(800, ge=100, le=5000)
     input_timeout_seconds: float = Field(0.5, ge=0, le=30)
+    # Seconds of caller silence (nobody speaking, nothing playing) before the bot re-prompts; 0: never.
+    idle_seconds: float = Field(10.0, ge=0, le=3600)
+    # Re-prompts an idle caller gets before the bot's idle goodbye ends the call.
+    idle_prompts: int = Field(2, ge=0, le=10)
 
     # --- WebRTC -------------------------------------------------------------------------------------
     # No STUN server by default: the service never contacts a public server unless configured to.

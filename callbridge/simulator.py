@@ -44,10 +44,10 @@ TICK = FRAME / RATE
 #: A 20 ms frame is speech when its RMS is within 40 dB of the loudest frame's and above -60 dBFS.
 SPEECH_BELOW_PEAK_DB = 40.0
 SPEECH_FLOOR_DBFS = -60.0
-#: `python -m callbridge call` speaks once the bot has played nothing for this long (its greeting is over),
-#: and stays on the line this long after the last answer (a bot's hang-up is seen as the bot's).
+#: `python -m callbridge call` speaks once the bot has played nothing for this long (its greeting is over).
+#: After the last answer it stays on the line `--hold` seconds, silent (a bot's hang-up meanwhile is seen as the
+#: bot's): 0.5 by default, longer to hear an idle caller's re-prompts and hang-up (IDLE_SECONDS).
 GREETING_QUIET = 0.5
-HOLD_ON = 0.5
 
 
 @dataclass(frozen=True)
@@ -592,7 +592,7 @@ def main(args) -> int:
                           Speak(speech), WaitForReply("heard", timeout=args.wait)]
     for digit in args.dtmf:
         script += [Dtmf(digit), WaitForReply("heard", timeout=args.dtmf_wait)]
-    script.append(Pause(HOLD_ON))
+    script.append(Pause(args.hold))
     caller = SimulatedCaller(url, script, auth_token=args.auth_token, public_url=args.public_url)
     try:
         report = asyncio.run(caller.run())

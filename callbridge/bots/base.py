@@ -94,7 +94,8 @@ class Turn:
 
 
 class Bot:
-    """Base class for bots. Override `reply`; `greet`, `on_dtmf` and `farewell` say nothing unless overridden."""
+    """Base class for bots. Override `reply`; `greet`, `on_dtmf`, `farewell`, `on_idle` and `idle_goodbye` say
+    nothing unless overridden."""
 
     #: The rate the bot wants turns at; None takes the call's own (8 kHz phone, 16 kHz wideband) as is.
     input_rate: int | None = 16000
@@ -117,6 +118,19 @@ class Bot:
 
     async def farewell(self) -> AsyncIterator[BotOutput]:
         """What to say when the service shuts down under a call in progress; the call ends after it."""
+        return
+        yield  # pragma: no cover
+
+    async def on_idle(self, prompts: int) -> AsyncIterator[BotOutput]:
+        """What to say to a caller silent for IDLE_SECONDS (`prompts`: re-prompts spoken since they last spoke).
+
+        Only a re-prompt that yields audio counts: a bot that says nothing here never has its callers hung up
+        for silence."""
+        return
+        yield  # pragma: no cover
+
+    async def idle_goodbye(self) -> AsyncIterator[BotOutput]:
+        """What to say to a caller still silent after IDLE_PROMPTS re-prompts; the call ends once it is heard."""
         return
         yield  # pragma: no cover
 

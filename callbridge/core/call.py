@@ -126,7 +126,7 @@ class _Unobserved:
 
 @dataclass(frozen=True)
 class _Job:
-    kind: str  # "greet" | "turn" | "dtmf" | "farewell"
+    kind: str  # "greet" | "turn" | "dtmf" | "farewell" | "idle" | "idle_goodbye"
     payload: Any = None
     speech_end_at: float = 0.0  # clock time the turn's last speech sample arrived
 
@@ -172,6 +172,8 @@ class Call:
         input_timeout: float = 0.5,
         inputs_possible: bool = True,
         inbound_backlog_seconds: float = 10.0,
+        idle_seconds: float = 0.0,
+        idle_prompts: int = 2,
         clock: Callable[[], float] = time.monotonic,
         observer: CallObserver | None = None,
     ) -> None:
@@ -213,6 +215,11 @@ class Call:
         self._told: set[str] = set()  # bot mistakes already logged for this call (once each)
         self._talking = False  # the current reply has queued audio and is still producing
         self.closed = False
+        # Idle callers (_count_idle): counted in samples of caller audio, so the same audio gives the same prompts.
+        self._idle_limit = round(idle_seconds * self.vad_rate)  # 0: idle callers are left alone
+        self.idle_prompts = idle_prompts
+        self._idle_samples = 0  # caller audio in a row while nobody spoke and nothing was being said
+        self._reprompts = 0  # re-prompts spoken since the caller last spoke
 
     @property
     def id(self) -> str:
@@ -273,8 +280,10 @@ class Call:
             self._on_turn_ended(event)
         elif self._hold is not None and self.detector.speaking:
             self._cancel_if_long(self.detector.speech_end)
+        self._count_idle(len(window))
 
     def push_dtmf(self, digit: str) -> None:
+        self._reprompts = 0
         self._jobs.put_nowait(_Job("dtmf", digit))
 
     def say_goodbye(self) -> None:
@@ -328,6 +337,7 @@ class Call:
     # -- turn events -------------------------------------------------------------------------------
 
     def _on_speech_started(self, event: SpeechStarted) -> None:
+        self._reprompts = 0
         self.send(log("started_talking"))
         if self._hold is not None:
             self._hold.onset = event.onset  # the caller speaks again while the reply is held
@@ -450,6 +460,35 @@ class Call:
             self._bot_mistake("hook:is_backchannel", f"the bot's is_backchannel raised: {exc!r}", exc_info=True)
             return False
 
+    # -- idle callers --------------------------------------------------------------------------------
+
+    def _count_idle(self, samples: int) -> None:
+        """One window of caller audio: idle while the caller is not speaking and the bot is neither producing
+        nor being heard. IDLE_SECONDS of it in a row asks the bot to re-prompt; once IDLE_PROMPTS re-prompts
+        went unanswered, the bot says its idle goodbye and the call ends when that has been heard."""
+        if not self._idle_limit:
+            return
+        replying = (self._reply is not None and not self._reply.done()) or not self._jobs.empty()
+        if replying or self.detector.speaking or self.bot_talking:
+            self._idle_samples = 0
+            return
+        self._idle_samples += samples
+        if self._idle_samples < self._idle_limit:
+            return
+        self._idle_samples = 0
+        if self._reprompts < self.idle_prompts:
+            self._jobs.put_nowait(_Job("idle", self._reprompts))
+            return
+        logger.info("call %s: hanging up an idle caller after %d re-prompts", self.id, self._reprompts,
+                    extra={"event": "idle_hangup", "call_id": self.id, "reprompts": self._reprompts})
+        self._jobs.put_nowait(_Job("idle_goodbye"))
+
+    def _reprompted(self) -> None:
+        """The bot's re-prompt has started to play: it counts toward IDLE_PROMPTS."""
+        self._reprompts += 1
+        logger.info("call %s: idle caller re-prompted (%d of %d)", self.id, self._reprompts, self.idle_prompts,
+                    extra={"event": "idle_reprompt", "call_id": self.id, "reprompts": self._reprompts})
+
     # -- the bot -------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -469,6 +508,10 @@ class Call:
             return self.bot.on_dtmf(job.payload)
         if job.kind == "farewell":
             return self.bot.farewell()
+        if job.kind == "idle":
+            return self.bot.on_idle(job.payload)
+        if job.kind == "idle_goodbye":
+            return self.bot.idle_goodbye()
         return self.bot.reply(self._bot_turn(job.payload.audio, inputs))
 
     def _bot_turn(self, audio: np.ndarray, inputs: tuple[Any, ...] = ()) -> Turn:
@@ -486,7 +529,7 @@ class Call:
         chunker = Rechunker(self.outbound_rate, FRAME_MS)
         resamplers: dict[int, Resampler] = {}
         started = False
-        end_call = job.kind == "farewell"
+        end_call = job.kind in ("farewell", "idle_goodbye")
         outputs = self._outputs(job, inputs)
         try:
             async for item in outputs:
@@ -497,6 +540,8 @@ class Call:
                     if not started:
                         started = self._talking = True
                         self.send(log("response_starting"))
+                        if job.kind == "idle":
+                            self._reprompted()
                         if job.kind == "turn":
                             # seconds from the end of the turn's speech to the bot's first audio being queued
                             self.observer.turn_answered(self.clock() - job.speech_end_at)

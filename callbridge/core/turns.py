@@ -90,7 +90,7 @@ class TurnDetector:
 
     @property
     def speaking(self) -> bool:
-        """A turn is in progress: speech has started and not yet ended."""
+        """The caller is in a turn: from its speech start until the pause (or length) that ends it."""
         return self._speaking
 
     @property

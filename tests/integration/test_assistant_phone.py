@@ -5,6 +5,7 @@ only what was heard."""
 from __future__ import annotations
 
 import asyncio
+import re
 
 import numpy as np
 import pytest
@@ -77,3 +78,30 @@ async def test_a_barge_in_closes_the_llm_stream_and_the_history_keeps_what_was_h
         await fake.stop()
 
 
+
+
+async def test_an_idle_caller_is_asked_if_still_there_speech_resets_the_count_then_the_call_ends(
+    server_factory, whisper
+):
+    server = server_factory(bot="assistant", idle_seconds=2, idle_prompts=2)
+    caller = SimulatedCaller(server.url, [
+        WaitForQuiet(quiet=0.8, timeout=20),  # the greeting, heard to its end
+        # 2 s after it was heard, "Are you still there?" (1.3 s); the caller answers between that and the next.
+        Pause(3.5),
+        Speak(speech("Yes, thank you.", RATE)),  # the caller is back: the count starts again
+        WaitForReply("heard", timeout=20),
+        Pause(40),  # re-prompts 1 and 2, then the goodbye and the hang-up, well before this ends
+    ])
+    report = await caller.run()
+    said = f"call {caller.stream_sid}: "
+    lines = [re.sub(r"turn of [\d.]+ s", "turn", line.split(said, 1)[1]) for line in server.logs().splitlines()
+             if said in line and ("idle" in line or "turn of" in line)]
+    assert lines == ["idle caller re-prompted (1 of 2)", "turn (pause)", "idle caller re-prompted (1 of 2)",
+                     "idle caller re-prompted (2 of 2)", "hanging up an idle caller after 2 re-prompts"], lines
+    assert not report.clears, report.timeline()
+    hangup_at, hangup = next((t, detail) for t, kind, detail in report.events if kind == "hangup")
+    assert hangup.startswith("the server closed the socket"), report.timeline()
+    last_heard = max(t for t, kind, _ in report.events if kind == "mark_echo")
+    assert report.reply_heard[-1] > 2.0 and last_heard <= hangup_at, "the goodbye was heard, then the hang-up"
+    words = await heard_words(whisper, report.heard_audio)
+    assert words.count("still there") >= 2 and "goodbye" in words, words

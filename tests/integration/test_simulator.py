@@ -104,9 +104,15 @@ def test_dtmf_is_pressed_once_the_reply_is_heard_and_each_answer_awaited(server_
     events = timeline(result.stdout)
     replies = [(t, d) for t, k, d in events if k == "reply"]
     assert len(replies) == 3, result.stdout  # the echo, digit 2's beep, '#''s goodbye
-    echo_heard = reply_heard_to_its_end(events)
-    two, hash_ = first(events, "dtmf", "2"), first(events, "dtmf", "#")
-    assert replies[0][0] < echo_heard < two < replies[1][0] < hash_ < replies[2][0], result.stdout
+    # In the order they happened (the timeline is printed so): the digit goes as soon as the echo's mark comes
+    # back, often within the same millisecond, so the printed times alone cannot order them.
+    # Only a reply's end mark counts as its echo (the others are its resume points).
+    order = [f"dtmf {d}" if k == "dtmf" else k for _, k, d in events
+             if k in ("reply", "dtmf") or (k == "mark_echo" and ends_reply(d))]
+    replies_at = [i for i, k in enumerate(order) if k == "reply"]
+    echo_heard, two, hash_ = order.index("mark_echo"), order.index("dtmf 2"), order.index("dtmf #")
+    assert replies_at[0] < echo_heard < two < replies_at[1] < hash_ < replies_at[2], result.stdout
+    assert reply_heard_to_its_end(events) <= first(events, "dtmf", "2"), result.stdout
     assert "0.30 s heard" in replies[1][1] and "0.50 s heard" in replies[2][1], result.stdout
     assert latency_ms(result.stdout, "digit 2") < 500
     assert "the server closed the socket" in next(d for _, k, d in events if k == "hangup"), "the bot hung up"
@@ -135,6 +141,19 @@ def test_a_bot_that_says_nothing_is_pointed_at_the_server_log(server_factory):
     sid = re.search(r"stream (MZ[0-9a-f]{32})", result.stdout)
     assert sid and "turn 1: no reply" in result.stdout, result.stdout
     assert f"the bot said nothing: check the server's log for 'call {sid[1]}: ...'" in result.stdout
+
+
+def test_hold_keeps_the_line_open_in_silence_and_the_echo_bot_never_hangs_up_on_it(server_factory):
+    """The echo bot says nothing to an idle caller, so IDLE_SECONDS never ends its calls: the caller hangs up."""
+    server = server_factory(idle_seconds=1, idle_prompts=1)
+    result = call("--say", HELLO, "--url", server.url, "--hold", "4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = timeline(result.stdout)
+    assert [k for _, k, _ in events].count("reply") == 1, result.stdout  # the echo, nothing while idle
+    hangup = next((t, d) for t, k, d in events if k == "hangup")
+    assert hangup[1] == "the caller sent stop", result.stdout
+    assert hangup[0] - reply_heard_to_its_end(events) >= 4 - 0.1, "held 4 s after the echo was heard"
+    assert "idle caller" not in server.logs()
 
 
 @pytest.mark.parametrize(("args", "says"), [

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from callbridge.bots.assistant import AssistantConfig, AssistantFactory, Stages, assistant_factory
-from callbridge.bots.assistant.bot import APOLOGY, AssistantBot
+from callbridge.bots.assistant.bot import APOLOGY, IDLE_GOODBYE, IDLE_PROMPT, AssistantBot
 from callbridge.bots.assistant.brain import INTERRUPTED
 from callbridge.bots.assistant.script import SHIPPED_SCRIPT, ScriptBrain
 from callbridge.bots.assistant.stt import LocalWhisper
@@ -288,3 +288,39 @@ def test_backchannel_words_and_whisper_notes_are_backchannels_and_other_words_no
         assert is_backchannel_text(text), text
     for text in ("No.", "Wait, stop.", "Okay, but what time?", "Sorry, I meant Thursday.", "you"):
         assert not is_backchannel_text(text), text
+
+
+async def test_an_idle_caller_is_asked_from_the_dialog_file_and_the_question_joins_the_history(
+    offline: Stages, whisper: LocalWhisper
+) -> None:
+    script = yaml.safe_load(SHIPPED_SCRIPT.read_text())
+    bot = AssistantBot(CALL, offline)
+    outputs = await collect(bot.on_idle(0))
+    assert said(outputs, "assistant") == [script["idle_prompt"]] == ["Are you still there?"]
+    spoken = audio_of(outputs)
+    heard = " ".join(words(await whisper.transcribe(spoken.samples, spoken.sample_rate)))
+    assert "still there" in heard, heard
+    assert bot.history == [], "not heard yet"
+    hear_all(bot, outputs)
+    assert bot.history == [{"role": "assistant", "content": "Are you still there?"}]
+
+    goodbye = await collect(bot.idle_goodbye())
+    assert " ".join(said(goodbye, "assistant")) == script["idle_goodbye"]
+    assert not any(isinstance(item, EndCall) for item in goodbye), "the runtime ends the call after it"
+
+
+async def test_with_an_llm_the_idle_question_is_a_fixed_line_the_llm_then_sees(server: FakeOpenAI,
+                                                                              online: Online) -> None:
+    bot = online()(CALL)
+    outputs = await collect(bot.on_idle(1))
+    assert said(outputs, "assistant") == [IDLE_PROMPT]
+    assert server.chats() == [], "an idle caller gives the LLM nothing to answer"
+    hear_all(bot, outputs)
+    server.transcripts.append("Yes, sorry, I'm here.")
+    server.chat_replies.append(ChatReply(["Great, how can I help?"]))
+    await collect(bot.reply(Turn(phone_speech("Yes, sorry, I'm here."), 16000)))
+    assert server.chats()[-1].body["messages"][1:] == [
+        {"role": "assistant", "content": IDLE_PROMPT},
+        {"role": "user", "content": "Yes, sorry, I'm here."},
+    ]
+    assert " ".join(said(await collect(bot.idle_goodbye()), "assistant")) == IDLE_GOODBYE

@@ -100,6 +100,19 @@ def test_greeting_from_the_file(brain: ScriptBrain) -> None:
     assert brain.greeting is not None and brain.greeting.startswith("Thank you for calling Harbor Dental.")
 
 
+def test_what_an_idle_caller_hears_is_in_the_file_and_optional(brain: ScriptBrain, tmp_path: Path) -> None:
+    assert (brain.idle_prompt, brain.idle_goodbye) == (SCRIPT["idle_prompt"], SCRIPT["idle_goodbye"])
+    assert brain.idle_prompt == "Are you still there?"
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump({"greeting": "Hi!", "fallback": "Sorry?",
+                                    "intents": [{"name": "x", "keywords": ["bread"], "answer": "Bread."}]}))
+    short = ScriptBrain.from_file(path)
+    assert (short.idle_prompt, short.idle_goodbye) == (None, None), "left to the assistant's own lines"
+    path.write_text("greeting: hi\nfallback: sorry\nidle_prompt: ''\nintents:\n  - {name: x, keywords: [a], answer: y}")
+    with pytest.raises(ScriptError, match="'idle_prompt' must be a non-empty string"):
+        load_script(path)
+
+
 async def test_own_dialog_file(tmp_path: Path) -> None:
     path = tmp_path / "bakery.yaml"
     path.write_text(yaml.safe_dump({

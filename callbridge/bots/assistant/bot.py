@@ -62,6 +62,8 @@ def is_backchannel_text(transcript: str) -> bool:
     """Whether a short turn's transcript is a backchannel or no words at all (a noise)."""
     words = " ".join(re.sub(r"[^a-z']+", " ", _SOUND_NOTE.sub(" ", transcript.lower())).split())
     return _BACKCHANNEL.fullmatch(words) is not None
+IDLE_PROMPT = "Are you still there?"
+IDLE_GOODBYE = "I haven't heard anything, so I'll hang up now. Thank you for calling, goodbye!"
 
 
 class Stages:
@@ -75,6 +77,8 @@ class Stages:
         #: A local engine: the apology must play when the configured speech provider is the one failing.
         self.apology_tts = apology_tts or tts
         self.greeting = greeting or brain.greeting or DEFAULT_GREETING
+        self.idle_prompt = brain.idle_prompt or IDLE_PROMPT
+        self.idle_goodbye = brain.idle_goodbye or IDLE_GOODBYE
         self._apology: list[Audio] | None = None
 
     @classmethod
@@ -248,6 +252,15 @@ class AssistantBot(Bot):
 
     async def farewell(self) -> AsyncIterator[BotOutput]:
         async for item in self._speak(_sentences_of(FAREWELL), self._new_reply()):
+            yield item
+
+    async def on_idle(self, prompts: int) -> AsyncIterator[BotOutput]:
+        """The same question each time; the history keeps it, so the brain knows what the caller answers."""
+        async for item in self._speak(_sentences_of(self.stages.idle_prompt), self._new_reply()):
+            yield item
+
+    async def idle_goodbye(self) -> AsyncIterator[BotOutput]:
+        async for item in self._speak(_sentences_of(self.stages.idle_goodbye), self._new_reply()):
             yield item
 
     def on_heard(self, name: str) -> None:

@@ -64,6 +64,9 @@ class Brain(Protocol):
     name: str
     #: What the brain says first when the call starts; None leaves it to the bot's default.
     greeting: str | None
+    #: What it asks a caller gone silent, and says before hanging up on one; None leaves them to the bot's.
+    idle_prompt: str | None
+    idle_goodbye: str | None
 
     def respond(
         self, history: Sequence[Mapping[str, str]], tools: Sequence[Tool]

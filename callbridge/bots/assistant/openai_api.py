@@ -66,6 +66,8 @@ class OpenAIChat:
     """Chat Completions, streamed; the HTTP stream is closed as soon as the consumer stops reading."""
 
     greeting = None
+    idle_prompt = None  # the bot's fixed lines: an idle caller gives the LLM nothing to answer
+    idle_goodbye = None
 
     def __init__(self, base_url: str, model: str, api_key: str = "", system_prompt: str = DEFAULT_SYSTEM_PROMPT,
                  first_token_timeout: float = 10.0) -> None:

@@ -1,8 +1,9 @@
 """ScriptBrain: an offline receptionist that answers from a dialog file (FAQ intents and a keypad menu).
 
 The file (YAML, see data/harbor_dental.yaml) holds a greeting, intents scored by keywords and example
-questions, a digit menu and a fallback. Matching works on normalised, lightly stemmed words with some
-tolerance for misspellings, so a transcript like "what time you open tomorrow" still finds the hours.
+questions, a digit menu, a fallback, and optionally what to say to a caller gone silent. Matching works on
+normalised, lightly stemmed words with some tolerance for misspellings, so a transcript like "what time you
+open tomorrow" still finds the hours.
 """
 
 from __future__ import annotations
@@ -97,6 +98,8 @@ class Script:
     unknown_key: str
     intents: tuple[Intent, ...]
     menu: Mapping[str, Intent]
+    idle_prompt: str | None = None
+    idle_goodbye: str | None = None
 
     def match(self, text: str) -> Intent | None:
         """The best-scoring intent for what the caller said, or None when nothing scores enough."""
@@ -160,7 +163,9 @@ def load_script(path: Path) -> Script:
     fallback = _text(raw, "fallback", where)
     return Script(greeting=_text(raw, "greeting", where), fallback=fallback,
                   unknown_key=_text(raw, "unknown_key", where) if "unknown_key" in raw else fallback,
-                  intents=intents, menu=menu)
+                  intents=intents, menu=menu,
+                  idle_prompt=_text(raw, "idle_prompt", where) if "idle_prompt" in raw else None,
+                  idle_goodbye=_text(raw, "idle_goodbye", where) if "idle_goodbye" in raw else None)
 
 
 def _last_said(history: Sequence[Mapping[str, str]]) -> str | None:
@@ -177,6 +182,8 @@ class ScriptBrain:
         self.script = script
         self.name = name
         self.greeting = script.greeting
+        self.idle_prompt = script.idle_prompt
+        self.idle_goodbye = script.idle_goodbye
 
     @classmethod
     def from_file(cls, path: Path = SHIPPED_SCRIPT) -> ScriptBrain:
