@@ -60,3 +60,19 @@ async def test_a_long_interruption_still_cancels_the_reply_and_is_answered(echo_
     lines = call_lines(echo_server, caller)
     assert any("reply cancelled" in line and "over BACKCHANNEL_MAX_MS" in line for line in lines), lines
     assert any("ended: 2 turns, 1 barge-ins (0 resumed)" in line for line in lines), lines
+
+
+async def test_with_backchannel_resume_off_an_uh_huh_cancels_the_reply_as_before(server_factory):
+    server = server_factory(backchannel_resume="false")
+    story, uh_huh = speech(STORY, RATE), speech("Uh-huh.", RATE)
+    caller = SimulatedCaller(server.url, [
+        Pause(0.3), Speak(story), WaitForReply("start"), Pause(2.0), Speak(uh_huh), WaitForReply("heard")])
+    report = await caller.run()
+    assert_cleared_at_once(report, 1)
+    heard = report.heard_audio
+    # The story stopped at the clear for good, and the uh-huh was a turn like any other: echoed.
+    assert len(heard) / RATE < 3.0 + len(uh_huh) / RATE + PREROLL + 0.2
+    assert peak_correlation(heard[-len(uh_huh) - int(PREROLL * RATE) :], uh_huh) > 0.9
+    lines = call_lines(server, caller)
+    assert any(line.endswith("barge-in") for line in lines) and not any("reply held" in line for line in lines)
+    assert any("ended: 2 turns, 1 barge-ins (0 resumed)" in line for line in lines), lines
