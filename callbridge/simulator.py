@@ -632,5 +632,6 @@ def print_report(report: CallReport, speech: np.ndarray, source: str, stream_sid
         print(f"the bot said nothing: check the server's log for 'call {stream_sid}: ...' (bot errors are logged "
               "there at warning; the phone line cannot carry them)")
     print(f"heard {report.reply_seconds:.2f} s of reply audio, stalls {report.stall_seconds * 1000:.0f} ms, "
-          f"marks echoed {len(report.marks_echoed)}, clears {len(report.clears)}")
+          f"marks echoed {len(report.marks_echoed)} ({sum(map(ends_reply, report.marks_echoed))} ending a reply), "
+          f"clears {len(report.clears)}")
     print(f"socket closed with code {report.close_code} {report.close_reason}".rstrip())
