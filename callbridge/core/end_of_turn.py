@@ -3,7 +3,8 @@
 A silence rule cannot tell a finished sentence from a pause at a comma or an "um"; Smart Turn hears the
 intonation and the words' shape. The model (BSD-2, 8.7 MB) ships inside the pipecat-ai wheel; it is
 located with `importlib.util.find_spec` without running pipecat's `__init__` (which needs its whole
-dependency tree), as core/vad.py does for silero-vad. Sans-I/O: audio in, probabilities out; no threads.
+dependency tree), as core/vad.py does for silero-vad. `EndOfTurnModel` is audio in, probability out;
+`EndOfTurnAsker` runs it for every call of the process on one thread of its own, off the event loop.
 
 The model takes Whisper's log-mel features of exactly 8 s of 16 kHz audio: a turn is cut to its last 8 s
 or padded with silence at the start. Phone audio is upsampled with callbridge's own resampler, aligned to
@@ -14,7 +15,11 @@ and CTranslate2, which the call core must not (tests/unit/test_layers.py).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -134,3 +139,32 @@ class EndOfTurnModel:
         features = log_mel_features(model_input(audio, sample_rate))[None]
         (scores,) = self._session.run(None, {"input_features": features})
         return float(scores[0, 0])
+
+
+class EndOfTurnAsker:
+    """The process's one model and the one thread it runs on: every call's questions queue there.
+
+    ~49 ms of CPU per question would stall every call's audio if it ran on the event loop; onnxruntime
+    releases the GIL while it computes, so on its own thread the loop goes on meanwhile. One thread, not
+    more: each question already costs a whole core for its duration (bench/results/end_of_turn.md), and the
+    VAD needs the other one. A question cancelled before its turn in the queue (its caller spoke again, the
+    call ended) is never computed."""
+
+    def __init__(self, model: EndOfTurnModel, on_inference: Callable[[float, float], None] | None = None) -> None:
+        self.model = model
+        self.on_inference = on_inference  # (wall seconds, CPU seconds) of each inference, for metrics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="end-of-turn")
+
+    async def probability(self, audio: np.ndarray, sample_rate: int) -> float:
+        """The model's answer for a turn's float32 audio, computed on the model's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, audio, sample_rate)
+
+    def _infer(self, audio: np.ndarray, sample_rate: int) -> float:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        probability = self.model.probability(audio, sample_rate)
+        if self.on_inference is not None:
+            self.on_inference(time.perf_counter() - wall, time.thread_time() - cpu)
+        return probability
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
