@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from callbridge.bots.base import CallInfo
 from callbridge.bots.loader import BotFactory
 from callbridge.core.call import Call
@@ -63,7 +65,9 @@ class Services:
     def load_end_of_turn(self) -> None:
         """With END_OF_TURN=model, load Smart Turn once for this process (before it is ready: blocking)."""
         if self.settings.end_of_turn == "model" and self.end_of_turn is None:
-            self.end_of_turn = EndOfTurnAsker(EndOfTurnModel(), on_inference=self.metrics.end_of_turn_inference_done)
+            model = EndOfTurnModel()
+            model.probability(np.zeros(8000, np.float32), 8000)  # the first inference, slower, is not a caller's
+            self.end_of_turn = EndOfTurnAsker(model, on_inference=self.metrics.end_of_turn_inference_done)
 
     async def admission(self) -> Admission:
         """The one rule for new calls: not before the models are loaded, not while draining, not without the

@@ -69,13 +69,12 @@ def peak_correlation(reply: np.ndarray, said: np.ndarray) -> float:
 
 
 def split_at_longest_pause(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`audio` cut in the middle of its longest pause inside (espeak-ng's pauses are digital silence): put more
-    silence between the halves for a caller who hesitates there, mid-sentence, with the words' intonation of
-    a sentence said in one go."""
+    """The speech before and after the longest pause inside `audio` (espeak-ng's pauses are digital silence),
+    the pause left out: put a chosen silence between them for a caller who hesitates there, mid-sentence,
+    with the words' intonation of a sentence said in one go."""
     quiet = np.abs(audio.astype(np.int32)) <= 164  # 0.5% of full scale, the trim threshold above
     edges = np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]]))
     runs = [(a, b) for a, b in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True)
             if a > 0 and b < len(audio)]
     start, end = max(runs, key=lambda run: run[1] - run[0])
-    middle = (start + end) // 2
-    return audio[:middle], audio[middle:]
+    return audio[:start], audio[end:]
