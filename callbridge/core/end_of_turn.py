@@ -76,6 +76,15 @@ def _mel_filters() -> np.ndarray:
 _WINDOW = np.hanning(N_FFT + 1)[:-1].astype(np.float32)  # periodic Hann, as torch.hann_window
 _FILTERS = _mel_filters()
 
+# No BLAS on the model's thread: an OpenBLAS product big enough to be split across threads leaves its worker
+# threads spinning on the other core for tens of ms after every question (measured: 116 ms of process CPU per
+# question where the model's thread used 58; bench/results/end_of_turn.md). So the mel bands are summed from
+# their few non-zero weights (391 of 201 x 80), and phone audio is resampled in pieces too small to be split.
+_BAND_BINS, _BAND_OF = np.nonzero(_FILTERS.T)[1], np.nonzero(_FILTERS.T)[0]
+_BAND_WEIGHTS = _FILTERS[_BAND_BINS, _BAND_OF]
+_BAND_STARTS = np.searchsorted(_BAND_OF, np.arange(N_MELS))
+_RESAMPLE_PIECE = 2048  # input samples per Resampler.process call
+
 
 def log_mel_features(audio: np.ndarray) -> np.ndarray:
     """(MODEL_SAMPLES,) float32 16 kHz audio -> (N_MELS, FRAMES) float32 Whisper features.
@@ -90,7 +99,8 @@ def log_mel_features(audio: np.ndarray) -> np.ndarray:
     frames = sliding_window_view(padded, N_FFT)[::HOP][:FRAMES]  # the last frame is dropped, as Whisper does
     spectrum = np.fft.rfft(frames * _WINDOW, axis=1)
     power = spectrum.real**2 + spectrum.imag**2
-    log_mel = np.log10(np.maximum(power @ _FILTERS, np.float32(_MEL_FLOOR)))
+    mel = np.add.reduceat(power[:, _BAND_BINS] * _BAND_WEIGHTS, _BAND_STARTS, axis=1)  # power @ _FILTERS
+    log_mel = np.log10(np.maximum(mel, np.float32(_MEL_FLOOR)))
     log_mel = np.maximum(log_mel, log_mel.max() - 8.0)
     return ((log_mel + 4.0) / 4.0).T.astype(np.float32)
 
@@ -109,7 +119,9 @@ def model_input(audio: np.ndarray, sample_rate: int) -> np.ndarray:
         needed = -(-MODEL_SAMPLES * sample_rate // MODEL_RATE)
         tail = audio[-needed:] if len(audio) > needed else audio  # only the last 8 s are heard
         flush = np.zeros(-(-lag * sample_rate // MODEL_RATE), np.float32)
-        upsampled = resampler.process(np.concatenate([tail, flush]))
+        padded = np.concatenate([tail, flush])
+        upsampled = np.concatenate([resampler.process(padded[i : i + _RESAMPLE_PIECE])
+                                    for i in range(0, len(padded), _RESAMPLE_PIECE)])
         audio = upsampled[lag : lag + -(-len(tail) * MODEL_RATE // sample_rate)]
     out = np.zeros(MODEL_SAMPLES, np.float32)
     kept = audio[-MODEL_SAMPLES:]
