@@ -112,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
                   "`pip install 'callbridge[torch]'` (`make torch` in a checkout), or use VAD_BACKEND=onnx",
                   file=sys.stderr)
             return 2
+        if settings.end_of_turn == "model":
+            from callbridge.core.end_of_turn import model_file
+
+            try:
+                model_file()
+            except RuntimeError as exc:
+                print(f"callbridge: END_OF_TURN=model cannot start: {exc} (pip install pipecat-ai, or END_OF_TURN="
+                      "silence)", file=sys.stderr)
+                return 2
         worker = getattr(args, "worker", None)
         configure_logging(settings.log_level, settings.log_format, worker)
         if settings.workers > 1 and worker is None:

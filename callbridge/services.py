@@ -11,9 +11,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from callbridge.bots.base import CallInfo
 from callbridge.bots.loader import BotFactory
 from callbridge.core.call import Call
+from callbridge.core.end_of_turn import EndOfTurnAsker, EndOfTurnModel
 from callbridge.core.turns import TurnConfig
 from callbridge.core.vad import VadBatcher
 from callbridge.metrics import Metrics
@@ -44,6 +47,7 @@ class Services:
     registry: Registry
     metrics: Metrics = field(default_factory=Metrics)
     vad: VadBatcher | None = None
+    end_of_turn: EndOfTurnAsker | None = None  # END_OF_TURN=model's one model for every call
     draining: bool = False
     calls: dict[str, Call] = field(default_factory=dict)
     problem: str = ""  # why the service cannot take calls at all (the bot could not start); /readyz says it
@@ -54,7 +58,16 @@ class Services:
             sample_rate=8000, enter_threshold=s.vad_enter_threshold, exit_threshold=s.vad_exit_threshold,
             speech_start_ms=s.speech_start_ms, pause_ms=s.pause_ms, preroll_ms=s.preroll_ms,
             max_turn_seconds=s.max_turn_seconds,
+            ask_ms=s.end_of_turn_ask_ms if s.end_of_turn == "model" else None,
+            model_threshold=s.end_of_turn_threshold,
         )
+
+    def load_end_of_turn(self) -> None:
+        """With END_OF_TURN=model, load Smart Turn once for this process (before it is ready: blocking)."""
+        if self.settings.end_of_turn == "model" and self.end_of_turn is None:
+            model = EndOfTurnModel()
+            model.probability(np.zeros(8000, np.float32), 8000)  # the first inference, slower, is not a caller's
+            self.end_of_turn = EndOfTurnAsker(model, on_inference=self.metrics.end_of_turn_inference_done)
 
     async def admission(self) -> Admission:
         """The one rule for new calls: not before the models are loaded, not while draining, not without the
@@ -96,7 +109,7 @@ class Services:
             input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport != "twilio",
             inbound_backlog_seconds=self.settings.inbound_backlog_seconds,
             idle_seconds=self.settings.idle_seconds, idle_prompts=self.settings.idle_prompts,
-            observer=self.metrics,
+            observer=self.metrics, end_of_turn=self.end_of_turn,
         )
         self.calls[call_id] = call
         self.metrics.calls.labels(transport).inc()
@@ -142,3 +155,5 @@ class Services:
             await self.end_call(call)
         if self.vad is not None:
             await self.vad.close()
+        if self.end_of_turn is not None:
+            self.end_of_turn.close()

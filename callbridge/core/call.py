@@ -21,9 +21,10 @@ import numpy as np
 
 from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Mark, Message, Timings, Turn
 from callbridge.codec import FRAME_MS, Rechunker, Resampler, resample
+from callbridge.core.end_of_turn import EndOfTurnAsker
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark, log
 from callbridge.core.session import Session
-from callbridge.core.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
+from callbridge.core.turns import EndOfTurnQuestion, SpeechStarted, TurnConfig, TurnDetector, TurnEnded
 from callbridge.core.vad import VAD_WINDOW_MS, VadBatcher
 
 logger = logging.getLogger("callbridge.call")
@@ -105,6 +106,7 @@ class CallObserver(Protocol):
     def turn_answered(self, latency_seconds: float) -> None: ...
     def bot_error(self) -> None: ...
     def stage_timings(self, stages: dict[str, float]) -> None: ...
+    def end_of_turn_answered(self, answer: str) -> None: ...
 
 
 class _Unobserved:
@@ -118,6 +120,9 @@ class _Unobserved:
         pass
 
     def stage_timings(self, stages: dict[str, float]) -> None:
+        pass
+
+    def end_of_turn_answered(self, answer: str) -> None:
         pass
 
 
@@ -162,6 +167,7 @@ class Call:
         idle_prompts: int = 2,
         clock: Callable[[], float] = time.monotonic,
         observer: CallObserver | None = None,
+        end_of_turn: EndOfTurnAsker | None = None,
     ) -> None:
         self.session = session
         self.bot = bot
@@ -199,6 +205,8 @@ class Call:
         self.idle_prompts = idle_prompts
         self._idle_samples = 0  # caller audio in a row while nobody spoke and nothing was being said
         self._reprompts = 0  # re-prompts spoken since the caller last spoke
+        self._end_of_turn = end_of_turn  # asks the turn's questions (END_OF_TURN=model), or None
+        self._question: tuple[EndOfTurnQuestion, asyncio.Task[None]] | None = None
 
     @property
     def id(self) -> str:
@@ -257,6 +265,9 @@ class Call:
             self._on_speech_started()
         elif isinstance(event, TurnEnded):
             self._on_turn_ended(event)
+        elif isinstance(event, EndOfTurnQuestion):
+            self._ask(event)
+        self._drop_stale_question()
         self._count_idle(len(window))
 
     def push_dtmf(self, digit: str) -> None:
@@ -299,10 +310,11 @@ class Call:
         """End the call: cancel the bot (its generator is closed) and stop the worker."""
         self.closed = True
         self._vad.close()
-        for task in (self._reply, self._worker):
+        tasks = (self._reply, self._worker, self._question[1] if self._question else None)
+        for task in tasks:
             if task is not None and not task.done():
                 task.cancel()
-        for task in (self._reply, self._worker):
+        for task in tasks:
             if task is not None:
                 await asyncio.gather(task, return_exceptions=True)
 
@@ -322,6 +334,37 @@ class Call:
                     extra={"event": "turn", "call_id": self.id, "seconds": round(len(event.audio) / self.vad_rate, 3),
                            "reason": event.reason})
         self._jobs.put_nowait(_Job("turn", event, speech_end_at))
+
+    def _ask(self, question: EndOfTurnQuestion) -> None:
+        """The caller has paused ASK_MS: have the end-of-turn model judge the turn, off the event loop."""
+        if self._end_of_turn is not None:
+            self._question = (question, asyncio.create_task(self._answer(self._end_of_turn, question)))
+
+    async def _answer(self, asker: EndOfTurnAsker, question: EndOfTurnQuestion) -> None:
+        try:
+            probability = await asker.probability(question.audio.astype(np.float32) / 32768, self.vad_rate)
+        except asyncio.CancelledError:
+            self.observer.end_of_turn_answered("stale")
+            raise
+        except Exception:  # a broken model must not end the call: the pause still ends the turn
+            logger.exception("call %s: the end-of-turn model failed", self.id)
+            return
+        if self.closed or not self.detector.is_open(question):
+            self.observer.end_of_turn_answered("stale")
+            return
+        complete = probability >= self.detector.config.model_threshold
+        self.observer.end_of_turn_answered("complete" if complete else "incomplete")
+        logger.debug("call %s: end of turn %.2f", self.id, probability)
+        if (event := self.detector.answer(question, probability)) is not None:
+            self._on_turn_ended(event)
+
+    def _drop_stale_question(self) -> None:
+        """The caller spoke again or the pause ended the turn: a question still waiting for the model is
+        withdrawn (never computed if its turn on the model's thread has not come)."""
+        if self._question is not None and not self.detector.is_open(self._question[0]):
+            if not self._question[1].done():
+                self._question[1].cancel()
+            self._question = None
 
     def interrupt(self) -> None:
         """Barge-in: the caller spoke over the reply. It stops, and a hang-up that waited for it happens now."""
