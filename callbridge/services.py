@@ -58,7 +58,7 @@ class Services:
             sample_rate=8000, enter_threshold=s.vad_enter_threshold, exit_threshold=s.vad_exit_threshold,
             speech_start_ms=s.speech_start_ms, pause_ms=s.pause_ms, preroll_ms=s.preroll_ms,
             max_turn_seconds=s.max_turn_seconds,
-            ask_ms=s.end_of_turn_ask_ms if s.end_of_turn == "model" else None,
+            ask_ms=s.end_of_turn_ask_ms,  # bots see the pause (on_pause) whatever decides the turn's end
             model_threshold=s.end_of_turn_threshold,
         )
 

@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     max_turn_seconds: float = Field(30.0, gt=0.5, le=600)
     # "model": at END_OF_TURN_ASK_MS of silence Smart Turn judges the turn, and ends it at once if the probability
     # reaches END_OF_TURN_THRESHOLD; PAUSE_MS still ends it otherwise (bench/results/end_of_turn.md: faster on
-    # finished sentences, more splits at commas, ~18 ms CPU per call-second).
+    # finished sentences, more splits at commas, ~18 ms CPU per call-second). Either way, at END_OF_TURN_ASK_MS
+    # the bot may start on the turn (Bot.on_pause: the assistant starts transcribing).
     end_of_turn: Literal["silence", "model"] = "silence"
     end_of_turn_ask_ms: int = Field(200, ge=64, le=2000)
     end_of_turn_threshold: float = Field(0.5, gt=0, lt=1)

@@ -136,3 +136,8 @@ class Bot:
 
     def on_interrupted(self) -> None:
         """The caller spoke over the reply: it was cut off after the last mark reported heard."""
+
+    def on_pause(self, turn: Turn) -> None:
+        """The caller has paused END_OF_TURN_ASK_MS: if the turn ends here, `reply` gets a Turn with this very
+        audio (equal samples). A bot may start work on it now, so that the rest of the pause overlaps that
+        work (the assistant starts transcribing); if the caller speaks on, the turn it gets is longer."""

@@ -207,6 +207,8 @@ class Call:
         self._reprompts = 0  # re-prompts spoken since the caller last spoke
         self._end_of_turn = end_of_turn  # asks the turn's questions (END_OF_TURN=model), or None
         self._question: tuple[EndOfTurnQuestion, asyncio.Task[None]] | None = None
+        # Only a bot that overrides on_pause is shown pauses: the turn's audio is resampled for it each time.
+        self._bot_previews = type(bot).on_pause is not Bot.on_pause
 
     @property
     def id(self) -> str:
@@ -336,7 +338,11 @@ class Call:
         self._jobs.put_nowait(_Job("turn", event, speech_end_at))
 
     def _ask(self, question: EndOfTurnQuestion) -> None:
-        """The caller has paused ASK_MS: have the end-of-turn model judge the turn, off the event loop."""
+        """The caller has paused ASK_MS: show the bot the turn it gets if the turn ends here (`on_pause`), and
+        have the end-of-turn model (END_OF_TURN=model) judge it, off the event loop."""
+        if self._bot_previews:
+            heard = question.audio[: len(question.audio) - (question.at - question.speech_end)]
+            self._call_bot_hook("on_pause", self._bot_turn(heard))
         if self._end_of_turn is not None:
             self._question = (question, asyncio.create_task(self._answer(self._end_of_turn, question)))
 
@@ -439,11 +445,14 @@ class Call:
             return self.bot.on_idle(job.payload)
         if job.kind == "idle_goodbye":
             return self.bot.idle_goodbye()
-        audio = job.payload.audio
+        return self.bot.reply(self._bot_turn(job.payload.audio, inputs))
+
+    def _bot_turn(self, audio: np.ndarray, inputs: tuple[Any, ...] = ()) -> Turn:
+        """A turn's audio at the VAD's rate as the bot wants it."""
         rate = self.bot.input_rate or self.vad_rate
         if rate != self.vad_rate:
             audio = resample(audio, self.vad_rate, rate)
-        return self.bot.reply(Turn(audio=audio, sample_rate=rate, inputs=inputs))
+        return Turn(audio=audio, sample_rate=rate, inputs=inputs)
 
     async def _speak(self, job: _Job) -> None:
         inputs: tuple[Any, ...] = ()

@@ -11,11 +11,12 @@ recurrent state decays): a median 2-3 windows at 8 kHz and 1-2 at 16 kHz on the 
 (tests/unit/test_turns.py). Those lingering windows are already silence to the caller, so they count
 toward the pause: the turn ends after `pause_ms` less `HANGOVER_WINDOWS` of windows below the threshold.
 
-With `ask_ms` set (END_OF_TURN=model), a pause of `ask_ms` (counted the same way) also raises an
-EndOfTurnQuestion: the caller answers it with the end-of-turn model's probability (`answer`), and a
-probability of at least `model_threshold` ends the turn there (reason "model"); otherwise the pause goes on
-to `pause_ms`. Each pause asks once; speech resuming, or the turn ending, makes its question stale. The
-detector does no inference itself, so its decisions stay a function of the probabilities fed in.
+With `ask_ms` set, a pause of `ask_ms` (counted the same way) also raises an EndOfTurnQuestion: the bot
+may start on the turn then (Bot.on_pause), and with END_OF_TURN=model the caller answers it with the
+end-of-turn model's probability (`answer`); a probability of at least `model_threshold` ends the turn
+there (reason "model"); otherwise the pause goes on to `pause_ms`. Each pause asks once; speech resuming,
+or the turn ending, makes its question stale. The detector does no inference itself, so its decisions stay
+a function of the probabilities fed in.
 """
 
 from __future__ import annotations

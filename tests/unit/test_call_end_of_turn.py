@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from callbridge.bots.base import CallInfo
+from callbridge.bots.base import BotOutput, CallInfo, Turn
 from callbridge.bots.echo import EchoBot
 from callbridge.core.call import Call
 from callbridge.core.end_of_turn import EndOfTurnAsker, EndOfTurnModel
@@ -150,3 +150,42 @@ async def test_a_call_closed_before_the_answer_ignores_it(fast_vad, metrics_and_
     await asyncio.sleep(0.3)  # long enough for an answer that was computed anyway
     assert call.stats.turns == 0
     assert answers(metrics)["complete"] == 0 and answers(metrics)["stale"] >= 1
+
+
+class PausesSeen(EchoBot):
+    """The echo bot, recording the turns shown to it at each pause and the turns it replies to."""
+
+    def __init__(self, call: CallInfo) -> None:
+        super().__init__(call)
+        self.paused: list[Turn] = []
+        self.replied: list[Turn] = []
+
+    def on_pause(self, turn: Turn) -> None:
+        self.paused.append(turn)
+
+    def reply(self, turn: Turn) -> AsyncIterator[BotOutput]:
+        self.replied.append(turn)
+        return super().reply(turn)
+
+
+@pytest.mark.parametrize("end_of_turn", ["silence", "model"])
+async def test_the_bot_is_shown_each_pause_and_a_turn_ending_there_is_the_turn_it_was_shown(
+        fast_vad, metrics_and_asker, end_of_turn):
+    metrics, asker = metrics_and_asker
+    bot = PausesSeen(CallInfo(call_id="c1", transport="test"))
+    call = Call(MemoryRegistry(10).open_here("c1", "test"), bot, fast_vad, inbound_rate=RATE, outbound_rate=RATE,
+                turn_config=TurnConfig(sample_rate=RATE, ask_ms=200), observer=metrics,
+                end_of_turn=asker if end_of_turn == "model" else None)
+    call.start()
+    before, after = split_at_longest_pause(speech(HESITATING, RATE))
+    await push(call, np.concatenate([silence(0.4, RATE), before, silence(ASKED, RATE), after, silence(0.8, RATE)]))
+    await settle()
+    # Shown at the comma and the hesitation (the caller then spoke on) and at the end, each time more of the
+    # turn; the turn is the last one shown, at the bot's rate, sample for sample (the assistant reuses the
+    # transcription it began there).
+    lengths = [len(t.audio) for t in bot.paused]
+    assert len(lengths) >= 2 and lengths == sorted(set(lengths)) and len(bot.replied) == 1, lengths
+    assert bot.paused[-1].sample_rate == bot.replied[0].sample_rate
+    assert np.array_equal(bot.paused[-1].audio, bot.replied[0].audio)
+    await call.close()
+

@@ -23,6 +23,8 @@ from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from callbridge.bots.assistant.brain import (
     END_CALL,
     INTERRUPTED,
@@ -186,6 +188,7 @@ class AssistantBot(Bot):
         self._unheard: dict[str, tuple[_Sentence, _Reply]] = {}
         self._mark_numbers = itertools.count(1)
         self._speaking: _Reply | None = None
+        self._early: tuple[np.ndarray, asyncio.Task[str]] | None = None  # a transcription begun at a pause
 
     @property
     def history(self) -> list[dict[str, str]]:
@@ -208,7 +211,7 @@ class AssistantBot(Bot):
         try:
             failure: StageError | None = None
             try:
-                text = await self.stages.stt.transcribe(turn.audio, turn.sample_rate)
+                text = await self._transcript(turn)
             except StageError as exc:
                 failure, text = exc, ""
             timings.stt_seconds = time.perf_counter() - timings.started
@@ -247,6 +250,30 @@ class AssistantBot(Bot):
     async def idle_goodbye(self) -> AsyncIterator[BotOutput]:
         async for item in self._speak(_sentences_of(self.stages.idle_goodbye), self._new_reply()):
             yield item
+
+    def on_pause(self, turn: Turn) -> None:
+        """Start transcribing at the pause: if the turn ends here, the rest of the pause (PAUSE_MS less
+        END_OF_TURN_ASK_MS, or the model's verdict) overlaps speech-to-text instead of preceding it. A guess
+        from an earlier pause of the same turn is withdrawn (it leaves the local model's queue if waiting)."""
+        self._drop_early()
+        self._early = (turn.audio, asyncio.ensure_future(self.stages.stt.transcribe(turn.audio, turn.sample_rate)))
+
+    async def _transcript(self, turn: Turn) -> str:
+        """The turn's transcript: the one begun at its pause when the caller said nothing after it."""
+        early, self._early = self._early, None
+        if early is not None and np.array_equal(early[0], turn.audio):
+            return await early[1]
+        if early is not None:
+            self._early = early
+            self._drop_early()
+        return await self.stages.stt.transcribe(turn.audio, turn.sample_rate)
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            task = self._early[1]
+            if not task.cancel() and not task.cancelled():
+                task.exception()  # a failed guess nobody waits for is not an error worth a traceback
+            self._early = None
 
     def on_heard(self, name: str) -> None:
         if name in self._unheard:
