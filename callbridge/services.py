@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from callbridge.bots.base import CallInfo
 from callbridge.bots.loader import BotFactory
@@ -19,6 +19,9 @@ from callbridge.core.vad import VadBatcher
 from callbridge.metrics import Metrics
 from callbridge.sessions.registry import ConcurrencyLimitReached, Registry, ServiceUnavailable
 from callbridge.settings import Settings
+
+if TYPE_CHECKING:
+    from callbridge.bots.assistant.stop_words import WhisperStopWords
 
 log = logging.getLogger("callbridge")
 
@@ -55,6 +58,15 @@ class Services:
             speech_start_ms=s.speech_start_ms, pause_ms=s.pause_ms, preroll_ms=s.preroll_ms,
             max_turn_seconds=s.max_turn_seconds,
         )
+        self.stop_words = self._stop_words()
+
+    def _stop_words(self) -> WhisperStopWords | None:
+        """STOP_WORDS' gate, shared by every call; imported only when set (it needs the local Whisper)."""
+        if not self.settings.stop_words:
+            return None
+        from callbridge.bots.assistant.stop_words import WhisperStopWords
+
+        return WhisperStopWords(self.settings.stop_words, self.settings.stop_words_timeout_seconds)
 
     async def admission(self) -> Admission:
         """The one rule for new calls: not before the models are loaded, not while draining, not without the
@@ -95,7 +107,7 @@ class Services:
             turn_config=self.turn_config, barge_in=self.settings.barge_in,
             input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport != "twilio",
             inbound_backlog_seconds=self.settings.inbound_backlog_seconds,
-            observer=self.metrics,
+            observer=self.metrics, turn_gate=self.stop_words,
         )
         self.calls[call_id] = call
         self.metrics.calls.labels(transport).inc()
