@@ -5,9 +5,9 @@ assistant's speech-to-text loads, once per process, on its one transcription thr
 the words are looked for in the text, whole words, whatever the case and punctuation.
 
 Phone-band audio (8 kHz) is decoded with the stop words as faster-whisper's hotwords: without that hint
-tiny.en heard "computer" in about half of the espeak-ng phone turns that held it ("come to you"), with it in
-nearly all, at the price of hearing it in a few "commuter"s; at 16 kHz it hears the word without help and the
-hint only adds false alarms (bench/stop_words.py, bench/results/stop_words.md).
+tiny.en heard "computer" in 72 % of the espeak-ng phone turns that held it ("come to you"), with it in 88 %, at
+the price of hearing it in most "commuter"s (no ordinary turn got through either way); at 16 kHz it hears the
+word without help (94 %) and the hint only adds false alarms (bench/stop_words.py, bench/results/stop_words.md).
 """
 
 from __future__ import annotations
