@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -22,6 +22,9 @@ from callbridge.core.vad import VadBatcher
 from callbridge.metrics import Metrics
 from callbridge.sessions.registry import ConcurrencyLimitReached, Registry, ServiceUnavailable
 from callbridge.settings import Settings
+
+if TYPE_CHECKING:
+    from callbridge.bots.assistant.stop_words import WhisperStopWords
 
 log = logging.getLogger("callbridge")
 
@@ -61,6 +64,15 @@ class Services:
             ask_ms=s.end_of_turn_ask_ms,  # bots see the pause (on_pause) whatever decides the turn's end
             model_threshold=s.end_of_turn_threshold,
         )
+        self.stop_words = self._stop_words()
+
+    def _stop_words(self) -> WhisperStopWords | None:
+        """STOP_WORDS' gate, shared by every call; imported only when set (it needs the local Whisper)."""
+        if not self.settings.stop_words:
+            return None
+        from callbridge.bots.assistant.stop_words import WhisperStopWords
+
+        return WhisperStopWords(self.settings.stop_words, self.settings.stop_words_timeout_seconds)
 
     def load_end_of_turn(self) -> None:
         """With END_OF_TURN=model, load Smart Turn once for this process (before it is ready: blocking)."""
@@ -110,6 +122,7 @@ class Services:
             inbound_backlog_seconds=self.settings.inbound_backlog_seconds,
             idle_seconds=self.settings.idle_seconds, idle_prompts=self.settings.idle_prompts,
             observer=self.metrics, end_of_turn=self.end_of_turn,
+            turn_gate=self.stop_words,
         )
         self.calls[call_id] = call
         self.metrics.calls.labels(transport).inc()

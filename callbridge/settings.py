@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     idle_seconds: float = Field(10.0, ge=0, le=3600)
     # Re-prompts an idle caller gets before the bot's idle goodbye ends the call.
     idle_prompts: int = Field(2, ge=0, le=10)
+    # Turns go to the bot only when they hold one of these words (comma-separated; empty: every turn does).
+    stop_words: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A stop-word check (the local Whisper) taking longer than this, once started, ignores the turn with a warning.
+    stop_words_timeout_seconds: float = Field(5.0, gt=0, le=60)
 
     # --- WebRTC -------------------------------------------------------------------------------------
     # No STUN server by default: the service never contacts a public server unless configured to.
@@ -131,6 +135,20 @@ class Settings(BaseSettings):
     @classmethod
     def _split_origins(cls, value: object) -> object:
         return [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @field_validator("stop_words", mode="before")
+    @classmethod
+    def _split_stop_words(cls, value: object) -> object:
+        return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("stop_words")
+    @classmethod
+    def _check_stop_words(cls, value: list[str]) -> list[str]:
+        words = [word.strip() for word in value if word.strip()]
+        for word in words:
+            if not re.search(r"[A-Za-z0-9]", word):
+                raise ValueError(f"{word!r} has no letter or digit: a stop word is matched on its words")
+        return words
 
     @field_validator("allowed_origins")
     @classmethod

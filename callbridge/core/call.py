@@ -22,6 +22,7 @@ import numpy as np
 from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Mark, Message, Timings, Turn
 from callbridge.codec import FRAME_MS, Rechunker, Resampler, resample
 from callbridge.core.end_of_turn import EndOfTurnAsker
+from callbridge.core.gate import TurnGate
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark, log
 from callbridge.core.session import Session
 from callbridge.core.turns import EndOfTurnQuestion, SpeechStarted, TurnConfig, TurnDetector, TurnEnded
@@ -168,6 +169,7 @@ class Call:
         clock: Callable[[], float] = time.monotonic,
         observer: CallObserver | None = None,
         end_of_turn: EndOfTurnAsker | None = None,
+        turn_gate: TurnGate | None = None,
     ) -> None:
         self.session = session
         self.bot = bot
@@ -180,6 +182,7 @@ class Call:
         self.inputs_possible = inputs_possible
         self.clock = clock
         self.observer = observer or _Unobserved()
+        self.turn_gate = turn_gate  # STOP_WORDS: turns without a stop word are not answered (_admitted)
         self.detector = TurnDetector(turn_config.at(self.vad_rate))
         self._windows = Rechunker(self.vad_rate, VAD_WINDOW_MS)
         self._vad = vad.stream(self.vad_rate, self._on_window)
@@ -455,6 +458,9 @@ class Call:
         return Turn(audio=audio, sample_rate=rate, inputs=inputs)
 
     async def _speak(self, job: _Job) -> None:
+        gate = self.turn_gate if job.kind == "turn" else None
+        if gate is not None and not await self._admitted(gate, job.payload.audio):
+            return
         inputs: tuple[Any, ...] = ()
         if job.kind == "turn" and self.bot.wants_inputs:
             inputs = await self._take_inputs()
@@ -517,6 +523,23 @@ class Call:
                 self._hangup_after = reply_id
             else:
                 self.outbox.put(Hangup())
+
+    async def _admitted(self, gate: TurnGate, audio: np.ndarray) -> bool:
+        """Whether the turn goes to the bot: it holds a stop word (clients get the `stopword` message). A gate
+        that fails or times out costs this turn only: warned of, not answered."""
+        try:
+            word = await gate.admits(audio, self.vad_rate)
+        except Exception as exc:
+            message = f"the turn was not answered: the stop-word check failed ({exc})"
+            logger.warning("call %s: %s", self.id, message, extra={"event": "turn_gate_error", "call_id": self.id})
+            self.send(ClientMessage("warning", message))
+            return False
+        if word is None:
+            logger.info("call %s: turn ignored: no stop word in it", self.id,
+                        extra={"event": "turn_ignored", "call_id": self.id})
+            return False
+        self.send(ClientMessage("stopword", word))
+        return True
 
     async def _take_inputs(self) -> tuple[Any, ...]:
         """The inputs `set_input` gave this turn: asked for with `send_input` and awaited up to the input

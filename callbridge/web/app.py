@@ -1,8 +1,8 @@
 """The Quart app factory: one blueprint per concern, each handed the process's Services.
 
 The app serves everything but the two µ-law media sockets, which the edge serves itself
-(callbridge.edge). Before it serves, the VAD model (and the end-of-turn model, if set) is loaded; after,
-the calls left are ended.
+(callbridge.edge). Before it serves, the VAD model (and the end-of-turn model and STOP_WORDS' Whisper,
+if set) is loaded; after, the calls left are ended.
 """
 
 from __future__ import annotations
@@ -42,6 +42,13 @@ def create_app(services: Services) -> Quart:
             log.warning("PUBLIC_URL is not set: Twilio stream URLs are built from each webhook's Host header")
         model = await asyncio.to_thread(load_vad, settings.vad_backend)
         await asyncio.to_thread(services.load_end_of_turn)
+        if services.stop_words is not None:
+            try:
+                await asyncio.to_thread(services.stop_words.load)
+            except Exception as exc:  # the model cannot load: say so, stay unready
+                services.problem = f"STOP_WORDS cannot work: {exc}"
+                log.error("%s", services.problem)
+                return
         prepare = getattr(services.bot_factory, "prepare", None)
         if prepare is not None:
             try:
