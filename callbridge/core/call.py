@@ -298,6 +298,7 @@ class Call:
             logger.info("call %s: reply stopped for the goodbye", self.id,
                         extra={"event": "goodbye_stops_reply", "call_id": self.id})
         self._hangup_after = None
+        self._transfer_after = None  # its words were stopped unheard: the goodbye and hang-up take its place
         while not self._jobs.empty():
             self._jobs.get_nowait()
         self._jobs.put_nowait(_Job("farewell"))

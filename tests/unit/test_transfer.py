@@ -97,3 +97,15 @@ async def test_a_transfer_the_carrier_refused_goes_back_to_the_bot(batcher):
 def test_a_transfer_needs_an_e164_number():
     with pytest.raises(ValueError, match=r"not an E\.164 number"):
         Transfer("555-0100")
+
+
+async def test_the_drains_goodbye_replaces_a_transfer_still_waiting_for_its_words(batcher):
+    call = make_call(batcher, can_transfer=True)
+    call.start()
+    await settle(call)
+    take_all(call)
+    call.say_goodbye()  # HandsOn says nothing as a farewell: the call hangs up at once
+    await settle(call)
+    call.interrupt()  # a barge-in after the goodbye must not bring the stopped transfer back
+    assert not [i for i in take_all(call) if isinstance(i, TransferCall)]
+    await call.close()
