@@ -4,6 +4,7 @@ that answers the call (the webhook at the Url it was given) and streams it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from callbridge.simulator import Pause, SimulatedCaller, WaitForReply
+from callbridge.simulator import Pause, SimulatedCaller, WaitForReply, webhook
 from tests.integration.clients import browser_call
 from tests.integration.conftest import ROOT
 from tests.integration.fake_twilio import Answer, FakeTwilio, twilio_error
@@ -207,3 +208,30 @@ def test_dial_places_a_call_from_the_command_line(server, fake):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "call not placed: HTTP 502: twilio_error; message: Twilio answered 400" in done.stdout
+
+
+async def test_outbound_calls_count_against_the_one_limit(server_factory, twilio, fake):
+    server = server_factory(bot="tests.sample_bots:Receptionist", api_token=API_TOKEN, concurrency_limit=1,
+                            public_url="http://127.0.0.1:{port}", twilio_account_sid=twilio.account_sid,
+                            twilio_auth_token=twilio.auth_token, twilio_api_url=twilio.url)
+    got, body, _ = post(server.url, {"to": CALLEE})
+    assert got == 422 and '"from" is required when TWILIO_FROM_NUMBER is not set' in body["meta"]["error"]
+    browser = asyncio.create_task(browser_call(server.url, "holds-the-slot", np.zeros(RATE, np.int16), pace=0.02,
+                                               until="never", timeout=3.0))
+    while calls_in_progress(server) == 0:
+        await asyncio.sleep(0.05)
+    got, body, _ = await asyncio.to_thread(post, server.url, {"to": CALLEE, "from": FROM})
+    assert got == 429 and body["meta"] == {"error": "concurrency_limit_reached", "limit": 1}
+    assert fake.requests == []
+    # A call placed earlier and answered now, with every slot taken, is hung up on (<Reject> is for incoming calls).
+    with pytest.raises(RuntimeError, match=r"no <Connect><Stream> in TwiML: .*<Hangup />"):
+        await asyncio.to_thread(webhook, server.url, twilio.auth_token, server.url, "/telephone/outbound")
+    await browser
+    got, body, _ = await asyncio.to_thread(post, server.url, {"to": CALLEE, "from": FROM})
+    assert got == 201 and fake.requests[0].form["From"] == FROM
+
+
+def test_without_rest_credentials_outbound_calls_are_unavailable(server_factory, fake):
+    server = server_factory(api_token=API_TOKEN, public_url="http://127.0.0.1:{port}", twilio_from_number=FROM)
+    got, body, _ = post(server.url, {"to": CALLEE})
+    assert got == 503 and "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN" in body["meta"]["error"]
