@@ -228,7 +228,7 @@ class MediaSocket:
             await rest.transfer(self._call_sid, to)
         except TwilioRestError as exc:
             self.services.metrics.errors.labels("twilio_rest").inc()
-            logger.warning("%s %s: transfer refused: %s", self.protocol.transport, self.label, exc)
+            logger.warning("%s %s: transfer failed: %s", self.protocol.transport, self.label, exc)
             call.transfer_failed(to, "the phone system refused the transfer")
             return
         logger.info("%s %s: transferred; the stream ends", self.protocol.transport, self.label,
@@ -304,7 +304,9 @@ class MediaSocket:
             for task in list(self._sends):
                 task.cancel()
             if self._transfer is not None:
-                self._transfer.cancel()
+                # Twilio may end the stream before it answers the redirect: its outcome is still logged (within
+                # TWILIO_API_TIMEOUT_SECONDS), and a request cut off half-sent would leave the caller in doubt.
+                await asyncio.gather(self._transfer, return_exceptions=True)
             if self.call is not None:
                 await self.services.end_call(self.call)
 

@@ -107,6 +107,23 @@ async def test_an_outbound_call_is_placed_answered_streamed_and_transferred_once
     heard = next(t for t, kind, _ in report.events if kind == "mark_echo")
     assert redirect.at - caller._t0 >= heard, "the transfer waited for the words before it to be heard"
     assert "transferred; the stream ends" in server.logs()
+    assert report.close_code == 1000
+
+
+async def test_a_stream_twilio_ends_before_it_answers_the_redirect_still_sees_the_transfer_through(server, fake):
+    call_sid = "CA" + "7" * 32
+    fake.answers.append(Answer(200, {"sid": call_sid, "status": "in-progress"}, delay=0.6))
+    caller = SimulatedCaller(server.url, [WaitForReply("heard"), Pause(0.2)], auth_token=fake.auth_token,
+                             webhook_path="/telephone/outbound", webhook_form={"CallSid": call_sid})
+    report = await caller.run()
+    assert report.close_code == 1000 and len(fake.requests) == 1
+    stream = caller.stream_sid
+    deadline = time.monotonic() + 5
+    while f"call {stream} ended" not in server.logs() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    logs = server.logs()
+    stopped, transferred = logs.index(f"twilio {stream}: stop"), logs.index(f"twilio {stream}: transferred")
+    assert stopped < transferred < logs.index(f"call {stream} ended")
 
 
 async def test_a_transfer_twilio_refuses_goes_back_to_the_bot_and_the_caller_hears_it(server, fake):
@@ -119,7 +136,7 @@ async def test_a_transfer_twilio_refuses_goes_back_to_the_bot_and_the_caller_hea
     assert [r.path.endswith(f"/Calls/{call_sid}.json") for r in fake.requests] == [True]
     # The greeting (0.5 s), then the bot's answer to the refusal (0.3 s): the caller is still with the bot.
     assert [round(seconds, 1) for seconds in report.reply_heard] == [0.5, 0.3]
-    assert "transfer refused: Twilio answered 400: Unable to update record: Call is not in-progress" in server.logs()
+    assert "transfer failed: Twilio answered 400: Unable to update record: Call is not in-progress" in server.logs()
     assert calls_in_progress(server) == 0
 
 
