@@ -14,6 +14,7 @@ configured is the one used.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -27,6 +28,10 @@ from twilio.twiml.voice_response import VoiceResponse
 MACHINE_DETECTION = ("Enable", "DetectMessageEnd")
 
 T = TypeVar("T")
+
+#: The package's HTTP client logs each request and its headers at INFO; the callers log what matters.
+_quiet = logging.getLogger("callbridge.twilio_rest.http")
+_quiet.setLevel(logging.WARNING)
 
 
 class TwilioRestError(Exception):
@@ -56,7 +61,8 @@ class TwilioRest:
 
     def _rest(self) -> Client:
         if self._client is None:
-            client = Client(self.account_sid, self.auth_token, environment={}, http_client=AsyncTwilioHttpClient())
+            client = Client(self.account_sid, self.auth_token, environment={},
+                            http_client=AsyncTwilioHttpClient(logger=_quiet))
             client.api.base_url = self.api_url
             self._client = client
         return self._client
