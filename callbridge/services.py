@@ -22,6 +22,7 @@ from callbridge.core.vad import VadBatcher
 from callbridge.metrics import Metrics
 from callbridge.sessions.registry import ConcurrencyLimitReached, Registry, ServiceUnavailable
 from callbridge.settings import Settings
+from callbridge.transports.twilio_rest import TwilioRest
 
 if TYPE_CHECKING:
     from callbridge.bots.assistant.stop_words import WhisperStopWords
@@ -54,6 +55,7 @@ class Services:
     draining: bool = False
     calls: dict[str, Call] = field(default_factory=dict)
     problem: str = ""  # why the service cannot take calls at all (the bot could not start); /readyz says it
+    twilio_rest: TwilioRest | None = None  # outbound calls and transfers; None without REST credentials
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -64,6 +66,9 @@ class Services:
             ask_ms=s.end_of_turn_ask_ms,  # bots see the pause (on_pause) whatever decides the turn's end
             model_threshold=s.end_of_turn_threshold,
         )
+        if s.twilio_rest_configured:
+            self.twilio_rest = TwilioRest(s.twilio_account_sid, s.twilio_auth_token, s.twilio_api_url,
+                                          s.twilio_api_timeout_seconds)
         self.stop_words = self._stop_words()
 
     def _stop_words(self) -> WhisperStopWords | None:
@@ -110,8 +115,14 @@ class Services:
         except ConcurrencyLimitReached:
             self.metrics.rejections.inc()
             raise
+        parameters = dict(parameters or {})
+        # The webhook's TwiML says which way the call goes and what answered it (callbridge.web.telephone).
+        direction = "outbound" if parameters.pop("Direction", "") == "outbound" else "inbound"
+        can_transfer = transport == "twilio" and self.twilio_rest is not None
+        info = CallInfo(call_id=call_id, transport=transport, parameters=parameters, direction=direction,
+                        answered_by=parameters.pop("AnsweredBy", ""), can_transfer=can_transfer)
         try:
-            bot = self.bot_factory(CallInfo(call_id=call_id, transport=transport, parameters=parameters or {}))
+            bot = self.bot_factory(info)
         except Exception:
             await self.registry.close(call_id)
             raise
@@ -121,6 +132,7 @@ class Services:
             input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport != "twilio",
             inbound_backlog_seconds=self.settings.inbound_backlog_seconds,
             idle_seconds=self.settings.idle_seconds, idle_prompts=self.settings.idle_prompts,
+            can_transfer=can_transfer,
             observer=self.metrics, end_of_turn=self.end_of_turn,
             turn_gate=self.stop_words,
         )
@@ -170,3 +182,5 @@ class Services:
             await self.vad.close()
         if self.end_of_turn is not None:
             self.end_of_turn.close()
+        if self.twilio_rest is not None:
+            await self.twilio_rest.aclose()

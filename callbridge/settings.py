@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from callbridge.bots.base import E164
 from callbridge.redact import redact_url
 
 
@@ -70,10 +71,16 @@ class Settings(BaseSettings):
     # The event loop blocked this long (a blocking call in a bot) is logged, naming the call and the code.
     loop_lag_warning_ms: int = Field(250, ge=0, le=60000)
     redis_url: str = ""
+    # The bearer token of the outbound-call API (POST /calls); unset, that route is off (404).
+    api_token: str = Field("", repr=False)
 
     # --- Twilio -------------------------------------------------------------------------------------
     twilio_auth_token: str = ""
     twilio_account_sid: str = ""
+    # Outbound calls and transfers use Twilio's REST API with TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.
+    twilio_from_number: str = ""
+    twilio_api_url: str = "https://api.twilio.com"
+    twilio_api_timeout_seconds: float = Field(10.0, gt=0, le=60)
     call_token_secret: str = ""
     # A per-call token opens its stream within this long of the webhook (Twilio connects within a second or two).
     call_token_seconds: float = Field(30.0, gt=0, le=600)
@@ -165,6 +172,27 @@ class Settings(BaseSettings):
         if value not in (429, 200):
             raise ValueError("must be 429, or 200 for clients that cannot read error bodies")
         return value
+
+    @field_validator("twilio_from_number")
+    @classmethod
+    def _check_from_number(cls, value: str) -> str:
+        value = value.strip()
+        if value and not E164.fullmatch(value):
+            raise ValueError("must be an E.164 number such as +15550100")
+        return value
+
+    @field_validator("twilio_api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local test server)")
+        return value
+
+    @property
+    def twilio_rest_configured(self) -> bool:
+        """Whether Twilio's REST API can be used: outbound calls and transfers need both credentials."""
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
 
     @field_validator("redis_url")
     @classmethod

@@ -19,11 +19,22 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Mark, Message, Timings, Turn
+from callbridge.bots.base import (
+    AdditionalOutputs,
+    Audio,
+    Bot,
+    BotOutput,
+    EndCall,
+    Mark,
+    Message,
+    Timings,
+    Transfer,
+    Turn,
+)
 from callbridge.codec import FRAME_MS, Rechunker, Resampler, resample
 from callbridge.core.end_of_turn import EndOfTurnAsker
 from callbridge.core.gate import TurnGate
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark, log
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark, TransferCall, log
 from callbridge.core.session import Session
 from callbridge.core.turns import EndOfTurnQuestion, SpeechStarted, TurnConfig, TurnDetector, TurnEnded
 from callbridge.core.vad import VAD_WINDOW_MS, VadBatcher
@@ -129,7 +140,7 @@ class _Unobserved:
 
 @dataclass(frozen=True)
 class _Job:
-    kind: str  # "greet" | "turn" | "dtmf" | "farewell" | "idle" | "idle_goodbye"
+    kind: str  # "greet" | "turn" | "dtmf" | "farewell" | "idle" | "idle_goodbye" | "transfer_failed"
     payload: Any = None
     speech_end_at: float = 0.0  # clock time the turn's last speech sample arrived
 
@@ -166,6 +177,7 @@ class Call:
         inbound_backlog_seconds: float = 10.0,
         idle_seconds: float = 0.0,
         idle_prompts: int = 2,
+        can_transfer: bool = False,
         clock: Callable[[], float] = time.monotonic,
         observer: CallObserver | None = None,
         end_of_turn: EndOfTurnAsker | None = None,
@@ -180,6 +192,7 @@ class Call:
         self.input_timeout = input_timeout
         # A phone caller can never send `set_input`: a bot that wants inputs gets none there, at once.
         self.inputs_possible = inputs_possible
+        self.can_transfer = can_transfer  # the transport can act on TransferCall (Twilio with REST credentials)
         self.clock = clock
         self.observer = observer or _Unobserved()
         self.turn_gate = turn_gate  # STOP_WORDS: turns without a stop word are not answered (_admitted)
@@ -199,6 +212,7 @@ class Call:
         self._reply_ids = itertools.count(1)
         self._unheard: set[str] = set()
         self._hangup_after: str | None = None
+        self._transfer_after: tuple[str, str] | None = None  # (reply id, number): transfer once that reply is heard
         self._bot_marks: dict[str, str] = {}  # playback mark -> the name of the bot's Mark it stands for
         self._told: set[str] = set()  # bot mistakes already logged for this call (once each)
         self._talking = False  # the current reply has queued audio and is still producing
@@ -289,6 +303,7 @@ class Call:
             logger.info("call %s: reply stopped for the goodbye", self.id,
                         extra={"event": "goodbye_stops_reply", "call_id": self.id})
         self._hangup_after = None
+        self._transfer_after = None  # its words were stopped unheard: the goodbye and hang-up take its place
         while not self._jobs.empty():
             self._jobs.get_nowait()
         self._jobs.put_nowait(_Job("farewell"))
@@ -304,6 +319,8 @@ class Call:
         self.send(log("playback_finished"))
         if self._hangup_after == reply_id:
             self.outbox.put(Hangup())
+        if self._transfer_after is not None and self._transfer_after[0] == reply_id:
+            self._request_transfer()
 
     async def next_outbound(self) -> Outbound:
         return await self.outbox.get()
@@ -383,6 +400,8 @@ class Call:
         self.send(log("barge_in"))
         if self._hangup_after is not None:
             self.outbox.put(Hangup())
+        if self._transfer_after is not None:
+            self._request_transfer()
         logger.info("call %s: barge-in", self.id, extra={"event": "barge_in", "call_id": self.id})
 
     def _stop_reply(self) -> None:
@@ -448,6 +467,8 @@ class Call:
             return self.bot.on_idle(job.payload)
         if job.kind == "idle_goodbye":
             return self.bot.idle_goodbye()
+        if job.kind == "transfer_failed":
+            return self.bot.on_transfer_failed(*job.payload)
         return self.bot.reply(self._bot_turn(job.payload.audio, inputs))
 
     def _bot_turn(self, audio: np.ndarray, inputs: tuple[Any, ...] = ()) -> Turn:
@@ -469,6 +490,7 @@ class Call:
         resamplers: dict[int, Resampler] = {}
         started = False
         end_call = job.kind in ("farewell", "idle_goodbye")
+        transfer_to: str | None = None
         outputs = self._outputs(job, inputs)
         try:
             async for item in outputs:
@@ -497,11 +519,15 @@ class Call:
                 elif isinstance(item, EndCall):
                     end_call = True
                     break
+                elif isinstance(item, Transfer):
+                    transfer_to = item.to
+                    break
                 else:
                     self._bot_mistake(
                         f"yield:{type(item).__name__}",
                         f"the bot yielded a {type(item).__name__} during {job.kind}, which plays nothing: yield "
-                        "Audio(samples, rate), a (rate, ndarray) tuple, AdditionalOutputs, Message, Mark or EndCall")
+                        "Audio(samples, rate), a (rate, ndarray) tuple, AdditionalOutputs, Message, Mark, EndCall or "
+                        "Transfer")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -523,6 +549,35 @@ class Call:
                 self._hangup_after = reply_id
             else:
                 self.outbox.put(Hangup())
+        elif transfer_to is not None:
+            self._transfer_once_heard(reply_id, transfer_to)
+
+    # -- transfer ------------------------------------------------------------------------------------
+
+    def _transfer_once_heard(self, reply_id: str, to: str) -> None:
+        """The bot yielded Transfer(to): like EndCall, it waits for the words before it to be heard (a barge-in
+        does it at once). Where the transport cannot transfer, the bot is told at once."""
+        if not self.can_transfer:
+            self.transfer_failed(to, "this line cannot be transferred")
+            return
+        self._transfer_after = (reply_id, to)
+        if reply_id not in self._unheard:
+            self._request_transfer()
+
+    def _request_transfer(self) -> None:
+        assert self._transfer_after is not None
+        to = self._transfer_after[1]
+        self._transfer_after = None
+        logger.info("call %s: transfer requested", self.id, extra={"event": "transfer", "call_id": self.id})
+        self.outbox.put(TransferCall(to))
+
+    def transfer_failed(self, to: str, reason: str) -> None:
+        """The transfer to `to` did not happen (the transport cannot, or its carrier refused): the call goes on
+        and the bot's on_transfer_failed tells the caller why."""
+        logger.warning("call %s: transfer failed: %s", self.id, reason,
+                       extra={"event": "transfer_failed", "call_id": self.id, "error": reason})
+        self.send(ClientMessage("warning", f"transfer failed: {reason}"))
+        self._jobs.put_nowait(_Job("transfer_failed", (to, reason)))
 
     async def _admitted(self, gate: TurnGate, audio: np.ndarray) -> bool:
         """Whether the turn goes to the bot: it holds a stop word (clients get the `stopword` message). A gate

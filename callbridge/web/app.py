@@ -14,6 +14,7 @@ from quart import Quart
 
 from callbridge.core.vad import VadBatcher, load_vad
 from callbridge.services import Services
+from callbridge.web.calls import calls
 from callbridge.web.health import health
 from callbridge.web.io import io
 from callbridge.web.responses import JsonProvider
@@ -31,6 +32,7 @@ def create_app(services: Services) -> Quart:
     app.register_blueprint(health(services))
     app.register_blueprint(io(services))
     app.register_blueprint(telephone(services))
+    app.register_blueprint(calls(services))
     # Registered before the app's own after_serving below: at shutdown it closes the peer connections still
     # open, then the calls are ended.
     app.register_blueprint(webrtc(services))
