@@ -5,6 +5,7 @@
     .venv/bin/python bench/media_path.py --profile                          # cProfile's top functions too
     .venv/bin/python bench/media_path.py --answers                          # how long VAD answers take
     .venv/bin/python bench/media_path.py --vad-on-loop                      # inference on the event loop
+    .venv/bin/python bench/media_path.py --end-of-turn model                # with the end-of-turn model
 
 N Twilio media streams are opened on the edge's `Connection` with a transport that only counts bytes; then
 every 20 ms each stream gets one masked WebSocket frame holding a `media` message (a quarter of the streams
@@ -131,6 +132,13 @@ def time_vad_answers() -> tuple[list[float], list[float]]:
     return deciding, others
 
 
+def model_seconds(state: Any, name: str, labels: dict[str, str] | None = None) -> float:
+    """A counter of the services' metrics (0 in a tree or a run without the end-of-turn model)."""
+    metrics = getattr(state, "metrics", None)
+    value = metrics.registry.get_sample_value(name, labels or {}) if metrics is not None else None
+    return value or 0.0
+
+
 def ms_percentiles(values: list[float]) -> str:
     if not values:
         return "-"
@@ -138,7 +146,7 @@ def ms_percentiles(values: list[float]) -> str:
     return f"{1000 * p50:.1f} / {1000 * p95:.1f}"
 
 
-def build_edge(calls: int, vad_on_loop: bool) -> tuple[Any, Any, Callable[[str], str], Any]:
+def build_edge(calls: int, vad_on_loop: bool, end_of_turn: str) -> tuple[Any, Any, Callable[[str], str], Any]:
     """(edge, services, the webhook's token for a CallSid, Connection class) of the tree on sys.path: this layout
     (callbridge/) or the one before it (app/, codec/, bots/), so trees from either side of the move compare."""
     try:
@@ -151,9 +159,13 @@ def build_edge(calls: int, vad_on_loop: bool) -> tuple[Any, Any, Callable[[str],
     from callbridge.settings import Settings
     from callbridge.transports.twilio import call_token, token_secret
 
-    # Its streams answer no pings: the longest ping timeout keeps them from being dropped in a long run.
-    settings = Settings(bot="echo", concurrency_limit=calls + 10, media_ping_timeout_seconds=300)
+    # Its streams answer no pings: the longest ping timeout keeps them from being dropped in a long run. A tree
+    # from before END_OF_TURN is only given it when asked for.
+    settings = Settings(bot="echo", concurrency_limit=calls + 10, media_ping_timeout_seconds=300,
+                        **({"end_of_turn": end_of_turn} if end_of_turn != "silence" else {}))
     services = make_services(settings)
+    if end_of_turn != "silence":
+        services.load_end_of_turn()
     services.vad = VadBatcher(load_vad(settings.vad_backend), in_thread=not vad_on_loop)
     edge = Edge(media_routes(services), "/nonexistent", 1 << 20)
     secret = token_secret(settings.call_token_secret, settings.twilio_auth_token)
@@ -192,9 +204,10 @@ def encode_ulaw(samples: np.ndarray) -> bytes:
     return audioop.lin2ulaw(samples.astype(np.int16).tobytes(), 2)
 
 
-async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_loop: bool) -> dict[str, Any]:
+async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_loop: bool,
+              end_of_turn: str) -> dict[str, Any]:
     waits = time_vad_answers() if answers else None
-    edge, state, make_token, Connection = build_edge(calls, vad_on_loop)
+    edge, state, make_token, Connection = build_edge(calls, vad_on_loop, end_of_turn)
     audio = call_audio(seconds)
     payloads = [base64.b64encode(encode_ulaw(audio[i : i + FRAME])).decode() for i in range(0, len(audio), FRAME)]
     streams = []
@@ -229,7 +242,9 @@ async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_l
     if profiler is not None:
         profiler.disable()
     loop_cpu = time.thread_time() - loop_cpu
-    vad_cpu = time.process_time() - process_cpu - loop_cpu  # the other threads: the VAD's inference thread
+    model_cpu = model_seconds(state, "callbridge_end_of_turn_cpu_seconds_total")
+    # the other threads: the VAD's inference thread (and the end-of-turn model's, counted apart)
+    vad_cpu = time.process_time() - process_cpu - loop_cpu - model_cpu
     messages = len(payloads) * calls
     replies = sum(call.stats.turns for call in state.calls.values())
     result = {
@@ -241,6 +256,14 @@ async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_l
         "vad_windows_per_batch": round(state.vad.windows / max(1, state.vad.batches), 1),
         "turns_answered": replies, "reply_bytes": sum(c.transport.written for c, _ in streams),
     }
+    if end_of_turn != "silence":
+        questions = {answer: model_seconds(state, "callbridge_end_of_turn_questions_total", {"answer": answer})
+                     for answer in ("complete", "incomplete", "stale")}
+        result["end_of_turn_questions"] = questions
+        result["end_of_turn_cpu_ms_per_call_second"] = round(1000 * model_cpu / (calls * len(payloads) * 0.02), 2)
+        result["end_of_turn_cpu_ms_per_question_computed"] = round(
+            1000 * model_cpu / max(1, questions["complete"] + questions["incomplete"]), 1)
+        result["cores_busy_end_of_turn"] = round(model_cpu / (time.perf_counter() - started), 2)
     if waits is not None:
         result["vad_answer_ms_p50_p95_deciding"] = ms_percentiles(waits[0])
         result["vad_answer_ms_p50_p95_others"] = ms_percentiles(waits[1])
@@ -261,13 +284,16 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions (slows it down)")
     parser.add_argument("--vad-on-loop", action="store_true", help="run VAD inference on the event loop "
                         "(VAD_THREAD=loop) instead of in its thread")
+    parser.add_argument("--end-of-turn", choices=["silence", "model"], default="silence",
+                        help="END_OF_TURN (model: Smart Turn asked at 200 ms of silence, on its own thread)")
     parser.add_argument("--answers", action="store_true", help="also time each window from submission to its "
                         "answer, for windows that started speech or ended a turn and for the rest (costs CPU)")
     args = parser.parse_args()
     sys.path.insert(0, str(args.tree.resolve()))
     import uvloop
 
-    result = uvloop.run(run(args.calls, args.seconds, args.profile, args.answers, args.vad_on_loop))
+    result = uvloop.run(run(args.calls, args.seconds, args.profile, args.answers, args.vad_on_loop,
+                            args.end_of_turn))
     print(json.dumps({"tree": str(args.tree), **result}))
     return 0
 

@@ -50,6 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="speak 0.3 s into the call, over any greeting, instead of waiting for it to end")
     call.add_argument("--auth-token", default="", help="sign requests with this Twilio auth token")
     call.add_argument("--public-url", default="", help="PUBLIC_URL the server validates signatures against")
+    dial = commands.add_parser(
+        "dial", help="place an outbound call through the running service (POST /calls, with API_TOKEN)",
+        description="Asks the running service to have Twilio dial TO; once answered, the call gets the bot, "
+        "told it is outbound. Prints the call's CallSid.",
+    )
+    dial.add_argument("to", help="the number to call, E.164 (+15550100)")
+    dial.add_argument("--from", dest="from_", help="the caller id, E.164 (default TWILIO_FROM_NUMBER)")
+    dial.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                      help="a parameter for the bot (CallInfo.parameters); may be repeated")
+    dial.add_argument("--machine-detection", choices=["Enable", "DetectMessageEnd"],
+                      help="Twilio's answering-machine detection; the bot gets its verdict (CallInfo.answered_by)")
+    dial.add_argument("--url", help="base URL of callbridge (default http://127.0.0.1:PORT)")
     return parser
 
 
@@ -89,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         from callbridge.simulator import main as simulate
 
         return simulate(args)
+    if command == "dial":
+        from callbridge.dial import main as dial
+
+        return dial(args)
     from callbridge.settings import SettingsError, load_settings
 
     overrides = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
@@ -112,6 +128,15 @@ def main(argv: list[str] | None = None) -> int:
                   "`pip install 'callbridge[torch]'` (`make torch` in a checkout), or use VAD_BACKEND=onnx",
                   file=sys.stderr)
             return 2
+        if settings.end_of_turn == "model":
+            from callbridge.core.end_of_turn import model_file
+
+            try:
+                model_file()
+            except RuntimeError as exc:
+                print(f"callbridge: END_OF_TURN=model cannot start: {exc} (pip install pipecat-ai, or END_OF_TURN="
+                      "silence)", file=sys.stderr)
+                return 2
         worker = getattr(args, "worker", None)
         configure_logging(settings.log_level, settings.log_format, worker)
         if settings.workers > 1 and worker is None:

@@ -47,6 +47,17 @@ class Metrics:
         )
         for stage in ("stt", "llm_first_token", "tts_first_audio"):  # the assistant's, served from the start
             self.stage_seconds.labels(stage)
+        self.end_of_turn_questions = Counter(
+            "callbridge_end_of_turn_questions", "End-of-turn model questions (END_OF_TURN=model) by answer: complete "
+            "(it ended the turn), incomplete, stale (the caller spoke again or the call ended first)", ["answer"],
+            registry=r,
+        )
+        self.end_of_turn_inference = Histogram(
+            "callbridge_end_of_turn_inference_seconds", "Time of one end-of-turn model inference", registry=r,
+            buckets=(0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.15, 0.2, 0.5),
+        )
+        self.end_of_turn_cpu = Counter("callbridge_end_of_turn_cpu_seconds", "CPU time of end-of-turn inference",
+                                       registry=r)
         self.errors = Counter("callbridge_errors", "Errors by kind", ["kind"], registry=r)
         self.rejections = Counter(
             "callbridge_concurrency_rejections", "Calls refused at the concurrency limit", registry=r
@@ -65,6 +76,14 @@ class Metrics:
     def stage_timings(self, stages: dict[str, float]) -> None:
         for stage, seconds in stages.items():
             self.stage_seconds.labels(stage).observe(seconds)
+
+    def end_of_turn_answered(self, answer: str) -> None:
+        self.end_of_turn_questions.labels(answer).inc()
+
+    # The end-of-turn model's (called on its thread: prometheus_client's metrics are thread-safe).
+    def end_of_turn_inference_done(self, seconds: float, cpu_seconds: float) -> None:
+        self.end_of_turn_inference.observe(seconds)
+        self.end_of_turn_cpu.inc(cpu_seconds)
 
     # The VAD batcher's.
     def vad_batch(self, seconds: float, windows: int) -> None:

@@ -9,16 +9,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
 
 from callbridge.bots.base import CallInfo
 from callbridge.bots.loader import BotFactory
 from callbridge.core.call import Call
+from callbridge.core.end_of_turn import EndOfTurnAsker, EndOfTurnModel
 from callbridge.core.turns import TurnConfig
 from callbridge.core.vad import VadBatcher
 from callbridge.metrics import Metrics
 from callbridge.sessions.registry import ConcurrencyLimitReached, Registry, ServiceUnavailable
 from callbridge.settings import Settings
+from callbridge.transports.twilio_rest import TwilioRest
+
+if TYPE_CHECKING:
+    from callbridge.bots.assistant.stop_words import WhisperStopWords
 
 log = logging.getLogger("callbridge")
 
@@ -44,9 +51,11 @@ class Services:
     registry: Registry
     metrics: Metrics = field(default_factory=Metrics)
     vad: VadBatcher | None = None
+    end_of_turn: EndOfTurnAsker | None = None  # END_OF_TURN=model's one model for every call
     draining: bool = False
     calls: dict[str, Call] = field(default_factory=dict)
     problem: str = ""  # why the service cannot take calls at all (the bot could not start); /readyz says it
+    twilio_rest: TwilioRest | None = None  # outbound calls and transfers; None without REST credentials
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -54,7 +63,28 @@ class Services:
             sample_rate=8000, enter_threshold=s.vad_enter_threshold, exit_threshold=s.vad_exit_threshold,
             speech_start_ms=s.speech_start_ms, pause_ms=s.pause_ms, preroll_ms=s.preroll_ms,
             max_turn_seconds=s.max_turn_seconds,
+            ask_ms=s.end_of_turn_ask_ms,  # bots see the pause (on_pause) whatever decides the turn's end
+            model_threshold=s.end_of_turn_threshold,
         )
+        if s.twilio_rest_configured:
+            self.twilio_rest = TwilioRest(s.twilio_account_sid, s.twilio_auth_token, s.twilio_api_url,
+                                          s.twilio_api_timeout_seconds)
+        self.stop_words = self._stop_words()
+
+    def _stop_words(self) -> WhisperStopWords | None:
+        """STOP_WORDS' gate, shared by every call; imported only when set (it needs the local Whisper)."""
+        if not self.settings.stop_words:
+            return None
+        from callbridge.bots.assistant.stop_words import WhisperStopWords
+
+        return WhisperStopWords(self.settings.stop_words, self.settings.stop_words_timeout_seconds)
+
+    def load_end_of_turn(self) -> None:
+        """With END_OF_TURN=model, load Smart Turn once for this process (before it is ready: blocking)."""
+        if self.settings.end_of_turn == "model" and self.end_of_turn is None:
+            model = EndOfTurnModel()
+            model.probability(np.zeros(8000, np.float32), 8000)  # the first inference, slower, is not a caller's
+            self.end_of_turn = EndOfTurnAsker(model, on_inference=self.metrics.end_of_turn_inference_done)
 
     async def admission(self) -> Admission:
         """The one rule for new calls: not before the models are loaded, not while draining, not without the
@@ -85,8 +115,14 @@ class Services:
         except ConcurrencyLimitReached:
             self.metrics.rejections.inc()
             raise
+        parameters = dict(parameters or {})
+        # The webhook's TwiML says which way the call goes and what answered it (callbridge.web.telephone).
+        direction = "outbound" if parameters.pop("Direction", "") == "outbound" else "inbound"
+        can_transfer = transport == "twilio" and self.twilio_rest is not None
+        info = CallInfo(call_id=call_id, transport=transport, parameters=parameters, direction=direction,
+                        answered_by=parameters.pop("AnsweredBy", ""), can_transfer=can_transfer)
         try:
-            bot = self.bot_factory(CallInfo(call_id=call_id, transport=transport, parameters=parameters or {}))
+            bot = self.bot_factory(info)
         except Exception:
             await self.registry.close(call_id)
             raise
@@ -97,7 +133,9 @@ class Services:
             input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport != "twilio",
             inbound_backlog_seconds=self.settings.inbound_backlog_seconds,
             idle_seconds=self.settings.idle_seconds, idle_prompts=self.settings.idle_prompts,
-            observer=self.metrics,
+            can_transfer=can_transfer,
+            observer=self.metrics, end_of_turn=self.end_of_turn,
+            turn_gate=self.stop_words,
         )
         self.calls[call_id] = call
         self.metrics.calls.labels(transport).inc()
@@ -145,3 +183,7 @@ class Services:
             await self.end_call(call)
         if self.vad is not None:
             await self.vad.close()
+        if self.end_of_turn is not None:
+            self.end_of_turn.close()
+        if self.twilio_rest is not None:
+            await self.twilio_rest.aclose()

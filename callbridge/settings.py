@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as PydanticSettingsError
 
+from callbridge.bots.base import E164
 from callbridge.redact import redact_url
 
 
@@ -70,10 +71,16 @@ class Settings(BaseSettings):
     # The event loop blocked this long (a blocking call in a bot) is logged, naming the call and the code.
     loop_lag_warning_ms: int = Field(250, ge=0, le=60000)
     redis_url: str = ""
+    # The bearer token of the outbound-call API (POST /calls); unset, that route is off (404).
+    api_token: str = Field("", repr=False)
 
     # --- Twilio -------------------------------------------------------------------------------------
     twilio_auth_token: str = ""
     twilio_account_sid: str = ""
+    # Outbound calls and transfers use Twilio's REST API with TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.
+    twilio_from_number: str = ""
+    twilio_api_url: str = "https://api.twilio.com"
+    twilio_api_timeout_seconds: float = Field(10.0, gt=0, le=60)
     call_token_secret: str = ""
     # A per-call token opens its stream within this long of the webhook (Twilio connects within a second or two).
     call_token_seconds: float = Field(30.0, gt=0, le=600)
@@ -90,6 +97,13 @@ class Settings(BaseSettings):
     pause_ms: int = Field(512, ge=96, le=5000)
     preroll_ms: int = Field(200, ge=0, le=2000)
     max_turn_seconds: float = Field(30.0, gt=0.5, le=600)
+    # "model": at END_OF_TURN_ASK_MS of silence Smart Turn judges the turn, and ends it at once if the probability
+    # reaches END_OF_TURN_THRESHOLD; PAUSE_MS still ends it otherwise (bench/results/end_of_turn.md: faster on
+    # finished sentences, more splits at commas, ~18 ms CPU per call-second). Either way, at END_OF_TURN_ASK_MS
+    # the bot may start on the turn (Bot.on_pause: the assistant starts transcribing).
+    end_of_turn: Literal["silence", "model"] = "silence"
+    end_of_turn_ask_ms: int = Field(200, ge=64, le=2000)
+    end_of_turn_threshold: float = Field(0.5, gt=0, lt=1)
     barge_in: bool = True
     # A barge-in holds the reply: a backchannel or a noise lets it resume where the caller stopped hearing it
     # (false: it is cancelled at once).
@@ -102,6 +116,10 @@ class Settings(BaseSettings):
     idle_seconds: float = Field(10.0, ge=0, le=3600)
     # Re-prompts an idle caller gets before the bot's idle goodbye ends the call.
     idle_prompts: int = Field(2, ge=0, le=10)
+    # Turns go to the bot only when they hold one of these words (comma-separated; empty: every turn does).
+    stop_words: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A stop-word check (the local Whisper) taking longer than this, once started, ignores the turn with a warning.
+    stop_words_timeout_seconds: float = Field(5.0, gt=0, le=60)
 
     # --- WebRTC -------------------------------------------------------------------------------------
     # No STUN server by default: the service never contacts a public server unless configured to.
@@ -131,6 +149,20 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         return [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
+    @field_validator("stop_words", mode="before")
+    @classmethod
+    def _split_stop_words(cls, value: object) -> object:
+        return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("stop_words")
+    @classmethod
+    def _check_stop_words(cls, value: list[str]) -> list[str]:
+        words = [word.strip() for word in value if word.strip()]
+        for word in words:
+            if not re.search(r"[A-Za-z0-9]", word):
+                raise ValueError(f"{word!r} has no letter or digit: a stop word is matched on its words")
+        return words
+
     @field_validator("allowed_origins")
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
@@ -147,6 +179,27 @@ class Settings(BaseSettings):
             raise ValueError("must be 429, or 200 for clients that cannot read error bodies")
         return value
 
+    @field_validator("twilio_from_number")
+    @classmethod
+    def _check_from_number(cls, value: str) -> str:
+        value = value.strip()
+        if value and not E164.fullmatch(value):
+            raise ValueError("must be an E.164 number such as +15550100")
+        return value
+
+    @field_validator("twilio_api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (or http:// for a local test server)")
+        return value
+
+    @property
+    def twilio_rest_configured(self) -> bool:
+        """Whether Twilio's REST API can be used: outbound calls and transfers need both credentials."""
+        return bool(self.twilio_account_sid and self.twilio_auth_token)
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
@@ -160,6 +213,13 @@ class Settings(BaseSettings):
     def _check_hysteresis(self) -> Settings:
         if self.vad_exit_threshold > self.vad_enter_threshold:
             raise ValueError("VAD_EXIT_THRESHOLD must not exceed VAD_ENTER_THRESHOLD")
+        return self
+
+    @model_validator(mode="after")
+    def _check_end_of_turn(self) -> Settings:
+        if self.end_of_turn == "model" and self.end_of_turn_ask_ms >= self.pause_ms:
+            raise ValueError("END_OF_TURN_ASK_MS must be below PAUSE_MS: the pause would end the turn before the "
+                             "model is asked")
         return self
 
     def public_base(self, scheme: str, host: str) -> str:

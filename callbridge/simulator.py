@@ -151,16 +151,18 @@ class CallReport:
                 n += 1
 
 
-def webhook(base_url: str, auth_token: str = "", public_url: str = "", **form: str) -> tuple[str, dict[str, str]]:
-    """POST the incoming-call webhook as Twilio does; returns the Stream URL and its parameters.
+def webhook(base_url: str, auth_token: str = "", public_url: str = "", path: str = "/telephone/incoming",
+            **form: str) -> tuple[str, dict[str, str]]:
+    """POST the webhook at `path` (the incoming call's, or the Url an outbound call was placed with) as Twilio
+    does; returns the Stream URL and its parameters. `form` adds to or overrides Twilio's fields.
 
     Raises RuntimeError with the server's answer if the call was rejected or refused."""
-    url = base_url.rstrip("/") + "/telephone/incoming"
+    url = base_url.rstrip("/") + path
     params = {"CallSid": "CA" + secrets.token_hex(16), "AccountSid": "AC" + secrets.token_hex(16),
               "From": "+15550100001", "To": "+15550100002", "Direction": "inbound", **form}
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     if auth_token:
-        signed_url = (public_url.rstrip("/") or base_url.rstrip("/")) + "/telephone/incoming"
+        signed_url = (public_url.rstrip("/") or base_url.rstrip("/")) + path
         headers["X-Twilio-Signature"] = RequestValidator(auth_token).compute_signature(signed_url, params)
     request = urllib.request.Request(url, urllib.parse.urlencode(params).encode(), headers, method="POST")
     try:
@@ -223,8 +225,11 @@ def speech_frames(samples: np.ndarray) -> list[np.ndarray]:
 
 class SimulatedCaller:
     def __init__(self, base_url: str, script: list[Step], *, auth_token: str = "", public_url: str = "",
-                 hangup_when_done: bool = True) -> None:
+                 hangup_when_done: bool = True, webhook_path: str = "/telephone/incoming",
+                 webhook_form: dict[str, str] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.webhook_path = webhook_path
+        self.webhook_form = webhook_form or {}
         self.script = script
         self.auth_token = auth_token
         self.public_url = public_url
@@ -249,7 +254,7 @@ class SimulatedCaller:
         self._t0 = time.monotonic()
         try:
             stream_url, params = await asyncio.to_thread(
-                webhook, self.base_url, self.auth_token, self.public_url
+                webhook, self.base_url, self.auth_token, self.public_url, self.webhook_path, **self.webhook_form
             )
         except RuntimeError as exc:
             self.report.rejected = str(exc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from callbridge.bots.base import AdditionalOutputs, Audio, Bot, EndCall, Turn
+from callbridge.bots.base import AdditionalOutputs, Audio, Bot, EndCall, Transfer, Turn
 
 
 def tone(seconds: float, rate: int = 8000, hz: float = 440.0) -> np.ndarray:
@@ -111,3 +111,26 @@ class TtsRatesBot(Bot):
         for rate, hz in ((22050, 440.0), (44100, 880.0)):
             t = np.arange(int(0.5 * rate)) / rate
             yield Audio((0.4 * np.sin(2 * np.pi * hz * t)).astype(np.float32), rate)
+
+
+class Receptionist(Bot):
+    """Logs what it knows of its call, greets with 0.5 s of tone, then transfers to +15550111; told that the
+    transfer failed, it says so with 0.3 s at 880 Hz."""
+
+    input_rate = 8000
+
+    async def greet(self):
+        import logging
+
+        logging.getLogger("callbridge.tests").info(
+            "receptionist: %s call, answered by %r, can transfer: %s, parameters %s", self.call.direction,
+            self.call.answered_by, self.call.can_transfer, dict(sorted(self.call.parameters.items())))
+        yield Audio(tone(0.5), 8000)
+        yield Transfer("+15550111")
+
+    async def on_transfer_failed(self, to: str, reason: str):
+        yield Audio(tone(0.3, hz=880), 8000)
+
+    async def reply(self, turn: Turn):
+        return
+        yield

@@ -17,13 +17,17 @@ generator, any of:
   caller stopped hearing it, its marks reported as that audio is heard, and `on_interrupted()` is not called;
 - `Timings`: where a turn's time went, by stage (seconds): recorded in the `callbridge_stage_seconds`
   histogram and sent to clients as a `log` message;
-- `EndCall`: hang up once everything said so far has been heard.
+- `EndCall`: hang up once everything said so far has been heard;
+- `Transfer(to)`: once everything said so far has been heard, hand the caller on to the phone number `to`
+  (the stream then ends). Only calls whose `CallInfo.can_transfer` is true can be transferred; elsewhere, or
+  when the carrier refuses, the call goes on and `on_transfer_failed(to, reason)` speaks to the caller.
 
 One bot object is made per call, so a bot may keep per-call state on `self`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -72,7 +76,22 @@ class EndCall:
     """Hang up after the audio yielded before this has played to the caller."""
 
 
-BotOutput = Audio | AdditionalOutputs | Message | Mark | Timings | EndCall | tuple[int, np.ndarray]
+#: A phone number in E.164 form: "+", a country code, at most 15 digits in all.
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Hand the caller on to `to` (E.164) once the audio yielded before this has played to them."""
+
+    to: str
+
+    def __post_init__(self) -> None:
+        if not E164.fullmatch(self.to):
+            raise ValueError(f"Transfer(to={self.to!r}): not an E.164 number such as +15550100")
+
+
+BotOutput = Audio | AdditionalOutputs | Message | Mark | Timings | EndCall | Transfer | tuple[int, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,13 @@ class CallInfo:
     call_id: str
     transport: str
     parameters: dict[str, str] = field(default_factory=dict)
+    #: "outbound" for a call this service placed (POST /calls), "inbound" for one it answered.
+    direction: Literal["inbound", "outbound"] = "inbound"
+    #: Twilio's answering-machine verdict for an outbound call placed with machine detection (human,
+    #: machine_start, machine_end_beep, machine_end_silence, machine_end_other, fax, unknown); else "".
+    answered_by: str = ""
+    #: Whether a `Transfer` can hand this call on (a Twilio call with REST credentials); browsers cannot.
+    can_transfer: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +160,12 @@ class Bot:
         return
         yield  # pragma: no cover
 
+    async def on_transfer_failed(self, to: str, reason: str) -> AsyncIterator[BotOutput]:
+        """A `Transfer(to)` could not happen (`reason` is a sentence fit for the caller); the call goes on, and
+        what this yields is what the caller hears about it."""
+        return
+        yield  # pragma: no cover
+
     def on_heard(self, name: str) -> None:
         """The caller has heard everything yielded before `Mark(name)`."""
 
@@ -146,3 +178,8 @@ class Bot:
         a real interruption ("no", "wait"), which cancels the reply and is answered. Without words to go by, a
         short sound is taken for a backchannel or a noise."""
         return True
+
+    def on_pause(self, turn: Turn) -> None:
+        """The caller has paused END_OF_TURN_ASK_MS: if the turn ends here, `reply` gets a Turn with this very
+        audio (equal samples). A bot may start work on it now, so that the rest of the pause overlaps that
+        work (the assistant starts transcribing); if the caller speaks on, the turn it gets is longer."""

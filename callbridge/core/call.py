@@ -20,12 +20,25 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, EndCall, Mark, Message, Timings, Turn
+from callbridge.bots.base import (
+    AdditionalOutputs,
+    Audio,
+    Bot,
+    BotOutput,
+    EndCall,
+    Mark,
+    Message,
+    Timings,
+    Transfer,
+    Turn,
+)
 from callbridge.codec import FRAME_MS, Rechunker, Resampler, resample
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark, log
+from callbridge.core.end_of_turn import EndOfTurnAsker
+from callbridge.core.gate import TurnGate
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark, TransferCall, log
 from callbridge.core.playback import Checkpoint, Tape
 from callbridge.core.session import Session
-from callbridge.core.turns import SpeechStarted, TurnConfig, TurnDetector, TurnEnded
+from callbridge.core.turns import EndOfTurnQuestion, SpeechStarted, TurnConfig, TurnDetector, TurnEnded
 from callbridge.core.vad import VAD_WINDOW_MS, VadBatcher
 
 logger = logging.getLogger("callbridge.call")
@@ -108,6 +121,7 @@ class CallObserver(Protocol):
     def turn_answered(self, latency_seconds: float) -> None: ...
     def bot_error(self) -> None: ...
     def stage_timings(self, stages: dict[str, float]) -> None: ...
+    def end_of_turn_answered(self, answer: str) -> None: ...
 
 
 class _Unobserved:
@@ -123,10 +137,13 @@ class _Unobserved:
     def stage_timings(self, stages: dict[str, float]) -> None:
         pass
 
+    def end_of_turn_answered(self, answer: str) -> None:
+        pass
+
 
 @dataclass(frozen=True)
 class _Job:
-    kind: str  # "greet" | "turn" | "dtmf" | "farewell" | "idle" | "idle_goodbye"
+    kind: str  # "greet" | "turn" | "dtmf" | "farewell" | "idle" | "idle_goodbye" | "transfer_failed"
     payload: Any = None
     speech_end_at: float = 0.0  # clock time the turn's last speech sample arrived
 
@@ -174,8 +191,11 @@ class Call:
         inbound_backlog_seconds: float = 10.0,
         idle_seconds: float = 0.0,
         idle_prompts: int = 2,
+        can_transfer: bool = False,
         clock: Callable[[], float] = time.monotonic,
         observer: CallObserver | None = None,
+        end_of_turn: EndOfTurnAsker | None = None,
+        turn_gate: TurnGate | None = None,
     ) -> None:
         self.session = session
         self.bot = bot
@@ -190,8 +210,10 @@ class Call:
         self.input_timeout = input_timeout
         # A phone caller can never send `set_input`: a bot that wants inputs gets none there, at once.
         self.inputs_possible = inputs_possible
+        self.can_transfer = can_transfer  # the transport can act on TransferCall (Twilio with REST credentials)
         self.clock = clock
         self.observer = observer or _Unobserved()
+        self.turn_gate = turn_gate  # STOP_WORDS: turns without a stop word are not answered (_admitted)
         self.detector = TurnDetector(turn_config.at(self.vad_rate))
         self._windows = Rechunker(self.vad_rate, VAD_WINDOW_MS)
         self._vad = vad.stream(self.vad_rate, self._on_window)
@@ -212,6 +234,7 @@ class Call:
         self._hold: _Hold | None = None
         self._playing = asyncio.Event()  # cleared while a reply is held: its generator is not read meanwhile
         self._playing.set()
+        self._transfer_after: tuple[str, str] | None = None  # (reply id, number): transfer once that reply is heard
         self._told: set[str] = set()  # bot mistakes already logged for this call (once each)
         self._talking = False  # the current reply has queued audio and is still producing
         self.closed = False
@@ -220,6 +243,10 @@ class Call:
         self.idle_prompts = idle_prompts
         self._idle_samples = 0  # caller audio in a row while nobody spoke and nothing was being said
         self._reprompts = 0  # re-prompts spoken since the caller last spoke
+        self._end_of_turn = end_of_turn  # asks the turn's questions (END_OF_TURN=model), or None
+        self._question: tuple[EndOfTurnQuestion, asyncio.Task[None]] | None = None
+        # Only a bot that overrides on_pause is shown pauses: the turn's audio is resampled for it each time.
+        self._bot_previews = type(bot).on_pause is not Bot.on_pause
 
     @property
     def id(self) -> str:
@@ -278,8 +305,11 @@ class Call:
             self._on_speech_started(event)
         elif isinstance(event, TurnEnded):
             self._on_turn_ended(event)
+        elif isinstance(event, EndOfTurnQuestion):
+            self._ask(event)
         elif self._hold is not None and self.detector.speaking:
             self._cancel_if_long(self.detector.speech_end)
+        self._drop_stale_question()
         self._count_idle(len(window))
 
     def push_dtmf(self, digit: str) -> None:
@@ -296,6 +326,7 @@ class Call:
             logger.info("call %s: reply stopped for the goodbye", self.id,
                         extra={"event": "goodbye_stops_reply", "call_id": self.id})
         self._hangup_after = None
+        self._transfer_after = None  # its words were stopped unheard: the goodbye and hang-up take its place
         while not self._jobs.empty():
             self._jobs.get_nowait()
         self._jobs.put_nowait(_Job("farewell"))
@@ -315,6 +346,8 @@ class Call:
         self.send(log("playback_finished"))
         if self._hangup_after == reply_id:
             self.outbox.put(Hangup())
+        if self._transfer_after is not None and self._transfer_after[0] == reply_id:
+            self._request_transfer()
 
     async def next_outbound(self) -> Outbound:
         return await self.outbox.get()
@@ -326,7 +359,8 @@ class Call:
         """End the call: cancel the bot (its generator is closed) and stop the worker."""
         self.closed = True
         self._vad.close()
-        tasks = (self._reply, self._worker, self._hold.verdict if self._hold is not None else None)
+        tasks = (self._reply, self._worker, self._question[1] if self._question else None,
+                 self._hold.verdict if self._hold is not None else None)
         for task in tasks:
             if task is not None and not task.done():
                 task.cancel()
@@ -342,8 +376,9 @@ class Call:
         if self._hold is not None:
             self._hold.onset = event.onset  # the caller speaks again while the reply is held
         elif self.barge_in and self.bot_talking:
-            # A reply the call hangs up after is not held: talking over the last words hangs up now, as ever.
-            if self.backchannel_resume and self._hangup_after is None:
+            # A reply the call hangs up or transfers after is not held: talking over its last words hangs up or
+            # transfers now, as ever.
+            if self.backchannel_resume and self._hangup_after is None and self._transfer_after is None:
                 self._hold_reply(event.onset)
             else:
                 self.interrupt()
@@ -363,6 +398,41 @@ class Call:
             if self._hold.verdict is None:
                 self._hold.verdict = asyncio.create_task(self._judge_held_turns(self._hold))
 
+    def _ask(self, question: EndOfTurnQuestion) -> None:
+        """The caller has paused ASK_MS: show the bot the turn it gets if the turn ends here (`on_pause`), and
+        have the end-of-turn model (END_OF_TURN=model) judge it, off the event loop."""
+        if self._bot_previews:
+            heard = question.audio[: len(question.audio) - (question.at - question.speech_end)]
+            self._call_bot_hook("on_pause", self._bot_turn(heard))
+        if self._end_of_turn is not None:
+            self._question = (question, asyncio.create_task(self._answer(self._end_of_turn, question)))
+
+    async def _answer(self, asker: EndOfTurnAsker, question: EndOfTurnQuestion) -> None:
+        try:
+            probability = await asker.probability(question.audio.astype(np.float32) / 32768, self.vad_rate)
+        except asyncio.CancelledError:
+            self.observer.end_of_turn_answered("stale")
+            raise
+        except Exception:  # a broken model must not end the call: the pause still ends the turn
+            logger.exception("call %s: the end-of-turn model failed", self.id)
+            return
+        if self.closed or not self.detector.is_open(question):
+            self.observer.end_of_turn_answered("stale")
+            return
+        complete = probability >= self.detector.config.model_threshold
+        self.observer.end_of_turn_answered("complete" if complete else "incomplete")
+        logger.debug("call %s: end of turn %.2f", self.id, probability)
+        if (event := self.detector.answer(question, probability)) is not None:
+            self._on_turn_ended(event)
+
+    def _drop_stale_question(self) -> None:
+        """The caller spoke again or the pause ended the turn: a question still waiting for the model is
+        withdrawn (never computed if its turn on the model's thread has not come)."""
+        if self._question is not None and not self.detector.is_open(self._question[0]):
+            if not self._question[1].done():
+                self._question[1].cancel()
+            self._question = None
+
     def interrupt(self) -> None:
         """Barge-in: the caller spoke over the reply. It stops, and a hang-up that waited for it happens now."""
         self.stats.barge_ins += 1
@@ -371,6 +441,8 @@ class Call:
         self.send(log("barge_in"))
         if self._hangup_after is not None:
             self.outbox.put(Hangup())
+        if self._transfer_after is not None:
+            self._request_transfer()
         logger.info("call %s: barge-in", self.id, extra={"event": "barge_in", "call_id": self.id})
 
     def _stop_reply(self) -> None:
@@ -512,16 +584,21 @@ class Call:
             return self.bot.on_idle(job.payload)
         if job.kind == "idle_goodbye":
             return self.bot.idle_goodbye()
+        if job.kind == "transfer_failed":
+            return self.bot.on_transfer_failed(*job.payload)
         return self.bot.reply(self._bot_turn(job.payload.audio, inputs))
 
     def _bot_turn(self, audio: np.ndarray, inputs: tuple[Any, ...] = ()) -> Turn:
-        """A turn's audio (at the VAD's rate) as the bot takes it, at its input rate."""
+        """A turn's audio at the VAD's rate as the bot wants it."""
         rate = self.bot.input_rate or self.vad_rate
         if rate != self.vad_rate:
             audio = resample(audio, self.vad_rate, rate)
         return Turn(audio=audio, sample_rate=rate, inputs=inputs)
 
     async def _speak(self, job: _Job) -> None:
+        gate = self.turn_gate if job.kind == "turn" else None
+        if gate is not None and not await self._admitted(gate, job.payload.audio):
+            return
         inputs: tuple[Any, ...] = ()
         if job.kind == "turn" and self.bot.wants_inputs:
             inputs = await self._take_inputs()
@@ -530,6 +607,7 @@ class Call:
         resamplers: dict[int, Resampler] = {}
         started = False
         end_call = job.kind in ("farewell", "idle_goodbye")
+        transfer_to: str | None = None
         outputs = self._outputs(job, inputs)
         try:
             async for item in outputs:
@@ -559,11 +637,15 @@ class Call:
                 elif isinstance(item, EndCall):
                     end_call = True
                     break
+                elif isinstance(item, Transfer):
+                    transfer_to = item.to
+                    break
                 else:
                     self._bot_mistake(
                         f"yield:{type(item).__name__}",
                         f"the bot yielded a {type(item).__name__} during {job.kind}, which plays nothing: yield "
-                        "Audio(samples, rate), a (rate, ndarray) tuple, AdditionalOutputs, Message, Mark or EndCall")
+                        "Audio(samples, rate), a (rate, ndarray) tuple, AdditionalOutputs, Message, Mark, EndCall or "
+                        "Transfer")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -585,6 +667,52 @@ class Call:
                 self._hangup_after = reply_id
             else:
                 self.outbox.put(Hangup())
+        elif transfer_to is not None:
+            self._transfer_once_heard(reply_id, transfer_to)
+
+    # -- transfer ------------------------------------------------------------------------------------
+
+    def _transfer_once_heard(self, reply_id: str, to: str) -> None:
+        """The bot yielded Transfer(to): like EndCall, it waits for the words before it to be heard (a barge-in
+        does it at once). Where the transport cannot transfer, the bot is told at once."""
+        if not self.can_transfer:
+            self.transfer_failed(to, "this line cannot be transferred")
+            return
+        self._transfer_after = (reply_id, to)
+        if reply_id not in self._unheard:
+            self._request_transfer()
+
+    def _request_transfer(self) -> None:
+        assert self._transfer_after is not None
+        to = self._transfer_after[1]
+        self._transfer_after = None
+        logger.info("call %s: transfer requested", self.id, extra={"event": "transfer", "call_id": self.id})
+        self.outbox.put(TransferCall(to))
+
+    def transfer_failed(self, to: str, reason: str) -> None:
+        """The transfer to `to` did not happen (the transport cannot, or its carrier refused): the call goes on
+        and the bot's on_transfer_failed tells the caller why."""
+        logger.warning("call %s: transfer failed: %s", self.id, reason,
+                       extra={"event": "transfer_failed", "call_id": self.id, "error": reason})
+        self.send(ClientMessage("warning", f"transfer failed: {reason}"))
+        self._jobs.put_nowait(_Job("transfer_failed", (to, reason)))
+
+    async def _admitted(self, gate: TurnGate, audio: np.ndarray) -> bool:
+        """Whether the turn goes to the bot: it holds a stop word (clients get the `stopword` message). A gate
+        that fails or times out costs this turn only: warned of, not answered."""
+        try:
+            word = await gate.admits(audio, self.vad_rate)
+        except Exception as exc:
+            message = f"the turn was not answered: the stop-word check failed ({exc})"
+            logger.warning("call %s: %s", self.id, message, extra={"event": "turn_gate_error", "call_id": self.id})
+            self.send(ClientMessage("warning", message))
+            return False
+        if word is None:
+            logger.info("call %s: turn ignored: no stop word in it", self.id,
+                        extra={"event": "turn_ignored", "call_id": self.id})
+            return False
+        self.send(ClientMessage("stopword", word))
+        return True
 
     async def _take_inputs(self) -> tuple[Any, ...]:
         """The inputs `set_input` gave this turn: asked for with `send_input` and awaited up to the input

@@ -3,7 +3,8 @@
 A silence rule cannot tell a finished sentence from a pause at a comma or an "um"; Smart Turn hears the
 intonation and the words' shape. The model (BSD-2, 8.7 MB) ships inside the pipecat-ai wheel; it is
 located with `importlib.util.find_spec` without running pipecat's `__init__` (which needs its whole
-dependency tree), as core/vad.py does for silero-vad. Sans-I/O: audio in, probabilities out; no threads.
+dependency tree), as core/vad.py does for silero-vad. `EndOfTurnModel` is audio in, probability out;
+`EndOfTurnAsker` runs it for every call of the process on one thread of its own, off the event loop.
 
 The model takes Whisper's log-mel features of exactly 8 s of 16 kHz audio: a turn is cut to its last 8 s
 or padded with silence at the start. Phone audio is upsampled with callbridge's own resampler, aligned to
@@ -14,7 +15,11 @@ and CTranslate2, which the call core must not (tests/unit/test_layers.py).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +76,15 @@ def _mel_filters() -> np.ndarray:
 _WINDOW = np.hanning(N_FFT + 1)[:-1].astype(np.float32)  # periodic Hann, as torch.hann_window
 _FILTERS = _mel_filters()
 
+# No BLAS on the model's thread: an OpenBLAS product big enough to be split across threads leaves its worker
+# threads spinning on the other core for tens of ms after every question (measured: 116 ms of process CPU per
+# question where the model's thread used 58; bench/results/end_of_turn.md). So the mel bands are summed from
+# their few non-zero weights (391 of 201 x 80), and phone audio is resampled in pieces too small to be split.
+_BAND_BINS, _BAND_OF = np.nonzero(_FILTERS.T)[1], np.nonzero(_FILTERS.T)[0]
+_BAND_WEIGHTS = _FILTERS[_BAND_BINS, _BAND_OF]
+_BAND_STARTS = np.searchsorted(_BAND_OF, np.arange(N_MELS))
+_RESAMPLE_PIECE = 2048  # input samples per Resampler.process call
+
 
 def log_mel_features(audio: np.ndarray) -> np.ndarray:
     """(MODEL_SAMPLES,) float32 16 kHz audio -> (N_MELS, FRAMES) float32 Whisper features.
@@ -85,7 +99,8 @@ def log_mel_features(audio: np.ndarray) -> np.ndarray:
     frames = sliding_window_view(padded, N_FFT)[::HOP][:FRAMES]  # the last frame is dropped, as Whisper does
     spectrum = np.fft.rfft(frames * _WINDOW, axis=1)
     power = spectrum.real**2 + spectrum.imag**2
-    log_mel = np.log10(np.maximum(power @ _FILTERS, np.float32(_MEL_FLOOR)))
+    mel = np.add.reduceat(power[:, _BAND_BINS] * _BAND_WEIGHTS, _BAND_STARTS, axis=1)  # power @ _FILTERS
+    log_mel = np.log10(np.maximum(mel, np.float32(_MEL_FLOOR)))
     log_mel = np.maximum(log_mel, log_mel.max() - 8.0)
     return ((log_mel + 4.0) / 4.0).T.astype(np.float32)
 
@@ -104,7 +119,9 @@ def model_input(audio: np.ndarray, sample_rate: int) -> np.ndarray:
         needed = -(-MODEL_SAMPLES * sample_rate // MODEL_RATE)
         tail = audio[-needed:] if len(audio) > needed else audio  # only the last 8 s are heard
         flush = np.zeros(-(-lag * sample_rate // MODEL_RATE), np.float32)
-        upsampled = resampler.process(np.concatenate([tail, flush]))
+        padded = np.concatenate([tail, flush])
+        upsampled = np.concatenate([resampler.process(padded[i : i + _RESAMPLE_PIECE])
+                                    for i in range(0, len(padded), _RESAMPLE_PIECE)])
         audio = upsampled[lag : lag + -(-len(tail) * MODEL_RATE // sample_rate)]
     out = np.zeros(MODEL_SAMPLES, np.float32)
     kept = audio[-MODEL_SAMPLES:]
@@ -134,3 +151,32 @@ class EndOfTurnModel:
         features = log_mel_features(model_input(audio, sample_rate))[None]
         (scores,) = self._session.run(None, {"input_features": features})
         return float(scores[0, 0])
+
+
+class EndOfTurnAsker:
+    """The process's one model and the one thread it runs on: every call's questions queue there.
+
+    ~49 ms of CPU per question would stall every call's audio if it ran on the event loop; onnxruntime
+    releases the GIL while it computes, so on its own thread the loop goes on meanwhile. One thread, not
+    more: each question already costs a whole core for its duration (bench/results/end_of_turn.md), and the
+    VAD needs the other one. A question cancelled before its turn in the queue (its caller spoke again, the
+    call ended) is never computed."""
+
+    def __init__(self, model: EndOfTurnModel, on_inference: Callable[[float, float], None] | None = None) -> None:
+        self.model = model
+        self.on_inference = on_inference  # (wall seconds, CPU seconds) of each inference, for metrics
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="end-of-turn")
+
+    async def probability(self, audio: np.ndarray, sample_rate: int) -> float:
+        """The model's answer for a turn's float32 audio, computed on the model's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._infer, audio, sample_rate)
+
+    def _infer(self, audio: np.ndarray, sample_rate: int) -> float:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        probability = self.model.probability(audio, sample_rate)
+        if self.on_inference is not None:
+            self.on_inference(time.perf_counter() - wall, time.thread_time() - cpu)
+        return probability
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

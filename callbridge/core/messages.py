@@ -50,7 +50,16 @@ class Hangup:
     """End the call now: everything the bot said has been heard."""
 
 
-Outbound = AudioOut | ClientMessage | Flush | PlaybackMark | Hangup
+@dataclass(frozen=True, slots=True)
+class TransferCall:
+    """Hand the call on to the phone number `to`: everything the bot said has been heard. The transport asks its
+    carrier (Twilio: redirect the live call to `<Dial>`); the stream then ends, or `Call.transfer_failed` says
+    why not."""
+
+    to: str
+
+
+Outbound = AudioOut | ClientMessage | Flush | PlaybackMark | Hangup | TransferCall
 
 
 def ends_reply(mark_name: str) -> bool:

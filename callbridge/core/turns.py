@@ -10,6 +10,13 @@ Silero's probability lingers above the exit threshold for a few windows after sp
 recurrent state decays): a median 2-3 windows at 8 kHz and 1-2 at 16 kHz on the espeak-ng corpus
 (tests/unit/test_turns.py). Those lingering windows are already silence to the caller, so they count
 toward the pause: the turn ends after `pause_ms` less `HANGOVER_WINDOWS` of windows below the threshold.
+
+With `ask_ms` set, a pause of `ask_ms` (counted the same way) also raises an EndOfTurnQuestion: the bot
+may start on the turn then (Bot.on_pause), and with END_OF_TURN=model the caller answers it with the
+end-of-turn model's probability (`answer`); a probability of at least `model_threshold` ends the turn
+there (reason "model"); otherwise the pause goes on to `pause_ms`. Each pause asks once; speech resuming,
+or the turn ending, makes its question stale. The detector does no inference itself, so its decisions stay
+a function of the probabilities fed in.
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ class TurnConfig:
     pause_ms: int = 512
     preroll_ms: int = 200
     max_turn_seconds: float = 30.0
+    ask_ms: int | None = None  # None: the silence rule alone (END_OF_TURN=silence)
+    model_threshold: float = 0.5
 
     def at(self, sample_rate: int) -> TurnConfig:
         """The same settings for audio at `sample_rate` (a call's VAD rate)."""
@@ -63,12 +72,24 @@ class TurnEnded:
     """A complete caller turn. Sample positions count from the start of the call's audio."""
 
     audio: np.ndarray
-    reason: Literal["pause", "max_length"]
+    reason: Literal["pause", "max_length", "model"]
     speech_end: int
     at: int
 
 
-TurnEvent = SpeechStarted | TurnEnded
+@dataclass(frozen=True)
+class EndOfTurnQuestion:
+    """The caller has been silent `ask_ms`: is the turn complete? `audio` runs from the turn's pre-roll to
+    now, the pause so far included (as the model was evaluated and as Pipecat feeds it: the silence after the
+    last word is part of what it hears); `number` tells this pause's question from later ones."""
+
+    audio: np.ndarray
+    number: int
+    speech_end: int
+    at: int
+
+
+TurnEvent = SpeechStarted | TurnEnded | EndOfTurnQuestion
 
 
 class TurnDetector:
@@ -79,6 +100,12 @@ class TurnDetector:
         self._start_windows = config.windows(config.speech_start_ms)
         self._pause_windows = max(1, config.windows(config.pause_ms) - HANGOVER_WINDOWS[config.sample_rate])
         self._max_windows = config.windows(config.max_turn_seconds * 1000)
+        # 0: never ask (no model, or a pause that ends the turn before the question could be asked).
+        ask_windows = 0 if config.ask_ms is None else max(1, config.windows(config.ask_ms) - HANGOVER_WINDOWS[
+            config.sample_rate])
+        self._ask_windows = ask_windows if ask_windows < self._pause_windows else 0
+        self._questions = 0  # questions asked so far; the last one is open while `_open_question` is set
+        self._open_question = False
         self._position = 0  # samples of audio stepped through so far
         self._recent: deque[np.ndarray] = deque(maxlen=config.windows(config.preroll_ms) + self._start_windows)
         self._run = 0  # consecutive speech windows while not yet speaking
@@ -126,20 +153,42 @@ class TurnDetector:
         if p >= cfg.exit_threshold:
             self._silence = 0
             self._turn_speech_windows = len(self._turn)
+            self._open_question = False  # the caller spoke again: the pause's question is stale
         else:
             self._silence += 1
         if self._silence >= self._pause_windows:
             return self._end("pause")
         if self._turn_windows >= self._max_windows:
             return self._end("max_length")
+        if self._ask_windows and self._silence == self._ask_windows:
+            self._questions += 1
+            self._open_question = True
+            return EndOfTurnQuestion(audio=np.concatenate(self._turn), number=self._questions,
+                                     speech_end=self._speech_end(), at=self._position)
         return None
 
-    def _end(self, reason: Literal["pause", "max_length"]) -> TurnEnded:
+    def answer(self, question: EndOfTurnQuestion, probability: float) -> TurnEnded | None:
+        """The model's probability that the turn `question` asked about is complete. It ends the turn now if it
+        reaches the threshold and the question is still open (same pause, turn not ended); else nothing."""
+        if not self.is_open(question):
+            return None
+        self._open_question = False
+        return self._end("model") if probability >= self.config.model_threshold else None
+
+    def is_open(self, question: EndOfTurnQuestion) -> bool:
+        """Whether an answer to `question` could still end the turn: the caller has not spoken since."""
+        return self._open_question and question.number == self._questions
+
+    def _speech_end(self) -> int:
+        """Position just after the turn's last speech window."""
+        return self._position - (len(self._turn) - self._turn_speech_windows) * self.config.window_samples
+
+    def _end(self, reason: Literal["pause", "max_length", "model"]) -> TurnEnded:
         kept = self._turn if reason == "max_length" else self._turn[: self._turn_speech_windows]
-        trailing = len(self._turn) - len(kept)
         audio = np.concatenate(kept)
-        speech_end = self._position - trailing * self.config.window_samples
+        speech_end = self._position if reason == "max_length" else self._speech_end()
         self._speaking = False
+        self._open_question = False
         self._turn = []
         self._run = 0
         self._recent.clear()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from callbridge.core.call import Call
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, PlaybackMark
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, PlaybackMark, TransferCall
 from callbridge.edge.websocket import ClientGone, Route, WebSocket
 from callbridge.services import Services
 from callbridge.sessions.registry import ConnectionAlreadyExists, RegistryError
@@ -40,6 +40,7 @@ from callbridge.transports.media import (
     Start,
     Stop,
 )
+from callbridge.transports.twilio_rest import TwilioRestError
 
 logger = logging.getLogger("callbridge.media")
 
@@ -55,15 +56,18 @@ class PacedWriter:
     """Sends a Call's outbound items in order, audio paced to real time plus `lead` seconds.
 
     `play_end` estimates when the far end will have played everything sent so far; `on_reply_end(reply_id,
-    play_end)` is told when each reply's audio has been sent."""
+    play_end)` is told when each reply's audio has been sent, `on_transfer(number)` when the call asks to be
+    handed on (only calls that can be transferred do)."""
 
     def __init__(self, call: Call, protocol: MediaProtocol, ws: WebSocket, lead: float,
-                 on_reply_end: Callable[[str, float], None]) -> None:
+                 on_reply_end: Callable[[str, float], None],
+                 on_transfer: Callable[[str], None] | None = None) -> None:
         self.call = call
         self.protocol = protocol
         self.ws = ws
         self.lead = lead
         self.on_reply_end = on_reply_end
+        self.on_transfer = on_transfer
         self.play_end = 0.0
 
     async def run(self) -> None:
@@ -97,6 +101,8 @@ class PacedWriter:
                     await self.ws.send(text)
                 else:
                     logger.debug("%s %s: %s %s", protocol.transport, self.call.id, item.type, item.data)
+            elif isinstance(item, TransferCall) and self.on_transfer is not None:
+                self.on_transfer(item.to)
             elif isinstance(item, Hangup):
                 return
 
@@ -131,6 +137,8 @@ class MediaSocket:
         self._opening_samples = 0  # the audio among them
         self._timers: list[asyncio.TimerHandle] = []
         self._sends: set[asyncio.Task[None]] = set()
+        self._call_sid = ""  # Twilio's id of the call, which a transfer redirects
+        self._transfer: asyncio.Task[None] | None = None
 
     # The one inbound path.
 
@@ -207,6 +215,25 @@ class MediaSocket:
             loop = asyncio.get_running_loop()
             self._timers.append(loop.call_at(play_end, self.call.playback_finished, reply_id))
 
+    # Transfer: Twilio's REST API redirects the live call to `<Dial>`; Twilio then ends this stream.
+
+    def _hand_on(self, to: str) -> None:
+        if self._transfer is None or self._transfer.done():
+            self._transfer = asyncio.ensure_future(self._redirect(to))
+
+    async def _redirect(self, to: str) -> None:
+        call, rest = self.call, self.services.twilio_rest
+        assert call is not None and rest is not None  # only Twilio calls with REST credentials can transfer
+        try:
+            await rest.transfer(self._call_sid, to)
+        except TwilioRestError as exc:
+            self.services.metrics.errors.labels("twilio_rest").inc()
+            logger.warning("%s %s: transfer failed: %s", self.protocol.transport, self.label, exc)
+            call.transfer_failed(to, "the phone system refused the transfer")
+            return
+        logger.info("%s %s: transferred; the stream ends", self.protocol.transport, self.label,
+                    extra={"event": "transferred", "call_id": self.label})
+
     # The socket's life.
 
     async def _until_ended(self) -> None:
@@ -221,6 +248,7 @@ class MediaSocket:
             self._ended.result()  # raises what ended the socket before start
             raise ClientGone  # a stop before start
         start = self._start.result()
+        self._call_sid = start.parameters.get("CallSid", "")
         if start.claim and not await self.services.registry.claim_once(start.claim, start.claim_seconds):
             raise ProtocolError("call token already used: it opens one stream")
         call = await self.services.open_call(
@@ -240,7 +268,7 @@ class MediaSocket:
             call = await self._open()
             call.start()
             writer = PacedWriter(call, self.protocol, self.ws, self.settings.outbound_lead_ms / 1000,
-                                 self._reply_sent)
+                                 self._reply_sent, self._hand_on)
             await run_until_first_done(self._until_ended(), writer.run())
             await self.ws.close(NORMAL)
         except ClientGone as gone:
@@ -275,6 +303,10 @@ class MediaSocket:
                 timer.cancel()
             for task in list(self._sends):
                 task.cancel()
+            if self._transfer is not None:
+                # Twilio may end the stream before it answers the redirect: its outcome is still logged (within
+                # TWILIO_API_TIMEOUT_SECONDS), and a request cut off half-sent would leave the caller in doubt.
+                await asyncio.gather(self._transfer, return_exceptions=True)
             if self.call is not None:
                 await self.services.end_call(self.call)
 

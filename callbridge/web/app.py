@@ -1,7 +1,8 @@
 """The Quart app factory: one blueprint per concern, each handed the process's Services.
 
 The app serves everything but the two µ-law media sockets, which the edge serves itself
-(callbridge.edge). Before it serves, the VAD model is loaded; after, the calls left are ended.
+(callbridge.edge). Before it serves, the VAD model (and the end-of-turn model and STOP_WORDS' Whisper,
+if set) is loaded; after, the calls left are ended.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from quart import Quart
 
 from callbridge.core.vad import VadBatcher, load_vad
 from callbridge.services import Services
+from callbridge.web.calls import calls
 from callbridge.web.health import health
 from callbridge.web.io import io
 from callbridge.web.responses import JsonProvider
@@ -30,6 +32,7 @@ def create_app(services: Services) -> Quart:
     app.register_blueprint(health(services))
     app.register_blueprint(io(services))
     app.register_blueprint(telephone(services))
+    app.register_blueprint(calls(services))
     # Registered before the app's own after_serving below: at shutdown it closes the peer connections still
     # open, then the calls are ended.
     app.register_blueprint(webrtc(services))
@@ -40,6 +43,14 @@ def create_app(services: Services) -> Quart:
         if not settings.public_url:
             log.warning("PUBLIC_URL is not set: Twilio stream URLs are built from each webhook's Host header")
         model = await asyncio.to_thread(load_vad, settings.vad_backend)
+        await asyncio.to_thread(services.load_end_of_turn)
+        if services.stop_words is not None:
+            try:
+                await asyncio.to_thread(services.stop_words.load)
+            except Exception as exc:  # the model cannot load: say so, stay unready
+                services.problem = f"STOP_WORDS cannot work: {exc}"
+                log.error("%s", services.problem)
+                return
         prepare = getattr(services.bot_factory, "prepare", None)
         if prepare is not None:
             try:
@@ -49,8 +60,9 @@ def create_app(services: Services) -> Quart:
                 log.error("%s", services.problem)
                 return
         services.vad = VadBatcher(model, on_batch=services.metrics.vad_batch, in_thread=settings.vad_in_thread)
-        log.info("ready: bot=%s vad=%s (%s) limit=%d", settings.bot, settings.vad_backend,
-                 "own thread" if settings.vad_in_thread else "on the event loop", settings.concurrency_limit)
+        log.info("ready: bot=%s vad=%s (%s) end_of_turn=%s limit=%d", settings.bot, settings.vad_backend,
+                 "own thread" if settings.vad_in_thread else "on the event loop", settings.end_of_turn,
+                 settings.concurrency_limit)
 
     @app.after_serving
     async def end_calls() -> None:

@@ -324,3 +324,39 @@ async def test_with_an_llm_the_idle_question_is_a_fixed_line_the_llm_then_sees(s
         {"role": "user", "content": "Yes, sorry, I'm here."},
     ]
     assert " ".join(said(await collect(bot.idle_goodbye()), "assistant")) == IDLE_GOODBYE
+
+
+def transcriptions(server: FakeOpenAI) -> list[bytes]:
+    return [r.body["file"] for r in server.received if r.path == "/v1/audio/transcriptions"]
+
+
+async def received_transcriptions(server: FakeOpenAI, count: int) -> None:
+    for _ in range(200):
+        if len(transcriptions(server)) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(transcriptions(server))} transcription requests, not {count}")
+
+
+async def test_a_turn_ending_at_its_pause_is_answered_from_the_transcription_begun_there(
+        server: FakeOpenAI, online: Online) -> None:
+    bot = online()(CALL)
+    question = phone_speech("What time do you open?")
+    server.transcripts.extend(["What time do you open?", "a second transcription"])
+    bot.on_pause(Turn(question, 16000))
+    await received_transcriptions(server, 1)  # under way before the turn ends
+    outputs = await collect(bot.reply(Turn(question.copy(), 16000)))  # equal samples: the same turn
+    assert said(outputs, "user") == ["What time do you open?"]
+    assert len(transcriptions(server)) == 1
+
+
+async def test_speech_after_the_pause_gets_the_whole_turn_transcribed(server: FakeOpenAI, online: Online) -> None:
+    bot = online()(CALL)
+    start, whole = phone_speech("If it is not too late"), phone_speech("If it is not too late, I will come in.")
+    server.transcripts.extend(["If it is not too late", "If it is not too late, I will come in."])
+    bot.on_pause(Turn(start, 16000))
+    await received_transcriptions(server, 1)
+    outputs = await collect(bot.reply(Turn(whole, 16000)))  # the caller spoke on: a longer turn
+    assert said(outputs, "user") == ["If it is not too late, I will come in."]
+    sent = transcriptions(server)
+    assert len(sent) == 2 and len(sent[1]) > len(sent[0])  # the guess is not used: the whole turn is transcribed

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +21,7 @@ from callbridge.core.end_of_turn import (
     model_file,
     model_input,
 )
+from tests.processes import free_port
 from tests.speech import speech
 
 
@@ -119,3 +122,18 @@ def test_garbage_audio_gives_a_probability_not_a_crash(model: EndOfTurnModel) ->
     assert 0.0 <= model.probability(audio, 8000) <= 1.0
     with pytest.raises(TypeError):
         model.probability(np.zeros(800, np.int16), 8000)
+
+
+def test_serving_with_the_model_but_without_its_file_stops_with_one_line(tmp_path) -> None:
+    """A `pipecat` package found first on the path that lacks the model file (as a pipecat-ai too old or
+    stripped would): start-up stops before anything loads, saying what to do."""
+    (tmp_path / "pipecat").mkdir()
+    (tmp_path / "pipecat" / "__init__.py").write_text("")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{root}", "END_OF_TURN": "model", "BOT": "echo",
+           "PORT": str(free_port())}
+    done = subprocess.run([sys.executable, "-m", "callbridge"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "END_OF_TURN=model cannot start: end-of-turn model file missing" in done.stderr

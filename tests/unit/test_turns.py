@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from callbridge.codec import Rechunker
-from callbridge.core.turns import HANGOVER_WINDOWS, SpeechStarted, TurnConfig, TurnDetector, TurnEnded
+from callbridge.core.turns import (
+    HANGOVER_WINDOWS,
+    EndOfTurnQuestion,
+    SpeechStarted,
+    TurnConfig,
+    TurnDetector,
+    TurnEnded,
+)
 from callbridge.core.vad import VAD_WINDOW_MS, VadBatcher
 from tests.speech import silence, speech
 
@@ -221,3 +228,93 @@ def test_speech_start_needs_a_run_and_a_dip_resets_it():
 
 def test_middling_probability_alone_does_not_start_speech():
     assert run_script([0.45] * 40) == []
+
+
+# -- the end-of-turn model's questions (END_OF_TURN=model): asked by the detector, answered by the caller ----------
+
+SPEECH, QUIET = 0.9, 0.1
+WINDOW = 256  # samples of one 32 ms window at 8 kHz
+ASK_AT = 5  # ask_ms=200: 7 windows less Silero's 2 of hangover
+PAUSE_AT = 14  # pause_ms=512: 16 windows less 2
+
+
+class Scripted:
+    """The state machine at 8 kHz with questions asked at 200 ms, fed chosen probabilities."""
+
+    def __init__(self, **overrides) -> None:
+        self.machine = TurnDetector(TurnConfig(sample_rate=8000, **{"ask_ms": 200, **overrides}))
+        self.events: list = []
+
+    def feed(self, *probabilities: float) -> list:
+        new = [e for p in probabilities if (e := self.machine.step(np.zeros(WINDOW, np.int16), p)) is not None]
+        self.events += new
+        return new
+
+    def questions(self) -> list[EndOfTurnQuestion]:
+        return [e for e in self.events if isinstance(e, EndOfTurnQuestion)]
+
+
+def test_a_pause_of_ask_ms_raises_one_question_about_the_turn_so_far():
+    det = Scripted()
+    det.feed(*[SPEECH] * 10)
+    assert det.feed(*[QUIET] * (ASK_AT - 1)) == []
+    (question,) = det.feed(QUIET)
+    assert isinstance(question, EndOfTurnQuestion)
+    assert question.speech_end == 10 * WINDOW and question.at == (10 + ASK_AT) * WINDOW
+    assert len(question.audio) == (10 + ASK_AT) * WINDOW  # the pause so far is heard too
+    # Unanswered, the pause ends the turn as the silence rule does, and the pause asked only once.
+    rest = det.feed(*[QUIET] * (PAUSE_AT - ASK_AT))
+    assert [type(e) for e in rest] == [TurnEnded] and rest[0].reason == "pause"
+    assert rest[0].at == (10 + PAUSE_AT) * WINDOW and len(det.questions()) == 1
+
+
+def test_an_answer_at_the_threshold_ends_the_turn_at_once_with_reason_model():
+    det = Scripted(model_threshold=0.7)
+    det.feed(*[SPEECH] * 10, *[QUIET] * ASK_AT, QUIET, QUIET)  # two windows pass while the model thinks
+    ended = det.machine.answer(det.questions()[0], 0.7)
+    assert isinstance(ended, TurnEnded) and ended.reason == "model"
+    assert ended.speech_end == 10 * WINDOW and ended.at == (10 + ASK_AT + 2) * WINDOW
+    assert len(ended.audio) == 10 * WINDOW  # up to the last speech window, as a pause's turn
+    assert det.feed(*[QUIET] * 20) == []  # the turn is over: no second end, no question
+
+
+def test_an_answer_below_the_threshold_leaves_the_pause_to_end_the_turn():
+    det = Scripted()
+    det.feed(*[SPEECH] * 10, *[QUIET] * ASK_AT)
+    assert det.machine.answer(det.questions()[0], 0.49) is None
+    assert det.machine.answer(det.questions()[0], 0.99) is None  # one answer per question
+    rest = det.feed(*[QUIET] * (PAUSE_AT - ASK_AT))
+    assert [(type(e), e.reason) for e in rest] == [(TurnEnded, "pause")]
+
+
+def test_speech_resuming_makes_the_question_stale_and_the_next_pause_asks_again():
+    det = Scripted()
+    det.feed(*[SPEECH] * 10, *[QUIET] * ASK_AT)
+    first = det.questions()[0]
+    det.feed(SPEECH)
+    assert not det.machine.is_open(first)
+    assert det.machine.answer(first, 0.99) is None  # came too late: the caller spoke again
+    det.feed(*[SPEECH] * 5, *[QUIET] * ASK_AT)
+    second = det.questions()[1]
+    assert second.number == first.number + 1 and second.speech_end == (10 + ASK_AT + 6) * WINDOW
+    assert det.machine.answer(first, 0.99) is None  # an old question never ends the new pause
+    ended = det.machine.answer(second, 0.99)
+    assert ended is not None and ended.reason == "model" and ended.speech_end == second.speech_end
+
+
+def test_an_answer_after_the_pause_ended_the_turn_is_ignored_and_leaves_the_next_turn_alone():
+    det = Scripted()
+    det.feed(*[SPEECH] * 10, *[QUIET] * PAUSE_AT)
+    late = det.questions()[0]
+    assert det.machine.answer(late, 0.99) is None
+    det.feed(*[SPEECH] * 10, *[QUIET] * (ASK_AT - 1))
+    assert det.machine.answer(late, 0.99) is None
+    assert [e.reason for e in det.events if isinstance(e, TurnEnded)] == ["pause"]
+
+
+@pytest.mark.parametrize("overrides", [{"ask_ms": None}, {"ask_ms": 512}, {"ask_ms": 600}])
+def test_no_questions_without_the_model_or_when_the_pause_ends_first(overrides):
+    det = Scripted(**overrides)
+    det.feed(*[SPEECH] * 10, *[QUIET] * PAUSE_AT)
+    assert det.questions() == []
+    assert [type(e) for e in det.events] == [SpeechStarted, TurnEnded]

@@ -24,9 +24,12 @@ from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from callbridge.bots.assistant.brain import (
     END_CALL,
     INTERRUPTED,
+    TRANSFER_CALL,
     Action,
     Brain,
     EndCallAction,
@@ -40,7 +43,18 @@ from callbridge.bots.assistant.sentences import SentenceSplitter
 from callbridge.bots.assistant.stage import StageError
 from callbridge.bots.assistant.stt import LocalWhisper, SpeechToText
 from callbridge.bots.assistant.tts import EspeakTTS, PiperTTS, TextToSpeech
-from callbridge.bots.base import AdditionalOutputs, Audio, Bot, BotOutput, CallInfo, EndCall, Mark, Timings, Turn
+from callbridge.bots.base import (
+    AdditionalOutputs,
+    Audio,
+    Bot,
+    BotOutput,
+    CallInfo,
+    EndCall,
+    Mark,
+    Timings,
+    Transfer,
+    Turn,
+)
 
 logger = logging.getLogger("callbridge.assistant")
 
@@ -64,16 +78,18 @@ def is_backchannel_text(transcript: str) -> bool:
     return _BACKCHANNEL.fullmatch(words) is not None
 IDLE_PROMPT = "Are you still there?"
 IDLE_GOODBYE = "I haven't heard anything, so I'll hang up now. Thank you for calling, goodbye!"
+TRANSFERRING = "One moment, I'll transfer you now."
 
 
 class Stages:
     """The stages every call shares, and the apology they fall back on."""
 
     def __init__(self, stt: SpeechToText, brain: Brain, tts: TextToSpeech, apology_tts: TextToSpeech | None = None,
-                 greeting: str = "") -> None:
+                 greeting: str = "", transfer_number: str = "") -> None:
         self.stt = stt
         self.brain = brain
         self.tts = tts
+        self.transfer_number = transfer_number  # TRANSFER_NUMBER: where transfer_call hands a caller on
         #: A local engine: the apology must play when the configured speech provider is the one failing.
         self.apology_tts = apology_tts or tts
         self.greeting = greeting or brain.greeting or DEFAULT_GREETING
@@ -120,7 +136,7 @@ class Stages:
             tts = OpenAISpeech(config.tts_base_url, config.tts_model, config.tts_voice, config.tts_api_key,
                                config.tts_timeout_seconds)
         return cls(stt, brain, tts, apology_tts=espeak if config.tts_engine == "openai" else tts,
-                   greeting=config.greeting)
+                   greeting=config.greeting, transfer_number=config.transfer_number)
 
     async def prepare(self) -> None:
         """Load the local models and synthesise the apology now, so the first call waits for neither."""
@@ -190,8 +206,6 @@ class _Reply:
 
 class AssistantBot(Bot):
     input_rate = 16000
-    #: The tools the brain is offered; a transport that can transfer calls would add a transfer_call Tool.
-    tools: tuple[Tool, ...] = (END_CALL,)
 
     def __init__(self, call: CallInfo, stages: Stages) -> None:
         super().__init__(call)
@@ -201,6 +215,15 @@ class AssistantBot(Bot):
         self._unheard: dict[str, tuple[_Sentence, _Reply]] = {}
         self._mark_numbers = itertools.count(1)
         self._speaking: _Reply | None = None
+        self._early: tuple[np.ndarray, asyncio.Task[str]] | None = None  # a transcription begun at a pause
+
+    @property
+    def tools(self) -> tuple[Tool, ...]:
+        """The tools the brain is offered: end_call, and transfer_call where the call can be transferred and
+        TRANSFER_NUMBER says where to."""
+        if self.call.can_transfer and self.stages.transfer_number:
+            return END_CALL, TRANSFER_CALL
+        return (END_CALL,)
 
     @property
     def history(self) -> list[dict[str, str]]:
@@ -223,7 +246,7 @@ class AssistantBot(Bot):
         try:
             failure: StageError | None = None
             try:
-                text = await self.stages.stt.transcribe(turn.audio, turn.sample_rate)
+                text = await self._transcript(turn)
             except StageError as exc:
                 failure, text = exc, ""
             timings.stt_seconds = time.perf_counter() - timings.started
@@ -262,6 +285,36 @@ class AssistantBot(Bot):
     async def idle_goodbye(self) -> AsyncIterator[BotOutput]:
         async for item in self._speak(_sentences_of(self.stages.idle_goodbye), self._new_reply()):
             yield item
+
+    async def on_transfer_failed(self, to: str, reason: str) -> AsyncIterator[BotOutput]:
+        """The caller hears why they are still here; the brain sees it in the history."""
+        text = f"Sorry, I can't transfer you: {reason}."
+        async for item in self._speak(_sentences_of(text), self._new_reply()):
+            yield item
+
+    def on_pause(self, turn: Turn) -> None:
+        """Start transcribing at the pause: if the turn ends here, the rest of the pause (PAUSE_MS less
+        END_OF_TURN_ASK_MS, or the model's verdict) overlaps speech-to-text instead of preceding it. A guess
+        from an earlier pause of the same turn is withdrawn (it leaves the local model's queue if waiting)."""
+        self._drop_early()
+        self._early = (turn.audio, asyncio.ensure_future(self.stages.stt.transcribe(turn.audio, turn.sample_rate)))
+
+    async def _transcript(self, turn: Turn) -> str:
+        """The turn's transcript: the one begun at its pause when the caller said nothing after it."""
+        early, self._early = self._early, None
+        if early is not None and np.array_equal(early[0], turn.audio):
+            return await early[1]
+        if early is not None:
+            self._early = early
+            self._drop_early()
+        return await self.stages.stt.transcribe(turn.audio, turn.sample_rate)
+
+    def _drop_early(self) -> None:
+        if self._early is not None:
+            task = self._early[1]
+            if not task.cancel() and not task.cancelled():
+                task.exception()  # a failed guess nobody waits for is not an error worth a traceback
+            self._early = None
 
     def on_heard(self, name: str) -> None:
         if name in self._unheard:
@@ -328,7 +381,7 @@ class AssistantBot(Bot):
 
         A reply stopped before its end (barge-in: the runtime closes or cancels it) counts as interrupted.
         """
-        end_call = finished = False
+        end_call = transfer = finished = False
         self._speaking = reply
         try:
             try:
@@ -336,6 +389,9 @@ class AssistantBot(Bot):
                     async for item in sentences:
                         if isinstance(item, EndCallAction):
                             end_call = True
+                        elif isinstance(item, ToolCall) and item.name == TRANSFER_CALL.name and (
+                                TRANSFER_CALL in self.tools):
+                            transfer = True
                         elif isinstance(item, ToolCall):
                             logger.warning("call %s: the brain called %s, which this call does not offer",
                                            self.call.call_id, item.name,
@@ -343,8 +399,8 @@ class AssistantBot(Bot):
                         else:
                             async for output in self._say(item, reply, timings):
                                 yield output
-                if end_call and not reply.sentences:
-                    async for output in self._say(GOODBYE, reply, timings):
+                if (end_call or transfer) and not reply.sentences:
+                    async for output in self._say(TRANSFERRING if transfer else GOODBYE, reply, timings):
                         yield output
             except StageError as exc:
                 self._report(exc)
@@ -355,7 +411,9 @@ class AssistantBot(Bot):
             self._speaking = None
             if not finished:
                 reply.interrupted = True
-        if end_call:
+        if transfer:  # the call leaves the bot either way: a transfer wins over a hang-up
+            yield Transfer(self.stages.transfer_number)
+        elif end_call:
             yield EndCall()
 
     async def _say(self, text: str, reply: _Reply, timings: TurnTimings | None) -> AsyncIterator[BotOutput]:

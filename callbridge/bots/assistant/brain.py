@@ -40,6 +40,9 @@ class Tool:
 
 
 END_CALL = Tool("end_call", "Hang up the phone call, after your goodbye has been said.")
+#: Offered only on calls that can be transferred, when TRANSFER_NUMBER says where to (AssistantBot.tools).
+TRANSFER_CALL = Tool("transfer_call", "Transfer the phone call to a person on the staff, after telling the caller "
+                     "you will. Use it when the caller asks for a person, or for help you cannot give.")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from callbridge.bots.assistant.brain import DEFAULT_SYSTEM_PROMPT
+from callbridge.bots.base import E164
 from callbridge.redact import redact_url
 
 TtsEngine = Literal["espeak", "piper", "openai"]
@@ -25,7 +26,7 @@ TTS_ENGINES: tuple[TtsEngine, ...] = ("espeak", "piper", "openai")
 VARIABLES = (
     "GREETING", "STT_MODEL", "STT_BASE_URL", "STT_API_KEY", "STT_TIMEOUT_SECONDS", "LLM_BASE_URL", "LLM_MODEL",
     "LLM_API_KEY", "LLM_TIMEOUT_SECONDS", "SYSTEM_PROMPT", "SYSTEM_PROMPT_FILE", "ASSISTANT_SCRIPT", "TTS_ENGINE",
-    "TTS_BASE_URL", "TTS_API_KEY", "TTS_MODEL", "TTS_VOICE", "TTS_SPEED", "TTS_TIMEOUT_SECONDS",
+    "TTS_BASE_URL", "TTS_API_KEY", "TTS_MODEL", "TTS_VOICE", "TTS_SPEED", "TTS_TIMEOUT_SECONDS", "TRANSFER_NUMBER",
 )
 
 
@@ -57,6 +58,9 @@ class AssistantConfig:
     stt_timeout_seconds: float = 10.0
     llm_timeout_seconds: float = 10.0
     tts_timeout_seconds: float = 10.0
+    #: Where the LLM's transfer_call tool hands a phone caller on (E.164); "" offers no such tool. One number,
+    #: set here, not chosen by the LLM: a caller cannot talk it into dialling anywhere else.
+    transfer_number: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AssistantConfig:
@@ -130,6 +134,10 @@ class AssistantConfig:
             problems.append(f"TTS_SPEED must be words per minute between 80 and 450, got {speed!r}")
             speed = "170"
 
+        transfer_number = text("TRANSFER_NUMBER")
+        if transfer_number and not E164.fullmatch(transfer_number):
+            problems.append(f"TRANSFER_NUMBER must be an E.164 number such as +15550100, got {transfer_number!r}")
+
         config = cls(
             stt_model=stt_model or ("whisper-1" if stt_base_url else ""),
             stt_base_url=stt_base_url, stt_api_key=text("STT_API_KEY"),
@@ -143,6 +151,7 @@ class AssistantConfig:
             stt_timeout_seconds=seconds("STT_TIMEOUT_SECONDS", cls.stt_timeout_seconds),
             llm_timeout_seconds=seconds("LLM_TIMEOUT_SECONDS", cls.llm_timeout_seconds),
             tts_timeout_seconds=seconds("TTS_TIMEOUT_SECONDS", cls.tts_timeout_seconds),
+            transfer_number=transfer_number,
         )
         if problems:
             raise AssistantConfigError("invalid assistant settings: " + "; ".join(problems))
