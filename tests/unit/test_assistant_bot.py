@@ -360,3 +360,14 @@ async def test_speech_after_the_pause_gets_the_whole_turn_transcribed(server: Fa
     assert said(outputs, "user") == ["If it is not too late, I will come in."]
     sent = transcriptions(server)
     assert len(sent) == 2 and len(sent[1]) > len(sent[0])  # the guess is not used: the whole turn is transcribed
+
+
+async def test_an_interruption_judged_by_its_words_is_answered_without_transcribing_it_again(
+        server: FakeOpenAI, online: Online) -> None:
+    bot = online()(CALL)
+    wait = phone_speech("Wait, when do you close?")
+    server.transcripts.extend(["Wait, when do you close?", "a second transcription"])
+    assert not await bot.is_backchannel(Turn(wait, 16000))
+    outputs = await collect(bot.reply(Turn(wait, 16000)))
+    assert said(outputs, "user") == ["Wait, when do you close?"]
+    assert len(transcriptions(server)) == 1

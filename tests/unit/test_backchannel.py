@@ -147,7 +147,9 @@ async def test_a_backchannel_holds_the_reply_and_it_resumes_where_the_caller_sto
     resumed = after.index(next(i for i in after if is_log("reply_resumed")(i)))
     resumed_at = first_step(steps, is_log("reply_resumed"))
     held = [yielded for pushed, _, yielded in steps if flushed <= pushed < resumed_at]
-    assert len(held) > 20 and len(set(held)) == 1, "the held reply's generator was not read"
+    # At most the item the generator was already making when the caller spoke comes out during the hold (under
+    # load it can finish a step after the flush); nothing more is read from it.
+    assert len(held) > 20 and held[-1] - held[0] <= 1, "the held reply's generator was not read"
     assert "reply_cancelled" not in logs(after) and "response_starting" not in logs(after)
     assert len(call.bot.asked) == 1 and call.bot.turns == [], "the backchannel was asked about, not answered"
     assert call.stats.barge_ins == 1 and call.stats.replies_resumed == 1 and call.bot.interrupted == 0

@@ -215,7 +215,7 @@ class AssistantBot(Bot):
         self._unheard: dict[str, tuple[_Sentence, _Reply]] = {}
         self._mark_numbers = itertools.count(1)
         self._speaking: _Reply | None = None
-        self._early: tuple[np.ndarray, asyncio.Task[str]] | None = None  # a transcription begun at a pause
+        self._early: tuple[np.ndarray, asyncio.Future[str]] | None = None  # a transcription begun early
 
     @property
     def tools(self) -> tuple[Tool, ...]:
@@ -323,13 +323,17 @@ class AssistantBot(Bot):
 
     async def is_backchannel(self, turn: Turn) -> bool:
         """Its words say so (`is_backchannel_text`). An STT failure takes the turn for a real one: it is
-        answered (with the apology) as it would be without the hook."""
+        answered (with the apology) as it would be without the hook. The words come from the transcription
+        begun at the pause when there is one, and an interruption's are kept for the reply to it."""
         try:
-            text = await self.stages.stt.transcribe(turn.audio, turn.sample_rate)
+            text = await self._transcript(turn)
         except StageError as exc:
             self._report(exc)
             return False
         backchannel = is_backchannel_text(text)
+        if not backchannel:  # the reply that answers this turn reuses its words
+            self._early = (turn.audio, asyncio.get_running_loop().create_future())
+            self._early[1].set_result(text)
         logger.info("call %s: short turn over the reply, heard as %r: %s", self.call.call_id, text,
                     "a backchannel" if backchannel else "an interruption",
                     extra={"event": "assistant_backchannel", "call_id": self.call.call_id, "backchannel": backchannel})
