@@ -15,16 +15,18 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, PlaybackMark, TransferCall
+from callbridge.edge.relay import relay_socket
 from callbridge.edge.websocket import ClientGone, Route, WebSocket
 from callbridge.services import Services
 from callbridge.sessions.registry import ConnectionAlreadyExists, RegistryError
-from callbridge.transports import browser, twilio
+from callbridge.transports import browser, relay, twilio
 from callbridge.transports.media import (
     INTERNAL_ERROR,
     NORMAL,
@@ -312,8 +314,8 @@ class MediaSocket:
 
 
 def media_routes(services: Services) -> dict[str, Route]:
-    """The edge's media WebSocket routes: Twilio's stream and the browser's µ-law socket (only pages of the
-    allowed origins may open that one; Twilio sends no Origin)."""
+    """The edge's media WebSocket routes: Twilio's stream, the browser's µ-law socket (only pages of the
+    allowed origins may open that one; Twilio sends no Origin) and ConversationRelay's text socket."""
     settings = services.settings
     max_bytes = settings.max_message_bytes
 
@@ -335,4 +337,5 @@ def media_routes(services: Services) -> dict[str, Route]:
 
     ping, send = settings.media_ping_timeout_seconds, settings.media_send_timeout_seconds
     return {twilio.PATH: Route(twilio_stream, ping, send),
-            browser.PATH: Route(browser_socket, ping, send, admission=browser_origin)}
+            browser.PATH: Route(browser_socket, ping, send, admission=browser_origin),
+            relay.PATH: Route(partial(relay_socket, services), ping, send)}
