@@ -55,6 +55,7 @@ class Services:
     end_of_turn: EndOfTurnAsker | None = None  # END_OF_TURN=model's one model for every call
     draining: bool = False
     calls: dict[str, Call] = field(default_factory=dict)
+    sessions: dict[str, Session] = field(default_factory=dict)  # calls without a runtime here (open_session)
     problem: str = ""  # why the service cannot take calls at all (the bot could not start); /readyz says it
     twilio_rest: TwilioRest | None = None  # outbound calls and transfers; None without REST credentials
 
@@ -116,8 +117,10 @@ class Services:
 
     async def open_session(self, call_id: str, transport: str) -> Session:
         """A call without audio here (ConversationRelay: the carrier does the speech): its slot and its count,
-        no Call runtime (no VAD, no bot); raises a RegistryError when refused. `end_session` frees it."""
+        no Call runtime (no VAD, no bot); raises a RegistryError when refused. `end_session` frees it; a drain
+        gives it the grace period, then the edge closes its socket."""
         session = await self._claim(call_id, transport)
+        self.sessions[call_id] = session
         self.metrics.calls.labels(transport).inc()
         self.metrics.calls_in_progress.labels(transport).inc()
         log.info("call %s started on %s", call_id, transport,
@@ -125,6 +128,7 @@ class Services:
         return session
 
     async def end_session(self, session: Session, turns: int) -> None:
+        del self.sessions[session.id]
         await self.registry.close(session.id)
         self.metrics.calls_in_progress.labels(session.transport).dec()
         log.info("call %s ended: %d turns", session.id, turns,
@@ -183,7 +187,7 @@ class Services:
         log.info("draining: %d calls in progress, grace %.0f s", len(self.calls), grace_seconds,
                  extra={"event": "drain", "calls": len(self.calls)})
         deadline = loop.time() + grace_seconds
-        while self.calls and loop.time() < deadline:
+        while (self.calls or self.sessions) and loop.time() < deadline:
             await asyncio.sleep(0.1)
         if self.calls:
             log.info("grace period over: saying goodbye to %d calls", len(self.calls))

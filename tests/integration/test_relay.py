@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from callbridge.bots.assistant.brain import INTERRUPTED
 from callbridge.simulator import start_message, webhook
 from tests.assistant_fixtures import ChatReply, FakeOpenAI
 from tests.integration.clients import raw_exchange
+from tests.integration.conftest import Server
 from tests.integration.relay_client import RelayClient, relay_webhook, setup_message
 
 TOKEN = "relay-auth-token-123"
@@ -228,3 +230,20 @@ async def test_relay_sessions_and_twilio_calls_share_the_one_limit(signed_server
         assert (await session.reply()).last
         with pytest.raises(RuntimeError, match="call rejected"):
             webhook(base, auth_token=TOKEN)
+
+
+async def test_a_drain_lets_a_relay_session_finish_within_the_grace_period(tmp_path):
+    server = Server({"BOT": "assistant", "SHUTDOWN_GRACE_SECONDS": "20"}, tmp_path / "server.log")
+    try:
+        async with RelayClient(relay_webhook(server.url)) as client:
+            await client.setup()
+            await asyncio.sleep(0.2)
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            assert server.process.poll() is None, "the server must wait for the session"
+            await client.prompt("What time do you open?")
+            assert (await client.reply()).last
+        await asyncio.to_thread(server.process.wait, 15)  # the session gone, the drain ends at once
+        assert server.process.returncode == 0
+    finally:
+        server.stop()
