@@ -15,14 +15,12 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any
 
 import numpy as np
 
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, PlaybackMark, TransferCall
-from callbridge.edge.relay import relay_socket
 from callbridge.edge.websocket import ClientGone, Route, WebSocket
 from callbridge.services import Services
 from callbridge.sessions.registry import ConnectionAlreadyExists, RegistryError
@@ -335,7 +333,12 @@ def media_routes(services: Services) -> dict[str, Route]:
     def browser_origin(headers: dict[str, str]) -> str | None:
         return settings.origin_refusal(headers.get("origin"), headers.get("host", ""))
 
+    async def relay_session(ws: WebSocket) -> None:
+        from callbridge.edge.relay import relay_socket  # it imports the assistant: only once a session comes
+
+        await relay_socket(services, ws)
+
     ping, send = settings.media_ping_timeout_seconds, settings.media_send_timeout_seconds
     return {twilio.PATH: Route(twilio_stream, ping, send),
             browser.PATH: Route(browser_socket, ping, send, admission=browser_origin),
-            relay.PATH: Route(partial(relay_socket, services), ping, send)}
+            relay.PATH: Route(relay_session, ping, send)}

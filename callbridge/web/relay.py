@@ -16,7 +16,6 @@ import time
 from quart import Blueprint, Response, request
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from callbridge.bots.assistant.conversation import assistant_stages
 from callbridge.logs import masked_number
 from callbridge.services import Services
 from callbridge.transports.relay import WEBHOOK, socket_url
@@ -41,6 +40,8 @@ def relay(services: Services) -> Blueprint:
         call_sid = form.get("CallSid", "")
         if not call_sid:
             return "CallSid is required", 422
+        from callbridge.bots.assistant.conversation import assistant_stages  # here: other bots never start with it
+
         stages = assistant_stages(services.bot_factory)
         if stages is None:
             logger.error("relay webhook for %s: ConversationRelay needs BOT=assistant, not %s", call_sid, settings.bot)

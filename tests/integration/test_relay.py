@@ -247,3 +247,8 @@ async def test_a_drain_lets_a_relay_session_finish_within_the_grace_period(tmp_p
         assert server.process.returncode == 0
     finally:
         server.stop()
+
+
+def test_without_the_assistant_the_webhook_says_why(echo_server):
+    with pytest.raises(RuntimeError, match="webhook answered 503: ConversationRelay needs BOT=assistant"):
+        relay_webhook(echo_server.url)
