@@ -128,15 +128,18 @@ class RelaySocket:
         first = True
         end_call = False
         try:
-            async for item in conversation.reply(message):
-                if isinstance(item, EndCallAction):
-                    end_call = True
-                    continue
-                if isinstance(item, str) and item:
-                    if first:
-                        first = False
-                        self.services.metrics.stage_timings({"llm_first_token": time.perf_counter() - asked})
-                    await self.ws.send(self.protocol.text(item, last=False))
+            # Closed however the reply stops (an interrupt may cancel it while it waits on the socket): the brain's
+            # stream with it, at once.
+            async with contextlib.aclosing(conversation.reply(message)) as items:
+                async for item in items:
+                    if isinstance(item, EndCallAction):
+                        end_call = True
+                        continue
+                    if isinstance(item, str) and item:
+                        if first:
+                            first = False
+                            self.services.metrics.stage_timings({"llm_first_token": time.perf_counter() - asked})
+                        await self.ws.send(self.protocol.text(item, last=False))
             await self.ws.send(self.protocol.text("", last=True))
             if end_call:
                 await self.ws.send(self.protocol.end(END_CALL_HANDOFF))
