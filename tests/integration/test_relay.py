@@ -16,6 +16,7 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import connect
 
 from callbridge.bots.assistant.brain import INTERRUPTED
+from callbridge.edge.relay import END_CALL_HANDOFF
 from callbridge.simulator import start_message, webhook
 from tests.assistant_fixtures import ChatReply, FakeOpenAI
 from tests.integration.clients import raw_exchange
@@ -147,6 +148,37 @@ async def test_an_interrupt_closes_the_llm_stream_and_the_history_keeps_what_was
     history = [(m["role"], m["content"]) for m in llm.fake.chats()[-1].body["messages"]][1:]
     assert history == [("assistant", "Hello! How can I help you?"), ("user", "Tell me a long story."),
                        ("assistant", f"word0 word1 {INTERRUPTED}"), ("user", "Wait, what?")]
+
+
+async def test_a_prompt_during_a_reply_closes_its_stream_and_the_history_marks_it_cut(llm_server, llm):
+    words = [f"word{n} " for n in range(60)]
+    llm.fake.chat_replies.append(ChatReply(deltas=words, interval=0.1))
+    llm.fake.chat_replies.append(ChatReply(deltas=["Yes", "?"]))
+    streams = len(llm.fake.streams)
+    async with RelayClient(relay_webhook(llm_server.url)) as client:
+        await client.setup()
+        await client.prompt("Tell me a long story.")
+        await client.reply(tokens=3)
+        await client.prompt("Hello?")  # no interrupt: Twilio had not started speaking it
+        rest = await client.reply()
+        assert rest.tokens[-2:] == ["Yes", "?"] and all(t in words for t in rest.tokens[:-2])
+        await llm.stream_count(streams + 2)  # the short answer may end first: the fake sees a hang-up as it writes
+        (story,) = [stream for stream in llm.fake.streams[streams:] if stream.total == len(words) + 2]
+        assert story.disconnected and story.sent < story.total
+    cut = llm.fake.chats()[-1].body["messages"][-2]
+    assert cut["role"] == "assistant" and cut["content"].startswith("word0 word1 word2")
+    assert cut["content"].endswith(INTERRUPTED) and "word59" not in cut["content"]
+
+
+async def test_the_llms_end_call_tool_ends_the_session(llm_server, llm):
+    llm.fake.chat_replies.append(ChatReply(deltas=["Goodbye", "!"], tool_calls=[("end_call", "{}")]))
+    async with RelayClient(relay_webhook(llm_server.url)) as client:
+        await client.setup()
+        await client.prompt("That's all, bye.")
+        assert (await client.reply()).tokens == ["Goodbye", "!"]
+        end = await client.message()
+        assert end == {"type": "end", "handoffData": END_CALL_HANDOFF}
+        assert await client.closed() == (1000, "")
 
 
 @pytest.mark.parametrize(("messages", "code", "reason"), [

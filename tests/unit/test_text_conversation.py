@@ -61,3 +61,17 @@ async def test_an_unreachable_llm_costs_the_caller_the_apology(caplog):
         await brain.aclose()
     assert conversation.history[-1] == {"role": "assistant", "content": APOLOGY}
     assert "assistant llm stage failed, the caller hears an apology" in caplog.text
+
+
+async def test_a_reply_closed_before_its_end_counts_as_cut_after_the_tokens_sent():
+    conversation = TextConversation(stages(ScriptBrain.from_file()), "VX5")
+    async with aclosing(conversation.reply({"role": "user", "content": "Where are you located?"})) as items:
+        first = await anext(items)  # the caller speaks again before the reply is over
+    assert conversation.history[-1] == {"role": "assistant", "content": f"{first} {INTERRUPTED}"}
+
+
+async def test_an_interrupt_during_the_greeting_cuts_the_greeting():
+    brain = ScriptBrain.from_file()
+    conversation = TextConversation(stages(brain), "VX6")
+    conversation.interrupted("Thank you for calling")
+    assert conversation.history == [{"role": "assistant", "content": f"Thank you for calling {INTERRUPTED}"}]

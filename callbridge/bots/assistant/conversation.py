@@ -59,18 +59,21 @@ class TextConversation:
 
     async def reply(self, message: dict[str, str]) -> AsyncGenerator[str | Action, None]:
         """The brain's answer to `message`, token by token as it writes them (and its actions, in order). Closing
-        this generator closes the brain's stream (an LLM's HTTP response). A provider that fails costs the caller
-        the apology and the service a warning."""
+        this generator closes the brain's stream (an LLM's HTTP response); a reply closed before its end (the
+        caller spoke again) counts as interrupted after the tokens sent, unless Twilio said what was heard. A
+        provider that fails costs the caller the apology and the service a warning."""
         self._log.append(message)
         history = self.history
         reply = _TextReply()
         self._log.append(reply)
+        finished = False
         try:
             async with aclosing(self.brain.respond(history, self.tools)) as items:
                 async for item in items:
                     if isinstance(item, str):
                         reply.tokens.append(item)
                     yield item
+            finished = True
         except StageError as exc:
             logger.warning("call %s: assistant %s stage failed, the caller hears an apology: %s",
                            self.call_id, exc.stage, exc,
@@ -78,6 +81,10 @@ class TextConversation:
                                   "provider": exc.provider, "error": exc.detail})
             reply.tokens.append(APOLOGY)
             yield APOLOGY
+            finished = True
+        finally:
+            if not finished and reply.heard is None:
+                reply.heard = "".join(reply.tokens)
 
     def interrupted(self, heard: str) -> None:
         """The caller spoke over the latest reply after hearing `heard` of it (Twilio's utteranceUntilInterrupt)."""
