@@ -465,10 +465,13 @@ class MediaConnection:
 
     # The handlers' interface (callbridge.edge.websocket.WebSocket).
 
-    async def send(self, text: str) -> None:
+    async def send(self, message: str | bytes) -> None:
         if self.closed or self.protocol.state is not State.OPEN:
             raise ClientGone(self.dropped)
-        self.protocol.send_text(text.encode())
+        if isinstance(message, bytes):
+            self.protocol.send_binary(message)
+        else:
+            self.protocol.send_text(message.encode())
         self._flush()
         if self.drained is not None:
             await asyncio.shield(self.drained)

@@ -65,6 +65,19 @@ def _token_mac(secret: bytes, call_sid: str, expires_ms: int) -> str:
     return hmac.new(secret, f"{call_sid}.{expires_ms}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def token_valid_for(secret: bytes, token: str, call_id: str, now: float, webhook: str) -> float:
+    """Seconds `token` remains valid for `call_id` at Unix time `now`; raises ProtocolError if it is forged or
+    expired. `webhook` names the route that hands such tokens out (for the error message)."""
+    parts = _TOKEN.fullmatch(token)
+    if parts is None or not hmac.compare_digest(parts[2], _token_mac(secret, call_id, int(parts[1]))):
+        raise ProtocolError(f"invalid or missing call token (start the call through {webhook})")
+    valid_for = int(parts[1]) / 1000 - now
+    if valid_for <= 0:
+        raise ProtocolError(f"call token expired {-valid_for:.1f} s ago (streams start within CALL_TOKEN_SECONDS "
+                            "of the webhook)")
+    return valid_for
+
+
 def stream_url(base: str) -> str:
     """The wss:// URL of the stream handler under a public base URL."""
     parts = urlsplit(base)
@@ -135,15 +148,7 @@ class TwilioProtocol:
         return Start(stream_sid, parameters, claim=token, claim_seconds=valid_for)
 
     def _token_valid_for(self, token: str, call_sid: str) -> float:
-        """Seconds `token` remains valid for `call_sid`; raises ProtocolError if it is forged or expired."""
-        parts = _TOKEN.fullmatch(token)
-        if parts is None or not hmac.compare_digest(parts[2], _token_mac(self.secret, call_sid, int(parts[1]))):
-            raise ProtocolError("invalid or missing call token (start the call through /telephone/incoming)")
-        valid_for = int(parts[1]) / 1000 - self.clock()
-        if valid_for <= 0:
-            raise ProtocolError(f"call token expired {-valid_for:.1f} s ago (streams start within CALL_TOKEN_SECONDS "
-                                "of the webhook)")
-        return valid_for
+        return token_valid_for(self.secret, token, call_sid, self.clock(), "/telephone/incoming")
 
     def media(self, samples: np.ndarray) -> str:
         return f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{encode_payload(samples)}"}}}}'
