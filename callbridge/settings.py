@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # A per-call token opens its stream within this long of the webhook (Twilio connects within a second or two).
     call_token_seconds: float = Field(30.0, gt=0, le=600)
 
+    # --- Vonage -------------------------------------------------------------------------------------
+    # The account's signature secret: when set, answer webhooks must carry Vonage's signed JWT (HS256).
+    vonage_signature_secret: str = Field("", repr=False)
+
     # --- turn-taking --------------------------------------------------------------------------------
     vad_backend: Literal["onnx", "torch"] = "onnx"
     # Where batched inference runs: "thread" (beside the event loop, on another core), "loop" (on the event
