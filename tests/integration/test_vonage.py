@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 import time
 import urllib.request
 
@@ -28,6 +29,7 @@ from tests.integration.fake_vonage import (
     get_payload,
     signature,
 )
+from tests.integration.test_edge import frame, open_raw_websocket, read_close_code
 from tests.speech import peak_correlation, speech
 
 RATE = 16000
@@ -207,3 +209,23 @@ async def test_bad_input_never_disturbs_a_healthy_call(echo_server):
     assert len(record.reply_starts) == 1
     with urllib.request.urlopen(echo_server.url + "/readyz") as response:
         assert json.load(response)["calls"] == 0, "every bad socket freed its slot"
+
+
+def test_binary_frames_coalesced_split_or_fragmented_are_read_alike(echo_server):
+    """The edge reads whole binary frames itself (callbridge.edge.server: _whole_frames), the rest through
+    websockets: good audio frames in any layout leave the call up; the one bad frame after them is the one named."""
+    endpoint = endpoint_of(echo_server.url)
+    sock, head = open_raw_websocket(echo_server.port, "/vonage/handler")
+    assert head.startswith(b"HTTP/1.1 101")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    audio = frame(0x2, np.zeros(320, "<i2").tobytes())
+    with sock:
+        sock.sendall(frame(0x1, connected_message(endpoint).encode()) + audio * 3)  # four messages in one segment
+        for byte in audio:  # one frame, one byte per segment
+            sock.sendall(bytes([byte]))
+            time.sleep(0.001)
+        pcm = np.zeros(320, "<i2").tobytes()
+        sock.sendall(frame(0x2, pcm[:100], fin=False) + frame(0x9, b"hi") + frame(0x0, pcm[100:])  # fragments
+                     + audio + frame(0x2, b"\x00" * 641))
+        assert read_close_code(sock) == 1007
+    assert "binary audio of 641 bytes is not 16-bit samples" in echo_server.logs()
