@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 import uvloop
 
 from bench.servers import Server, ServerSpec, cpu_seconds, machine_busy_seconds
@@ -38,14 +39,14 @@ class CallOutcome:
     failure: str = ""
 
 
-async def _one_call(base_url: str, said: object, offset: float) -> CallOutcome:
+async def _one_call(base_url: str, said: np.ndarray, offset: float) -> CallOutcome:
     await asyncio.sleep(offset)
     outcome = CallOutcome()
     try:
         status, ncco = await asyncio.to_thread(answer, base_url, call_params())
         if status != 200 or not ncco:
             return CallOutcome(failure=f"webhook answered {status} {ncco!r}")
-        script = [Pause(0.3), Speak(said), WaitForReply("heard"), Speak(said), WaitForReply("heard")]  # type: ignore[arg-type]
+        script = [Pause(0.3), Speak(said), WaitForReply("heard"), Speak(said), WaitForReply("heard")]
         record = await asyncio.wait_for(VonageCaller(ncco[0]["endpoint"][0], script).run(), 60)
     except Exception as exc:  # a load run records every failure instead of stopping
         return CallOutcome(failure=f"{type(exc).__name__}: {exc}")
