@@ -178,6 +178,7 @@ class VonageCaller:
             except ConnectionClosed:
                 pass
             finally:
+                await asyncio.gather(*self._answers, return_exceptions=True)  # the notifies already played
                 receiver.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await receiver

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
+from callbridge.core.messages import ends_reply
 from callbridge.simulator import Pause as TwilioPause
 from callbridge.simulator import SimulatedCaller
 from tests.integration.clients import raw_exchange
@@ -67,9 +68,12 @@ async def test_echo_round_trip(echo_server):
     # The echo is the caller's turn, wideband: the same speech, as long as the turn (+ 200 ms pre-roll).
     assert peak_correlation(heard, said) > 0.9
     assert abs(len(heard) / RATE - (len(said) / RATE + 0.2)) < 0.15
-    # One notify after the reply, answered by the caller once heard.
-    notifies = [m for _, m in record.texts if m.get("action") == "notify"]
-    assert len(notifies) == 1 and [p for _, p in record.notifies_answered] == [notifies[0]["payload"]]
+    # Every notify answered by the caller once heard; one of them ends the reply (the others are its resume
+    # points, one every 0.5 s: callbridge.core.playback).
+    names = [m["payload"]["name"] for _, m in record.texts if m.get("action") == "notify"]
+    assert [p["name"] for _, p in record.notifies_answered] == names
+    assert len([name for name in names if ends_reply(name)]) == 1
+    assert len(names) - 1 == int((len(heard) / RATE - 0.001) // 0.5)
     (latency,) = record.turn_latencies()
     assert 0.512 - 0.064 <= latency < 2.0, latency
     assert record.close_code == 1000
@@ -106,10 +110,11 @@ async def test_playback_tracking_waits_for_vonages_notify(server_factory):
     record = await VonageCaller(endpoint_of(server.url), [
         Pause(0.2), Dtmf("2"), WaitForReply("heard"), Dtmf("#"), Pause(0.1)], hang_up=False, notify_delay=1.0).run()
     assert record.close_code == 1000
-    assert len(record.notifies_answered) == 2
+    ends = [(at, payload["name"]) for at, payload in record.notifies_answered if ends_reply(payload["name"])]
+    assert len(ends) == 2
     # Digit 2 -> 300 ms beep; '#' -> 500 ms goodbye.
     assert record.received_samples / RATE == pytest.approx(0.8, abs=0.05)
-    goodbye_heard = record.notifies_answered[1][0]
+    goodbye_heard = ends[1][0]
     assert record.closed_at is not None and record.closed_at >= goodbye_heard
     assert record.closed_at - record.reply_starts[1] >= 0.5 + 1.0 - 0.1, "held until the delayed notify came"
 
