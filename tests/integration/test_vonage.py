@@ -234,3 +234,18 @@ def test_binary_frames_coalesced_split_or_fragmented_are_read_alike(echo_server)
                      + audio + frame(0x2, b"\x00" * 641))
         assert read_close_code(sock) == 1007
     assert "binary audio of 641 bytes is not 16-bit samples" in echo_server.logs()
+
+
+async def test_an_idle_socket_and_a_flooding_one_are_closed(server_factory):
+    """The media sockets' guards hold on Vonage's: no websocket:connected within MEDIA_START_TIMEOUT_SECONDS, or
+    caller audio beyond INBOUND_BACKLOG_SECONDS faster than real time, and the socket is closed with 1008."""
+    server = server_factory(media_start_timeout_seconds=1, inbound_backlog_seconds=1)
+    url = server.url.replace("http", "ws") + "/vonage/handler"
+    _, code = await raw_exchange(url, [], timeout=10)
+    assert code == 1008
+    assert "vonage -: no start message within 1 s; closing with 1008" in server.logs()
+    endpoint = endpoint_of(server.url)
+    burst = [np.zeros(320, "<i2").tobytes()] * 250  # 5 s of audio at once
+    _, code = await raw_exchange(endpoint["uri"], [connected_message(endpoint), *burst], timeout=10)
+    assert code == 1008
+    assert f"vonage {endpoint['headers']['uuid']}: caller audio arrives faster than real time" in server.logs()
