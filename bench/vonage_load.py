@@ -6,7 +6,7 @@ twice, each time hearing the echo to its end. Calls start spread over `--ramp` s
 worker processes (uvloop each), so that the generator is not the limit. A level holds when every call got both
 echoes, and the p95 turn latency (end of speech to first reply audio) is within PAUSE_MS + 100 ms.
 
-    .venv/bin/python bench/vonage_load.py --levels 8,16,32 [--out bench/results/vonage.md]
+    .venv/bin/python bench/vonage_load.py --levels 64,80,96 [--out table.md]
 """
 
 from __future__ import annotations
