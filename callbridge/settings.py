@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # The TwiML's language (BCP-47) and Twilio's TTS voice for it ("": Twilio's default voice for the language).
     relay_language: str = Field("en-US", pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
     relay_voice: str = Field("", max_length=100)
+    # --- Vonage -------------------------------------------------------------------------------------
+    # The account's signature secret: when set, answer webhooks must carry Vonage's signed JWT (HS256).
+    vonage_signature_secret: str = Field("", repr=False)
 
     # --- turn-taking --------------------------------------------------------------------------------
     vad_backend: Literal["onnx", "torch"] = "onnx"

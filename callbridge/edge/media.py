@@ -24,7 +24,7 @@ from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Pla
 from callbridge.edge.websocket import ClientGone, Route, WebSocket
 from callbridge.services import Services
 from callbridge.sessions.registry import ConnectionAlreadyExists, RegistryError
-from callbridge.transports import browser, relay, twilio
+from callbridge.transports import browser, relay, twilio, vonage
 from callbridge.transports.media import (
     INTERNAL_ERROR,
     NORMAL,
@@ -61,8 +61,10 @@ class PacedWriter:
 
     def __init__(self, call: Call, protocol: MediaProtocol, ws: WebSocket, lead: float,
                  on_reply_end: Callable[[str, float], None],
-                 on_transfer: Callable[[str], None] | None = None) -> None:
+                 on_transfer: Callable[[str], None] | None = None,
+                 frames_per_message: int = FRAMES_PER_MESSAGE) -> None:
         self.call = call
+        self.frames_per_message = frames_per_message
         self.protocol = protocol
         self.ws = ws
         self.lead = lead
@@ -84,7 +86,7 @@ class PacedWriter:
                 if due > now and await outbox.pause_until(due):
                     continue  # a barge-in dropped the reply meanwhile: this audio goes with it, the Flush is next
                 frames = [item.samples]
-                while len(frames) < FRAMES_PER_MESSAGE and isinstance(outbox.peek(), AudioOut):
+                while len(frames) < self.frames_per_message and isinstance(outbox.peek(), AudioOut):
                     frames.append(outbox.get_nowait().samples)  # type: ignore[union-attr]
                 samples = np.concatenate(frames) if len(frames) > 1 else frames[0]
                 await self.ws.send(protocol.media(samples))
@@ -121,10 +123,13 @@ async def run_until_first_done(*coroutines: Awaitable[Any]) -> None:
 
 
 class MediaSocket:
-    """One media socket: the protocol's events to a Call, the Call's output through the PacedWriter."""
+    """One media socket: the protocol's events to a Call, the Call's output through the PacedWriter
+    (`frames_per_message` 20 ms frames of audio per message at most: 1 where the wire wants each frame alone)."""
 
-    def __init__(self, services: Services, ws: WebSocket, protocol: MediaProtocol) -> None:
+    def __init__(self, services: Services, ws: WebSocket, protocol: MediaProtocol,
+                 frames_per_message: int = FRAMES_PER_MESSAGE) -> None:
         self.services = services
+        self.frames_per_message = frames_per_message
         self.ws = ws
         self.protocol = protocol
         self.settings = services.settings
@@ -268,7 +273,7 @@ class MediaSocket:
             call = await self._open()
             call.start()
             writer = PacedWriter(call, self.protocol, self.ws, self.settings.outbound_lead_ms / 1000,
-                                 self._reply_sent, self._hand_on)
+                                 self._reply_sent, self._hand_on, self.frames_per_message)
             await run_until_first_done(self._until_ended(), writer.run())
             await self.ws.close(NORMAL)
         except ClientGone as gone:
@@ -313,7 +318,8 @@ class MediaSocket:
 
 def media_routes(services: Services) -> dict[str, Route]:
     """The edge's media WebSocket routes: Twilio's stream, the browser's µ-law socket (only pages of the
-    allowed origins may open that one; Twilio sends no Origin) and ConversationRelay's text socket."""
+    allowed origins may open that one; Twilio sends no Origin), Vonage's socket and ConversationRelay's text
+    socket."""
     settings = services.settings
     max_bytes = settings.max_message_bytes
 
@@ -326,6 +332,11 @@ def media_routes(services: Services) -> dict[str, Route]:
             return
         secret = twilio.token_secret(settings.call_token_secret, settings.twilio_auth_token)
         await MediaSocket(services, ws, twilio.TwilioProtocol(secret, max_bytes)).run()
+
+    async def vonage_socket(ws: WebSocket) -> None:
+        # Each binary message must be one 20 ms frame (640 bytes): Vonage's documented restriction.
+        secret = twilio.token_secret(settings.call_token_secret, settings.vonage_signature_secret)
+        await MediaSocket(services, ws, vonage.VonageProtocol(secret, max_bytes), frames_per_message=1).run()
 
     async def browser_socket(ws: WebSocket) -> None:
         await MediaSocket(services, ws, browser.BrowserProtocol(max_bytes)).run()
@@ -341,4 +352,5 @@ def media_routes(services: Services) -> dict[str, Route]:
     ping, send = settings.media_ping_timeout_seconds, settings.media_send_timeout_seconds
     return {twilio.PATH: Route(twilio_stream, ping, send),
             browser.PATH: Route(browser_socket, ping, send, admission=browser_origin),
-            relay.PATH: Route(relay_session, ping, send)}
+            relay.PATH: Route(relay_session, ping, send),
+            vonage.PATH: Route(vonage_socket, ping, send)}

@@ -22,7 +22,7 @@ Gone = Callable[[str], None]
 
 
 class WebSocket(Protocol):
-    """An accepted server-side WebSocket carrying JSON text messages."""
+    """An accepted server-side WebSocket carrying JSON text messages (and binary audio, for Vonage)."""
 
     scheme: str  # "ws" or "wss", as the request reached this process
     headers: dict[str, str]  # lower-case names
@@ -35,8 +35,8 @@ class WebSocket(Protocol):
         message: a 20 ms media message never wakes a task."""
         ...
 
-    async def send(self, text: str) -> None:
-        """Send one text message; raises ClientGone when the socket is closed."""
+    async def send(self, message: str | bytes) -> None:
+        """Send one message (text, or binary for bytes); raises ClientGone when the socket is closed."""
         ...
 
     async def close(self, code: int, reason: str = "") -> None:

@@ -21,6 +21,7 @@ from callbridge.web.relay import relay
 from callbridge.web.responses import JsonProvider
 from callbridge.web.softphone import softphone
 from callbridge.web.telephone import telephone
+from callbridge.web.vonage import vonage
 from callbridge.web.webrtc import webrtc
 
 log = logging.getLogger("callbridge")
@@ -34,6 +35,7 @@ def create_app(services: Services) -> Quart:
     app.register_blueprint(io(services))
     app.register_blueprint(telephone(services))
     app.register_blueprint(relay(services))
+    app.register_blueprint(vonage(services))
     app.register_blueprint(calls(services))
     # Registered before the app's own after_serving below: at shutdown it closes the peer connections still
     # open, then the calls are ended.

@@ -171,7 +171,7 @@ def test_framing_errors_close_with_the_fitting_code(echo_server, name, frames, e
 
 
 def test_frames_coalesced_split_or_fragmented_are_read_alike(echo_server):
-    """Whole text frames are read by the edge itself (callbridge.edge.server: _whole_text_frames); several frames
+    """Whole text frames are read by the edge itself (callbridge.edge.server: _whole_frames); several frames
     in one segment, a frame cut into single bytes, fragments and control frames between them must all be read
     exactly as websockets' parser reads them."""
     sock, head = open_raw_websocket(echo_server.port, "/websocket/offer")
