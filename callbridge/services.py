@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from callbridge.bots.assistant.stop_words import WhisperStopWords
 
 log = logging.getLogger("callbridge")
+#: Transports whose far end is a phone network: no client there can answer `send_input`.
+PHONE_TRANSPORTS = frozenset({"twilio", "telnyx"})
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class Services:
             session, bot, self.vad, inbound_rate=inbound_rate, outbound_rate=outbound_rate,
             turn_config=self.turn_config, barge_in=self.settings.barge_in,
             backchannel_resume=self.settings.backchannel_resume, backchannel_max_ms=self.settings.backchannel_max_ms,
-            input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport != "twilio",
+            input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport not in PHONE_TRANSPORTS,
             inbound_backlog_seconds=self.settings.inbound_backlog_seconds,
             idle_seconds=self.settings.idle_seconds, idle_prompts=self.settings.idle_prompts,
             can_transfer=can_transfer,
