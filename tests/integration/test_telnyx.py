@@ -155,6 +155,7 @@ def bad_inputs(params: dict[str, str], call_control_id: str) -> dict[str, tuple[
     return {
         "not json": (["{nope"], 1007, "not valid JSON"),
         "binary": ([b"\x00\x01"], 1003, "binary frames"),
+        "too big": ([json.dumps({"event": "connected", "pad": "x" * 70_000})], 1009, "exceeds"),
         "media before start": ([json.dumps({"event": "media", "media": {"payload": ""}})], 1008, "before start"),
         "forged token": ([start_message("bad-stream", call_control_id, {**params, "token": "1.0" + "0" * 31})],
                          1008, "invalid or missing call token"),
