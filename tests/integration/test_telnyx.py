@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.client import connect
 
+from callbridge.core.messages import ends_reply
 from callbridge.simulator import Dtmf, Pause, SimulatedCaller, Speak, WaitForReply
 from tests.integration.clients import raw_exchange
 from tests.speech import peak_correlation, speech
@@ -54,8 +55,10 @@ async def test_echo_round_trip_with_playback_tracked_by_marks(server):
     assert len(report.reply_starts) == 1
     assert peak_correlation(heard, said) > 0.9
     assert abs(len(heard) / RATE - (len(said) / RATE + 0.2)) < 0.15
-    # The reply ends with a mark, which the caller echoes once it has heard the reply.
-    assert report.marks_received == report.marks_echoed and len(report.marks_echoed) == 1
+    # Every mark echoed back once heard: one ends the reply, the others are its resume points, one every 0.5 s.
+    assert report.marks_received == report.marks_echoed
+    assert len([name for name in report.marks_echoed if ends_reply(name)]) == 1
+    assert len(report.marks_echoed) - 1 == int((len(heard) / RATE - 0.001) // 0.5)
     assert report.stall_seconds == 0 and report.max_buffered_seconds < 0.2
     assert 0.512 - 0.064 <= report.turn_latencies()[0] < 2.0
     logs = server.logs()
@@ -71,9 +74,9 @@ async def test_dtmf_reaches_the_bot_which_hangs_up_once_its_goodbye_is_heard(ser
     # mark has come back, so playback tracking reached the call.
     assert report.reply_seconds == pytest.approx(0.8, abs=0.05)
     assert report.close_code == 1000
-    assert len(report.marks_echoed) == 2
+    assert len([name for name in report.marks_echoed if ends_reply(name)]) == 2
     hangup = next(t for t, kind, _ in report.events if kind == "hangup")
-    goodbye_heard = [t for t, kind, _ in report.events if kind == "mark_echo"][-1]
+    goodbye_heard = [t for t, kind, detail in report.events if kind == "mark_echo" and ends_reply(detail)][-1]
     assert goodbye_heard - report.reply_starts[1] >= 0.45 and hangup >= goodbye_heard
 
 
@@ -87,8 +90,10 @@ async def test_barge_in_sends_clear_and_stops_the_reply(server):
     assert report.received_samples - len(interrupt) - 0.2 * RATE < len(story) * 0.8
     assert len(report.reply_starts) == 2
     assert peak_correlation(report.heard_audio[-len(interrupt) - 1600:], interrupt) > 0.9
-    # The cleared reply never reached its mark; the second's came back once heard.
-    assert report.marks_received == report.marks_echoed and len(report.marks_echoed) == 1
+    # The cleared reply never reached its end mark (its resume points came back on `clear`); the second's came
+    # back once heard.
+    assert report.marks_received == report.marks_echoed
+    assert len([name for name in report.marks_echoed if ends_reply(name)]) == 1
 
 
 def test_the_texml_asks_for_a_bidirectional_pcmu_stream(server):
