@@ -23,6 +23,8 @@ echoes, buffer emptied on `clear`) with what a load run needs on top:
   - received media is kept as µ-law bytes (decoded once, after the call) and the player only keeps counters;
     callbridge's media messages are read without the JSON parser when they match its layout byte for byte.
 
+`TelnyxLoadCaller` is the same call on Telnyx's media streaming socket (`--carrier telnyx` in bench/load.py).
+
 `analyse` turns a finished call into a `CallResult` of plain numbers that pickles cheaply between processes.
 """
 
@@ -40,6 +42,7 @@ import random
 import secrets
 import time
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, cast
@@ -68,6 +71,7 @@ from callbridge.simulator import (
     stop_message,
     webhook,
 )
+from tests import telnyx_caller
 
 GAP_SECONDS = 0.3
 OPEN_TIMEOUT = 10.0  # seconds for TCP connect + WebSocket handshake (as websockets' connect(open_timeout=10))
@@ -378,16 +382,37 @@ class LoadCaller(SimulatedCaller):
         self.ended_at = self.now()
         return self.report
 
+    # The carrier's words (Twilio's here; TelnyxLoadCaller has Telnyx's).
+
+    def _webhook(self) -> tuple[str, dict[str, str]]:
+        """The incoming call's webhook: the stream URL and its parameters (with CallSid); blocking."""
+        return webhook(self.base_url)
+
+    def _name_stream(self) -> None:
+        """Picks the stream's id and lays out the media messages both ways around it."""
+        self.stream_sid = "MZ" + secrets.token_hex(16)
+        self._media_head = f'{{"event":"media","streamSid":"{self.stream_sid}","media":{{"payload":"'.encode()
+        self._prefix = f'{{"event":"media","streamSid":"{self.stream_sid}","sequenceNumber":"'.encode()
+
+    def _opening(self, call_sid: str, params: dict[str, str]) -> list[str]:
+        return [json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
+                start_message(self.stream_sid, call_sid, params)]
+
+    def _closing(self, call_sid: str) -> str:
+        return stop_message(self.stream_sid, call_sid)
+
+    def _mark_echo(self, name: str) -> str:
+        return json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+
     async def _call(self) -> None:
         try:
-            stream_url, params = await asyncio.to_thread(webhook, self.base_url)
+            stream_url, params = await asyncio.to_thread(self._webhook)
         except RuntimeError as exc:
             self.failure = f"webhook: {exc}"[:200]
             return
         call_sid = params.pop("CallSid")
         uri = parse_uri(self.base_url.replace("http://", "ws://") + urllib.parse.urlsplit(stream_url).path)
-        self.stream_sid = "MZ" + secrets.token_hex(16)
-        self._media_head = f'{{"event":"media","streamSid":"{self.stream_sid}","media":{{"payload":"'.encode()
+        self._name_stream()
         loop = asyncio.get_running_loop()
         socket = _Socket(self, uri)
         try:
@@ -396,15 +421,15 @@ class LoadCaller(SimulatedCaller):
                 await socket.opened
             self._socket = socket
             self.connected_at = self.now()
-            socket.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}).encode())
-            socket.send(start_message(self.stream_sid, call_sid, params).encode())
+            for message in self._opening(call_sid, params):
+                socket.send(message.encode())
             await self._send_script()
             if not socket.open:
                 await socket.closed
                 self.failure = (f"socket closed by the server mid-call "
                                 f"({socket.protocol.close_code} {socket.protocol.close_reason})")
             else:
-                socket.send(stop_message(self.stream_sid, call_sid).encode())
+                socket.send(self._closing(call_sid).encode())
                 with contextlib.suppress(TimeoutError):  # the server did not close after `stop`: not our concern
                     await asyncio.wait_for(asyncio.shield(socket.closed), 5)
             if self._receive_error is not None:
@@ -493,8 +518,7 @@ class LoadCaller(SimulatedCaller):
             self.report.marks_echoed.append(name)
             self.report.log(self.now(), "mark_echo", name)
             if socket is not None:
-                echo = {"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}
-                socket.send(json.dumps(echo).encode())
+                socket.send(self._mark_echo(name).encode())
 
     #: `_frames` yields each frame as the end of its `media` message, encoded once per phrase and process.
     _silence_frame = ('","payload":"' + base64.b64encode(ulaw_encode(np.zeros(FRAME, np.int16))).decode()
@@ -506,7 +530,6 @@ class LoadCaller(SimulatedCaller):
     async def _send_script(self) -> None:
         """Hands the script to the pacer, which sends a frame every 20 ms; returns when the script is over."""
         self._script_done = asyncio.get_running_loop().create_future()
-        self._prefix = f'{{"event":"media","streamSid":"{self.stream_sid}","sequenceNumber":"'.encode()
         self._frame_iter = ((tail, marker) for tail, _, marker in self._frames())
         self._next = next(self._frame_iter, None)
         if self._next is None or self._socket is None:
@@ -561,6 +584,29 @@ class LoadCaller(SimulatedCaller):
                 done.set_result(None)
             else:
                 done.set_exception(error)
+
+
+class TelnyxLoadCaller(LoadCaller):
+    """The same caller on Telnyx's media streaming socket: `POST /telnyx/incoming` (unsigned: run the server
+    without TELNYX_PUBLIC_KEY), `start` with stream_id and call_control_id, frames laid out as Telnyx's."""
+
+    def _webhook(self) -> tuple[str, dict[str, str]]:
+        return telnyx_caller.telnyx_webhook(self.base_url, None)
+
+    def _name_stream(self) -> None:
+        self.stream_sid = str(uuid.uuid4())
+        self._media_head = b'{"event":"media","media":{"payload":"'
+        self._prefix = f'{{"event":"media","stream_id":"{self.stream_sid}","sequence_number":"'.encode()
+
+    def _opening(self, call_sid: str, params: dict[str, str]) -> list[str]:
+        return [json.dumps({"event": "connected", "version": "1.0.0"}),
+                telnyx_caller.start_message(self.stream_sid, call_sid, params)]
+
+    def _closing(self, call_sid: str) -> str:
+        return telnyx_caller.stop_message(self.stream_sid, call_sid)
+
+    def _mark_echo(self, name: str) -> str:
+        return json.dumps({"event": "mark", "stream_id": self.stream_sid, "mark": {"name": name}})
 
 
 _speech_cache: dict[int, tuple[np.ndarray, list[bytes]]] = {}

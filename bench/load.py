@@ -8,6 +8,7 @@ loop ran, so a run can show that it was not.
 
     .venv/bin/python bench/load.py --url http://127.0.0.1:8000 --calls 16               # callbridge
     .venv/bin/python bench/load.py --url http://127.0.0.1:8100 --calls 16 --reply-end gap --no-clear  # FastRTC
+    .venv/bin/python bench/load.py --url http://127.0.0.1:8000 --calls 16 --carrier telnyx  # Telnyx's socket
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import uvloop
@@ -37,6 +38,7 @@ from bench.caller import (
     Pacer,
     Phrases,
     ReplyEnd,
+    TelnyxLoadCaller,
     analyse,
     make_script,
 )
@@ -63,6 +65,7 @@ class Target:
     reply_end: ReplyEnd = "mark"
     expects_clear: bool = True
     pace_ms: float = PACE_GRID * 1000  # the generator's pacing grid (bench.caller.Pacer): 1 ms paces each call alone
+    carrier: Literal["twilio", "telnyx"] = "twilio"  # whose webhook and media socket the calls use
 
 
 @dataclass
@@ -105,7 +108,8 @@ async def _run_calls(target: Target, phrases: Phrases, plan: list[tuple[int, flo
     cpu = _cpu_seconds()
 
     async def one(index: int) -> tuple[int, LoadCaller]:
-        caller = LoadCaller(target.base_url, make_script(phrases, lead_in), target.reply_end, target.pace_ms / 1000)
+        kind = TelnyxLoadCaller if target.carrier == "telnyx" else LoadCaller
+        caller = kind(target.base_url, make_script(phrases, lead_in), target.reply_end, target.pace_ms / 1000)
         try:
             await asyncio.wait_for(caller.run(), CALL_DEADLINE)
         except TimeoutError:
@@ -252,13 +256,17 @@ def main() -> int:
     parser.add_argument("--reply-end", choices=["mark", "gap"], default="mark",
                         help="how replies end: Twilio marks (callbridge) or a gap in arrivals (FastRTC)")
     parser.add_argument("--no-clear", action="store_true", help="the server never sends clear (FastRTC)")
+    parser.add_argument("--carrier", choices=["twilio", "telnyx"], default="twilio",
+                        help="whose webhook and media socket the calls use (telnyx: the server without "
+                             "TELNYX_PUBLIC_KEY, the calls are unsigned)")
     parser.add_argument("--pace-ms", type=float, default=PACE_GRID * 1000,
                         help="the generator's pacing grid, a divisor of 20 (default 5; 1 sends each call's frames on "
                              "its own millisecond, as one timer per call did, at more CPU)")
     args = parser.parse_args()
     if not 0 < args.pace_ms <= 20 or abs(20 / args.pace_ms - round(20 / args.pace_ms)) > 1e-9:
         parser.error("--pace-ms must divide 20")
-    target = Target(args.url, args.reply_end, expects_clear=not args.no_clear, pace_ms=args.pace_ms)
+    target = Target(args.url, args.reply_end, expects_clear=not args.no_clear, pace_ms=args.pace_ms,
+                    carrier=args.carrier)
     run = run_load(target, load_phrases(), args.calls, ramp=args.ramp, rounds=args.rounds, workers=args.workers)
     summary = summarise(run)
     summary.pop("turn_latencies_ms")

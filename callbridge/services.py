@@ -29,9 +29,8 @@ if TYPE_CHECKING:
     from callbridge.bots.assistant.stop_words import WhisperStopWords
 
 log = logging.getLogger("callbridge")
-
 #: Transports whose callers are on a phone: they can never send `set_input`.
-PHONE_TRANSPORTS = frozenset({"twilio", "vonage"})
+PHONE_TRANSPORTS = frozenset({"twilio", "telnyx", "vonage"})
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pydantic_settings import SettingsError as PydanticSettingsError
 
 from callbridge.bots.base import E164
 from callbridge.redact import redact_url
+from callbridge.transports.telnyx import public_key as telnyx_public_key
 
 
 class SettingsError(Exception):
@@ -92,6 +93,10 @@ class Settings(BaseSettings):
     # --- Vonage -------------------------------------------------------------------------------------
     # The account's signature secret: when set, answer webhooks must carry Vonage's signed JWT (HS256).
     vonage_signature_secret: str = Field("", repr=False)
+
+    # --- Telnyx -------------------------------------------------------------------------------------
+    # The account's Ed25519 public key (base64): when set, every TeXML webhook must carry a valid signature.
+    telnyx_public_key: str = ""
 
     # --- turn-taking --------------------------------------------------------------------------------
     vad_backend: Literal["onnx", "torch"] = "onnx"
@@ -193,6 +198,16 @@ class Settings(BaseSettings):
         value = value.strip()
         if value and not E164.fullmatch(value):
             raise ValueError("must be an E.164 number such as +15550100")
+        return value
+
+    @field_validator("telnyx_public_key")
+    @classmethod
+    def _check_telnyx_public_key(cls, value: str) -> str:
+        if value:
+            try:
+                telnyx_public_key(value)
+            except ValueError as exc:
+                raise ValueError(f"must be the account's base64 Ed25519 public key: {exc}") from None
         return value
 
     @field_validator("twilio_api_url")

@@ -1,6 +1,6 @@
 """The Quart app factory: one blueprint per concern, each handed the process's Services.
 
-The app serves everything but the two µ-law media sockets, which the edge serves itself
+The app serves everything but the µ-law media sockets, which the edge serves itself
 (callbridge.edge). Before it serves, the VAD model (and the end-of-turn model and STOP_WORDS' Whisper,
 if set) is loaded; after, the calls left are ended.
 """
@@ -21,6 +21,7 @@ from callbridge.web.relay import relay
 from callbridge.web.responses import JsonProvider
 from callbridge.web.softphone import softphone
 from callbridge.web.telephone import telephone
+from callbridge.web.telnyx import telnyx
 from callbridge.web.vonage import vonage
 from callbridge.web.webrtc import webrtc
 
@@ -36,6 +37,7 @@ def create_app(services: Services) -> Quart:
     app.register_blueprint(telephone(services))
     app.register_blueprint(relay(services))
     app.register_blueprint(vonage(services))
+    app.register_blueprint(telnyx(services))
     app.register_blueprint(calls(services))
     # Registered before the app's own after_serving below: at shutdown it closes the peer connections still
     # open, then the calls are ended.
