@@ -65,6 +65,19 @@ def _token_mac(secret: bytes, call_sid: str, expires_ms: int) -> str:
     return hmac.new(secret, f"{call_sid}.{expires_ms}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
+def token_valid_for(secret: bytes, token: str, call_id: str, now: float, webhook: str) -> float:
+    """Seconds `token` remains valid for `call_id` at Unix time `now`; raises ProtocolError if it is forged or
+    expired (`webhook` is where a real call starts). Any carrier's stream checks its token with this."""
+    parts = _TOKEN.fullmatch(token)
+    if parts is None or not hmac.compare_digest(parts[2], _token_mac(secret, call_id, int(parts[1]))):
+        raise ProtocolError(f"invalid or missing call token (start the call through {webhook})")
+    valid_for = int(parts[1]) / 1000 - now
+    if valid_for <= 0:
+        raise ProtocolError(f"call token expired {-valid_for:.1f} s ago (streams start within CALL_TOKEN_SECONDS "
+                            "of the webhook)")
+    return valid_for
+
+
 def stream_url(base: str) -> str:
     """The wss:// URL of the stream handler under a public base URL."""
     parts = urlsplit(base)
@@ -127,23 +140,12 @@ class TwilioProtocol:
         if encoding != "audio/x-mulaw" or rate != str(RATE):
             raise ProtocolError(f"unsupported mediaFormat {media_format}", INVALID_PAYLOAD)
         token = str(params.get("token", ""))
-        valid_for = self._token_valid_for(token, call_sid)
+        valid_for = token_valid_for(self.secret, token, call_sid, self.clock(), "/telephone/incoming")
         parameters = {str(k): str(v) for k, v in params.items() if k != "token"}
         parameters["CallSid"] = call_sid
         self.stream_sid = stream_sid
         self._sid_json = json.dumps(stream_sid)
         return Start(stream_sid, parameters, claim=token, claim_seconds=valid_for)
-
-    def _token_valid_for(self, token: str, call_sid: str) -> float:
-        """Seconds `token` remains valid for `call_sid`; raises ProtocolError if it is forged or expired."""
-        parts = _TOKEN.fullmatch(token)
-        if parts is None or not hmac.compare_digest(parts[2], _token_mac(self.secret, call_sid, int(parts[1]))):
-            raise ProtocolError("invalid or missing call token (start the call through /telephone/incoming)")
-        valid_for = int(parts[1]) / 1000 - self.clock()
-        if valid_for <= 0:
-            raise ProtocolError(f"call token expired {-valid_for:.1f} s ago (streams start within CALL_TOKEN_SECONDS "
-                                "of the webhook)")
-        return valid_for
 
     def media(self, samples: np.ndarray) -> str:
         return f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"{encode_payload(samples)}"}}}}'
