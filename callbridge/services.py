@@ -129,7 +129,7 @@ class Services:
         call = Call(
             session, bot, self.vad, inbound_rate=inbound_rate, outbound_rate=outbound_rate,
             turn_config=self.turn_config, barge_in=self.settings.barge_in,
-            input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport != "twilio",
+            input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport not in ("twilio", "plivo"),
             inbound_backlog_seconds=self.settings.inbound_backlog_seconds,
             idle_seconds=self.settings.idle_seconds, idle_prompts=self.settings.idle_prompts,
             can_transfer=can_transfer,

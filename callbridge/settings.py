@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     # A per-call token opens its stream within this long of the webhook (Twilio connects within a second or two).
     call_token_seconds: float = Field(30.0, gt=0, le=600)
 
+    # --- Plivo --------------------------------------------------------------------------------------
+    # POST /plivo/incoming checks X-Plivo-Signature-V3 with PLIVO_AUTH_TOKEN (unset: unchecked); with
+    # PLIVO_AUTH_ID, a stream whose start names another account is refused.
+    plivo_auth_id: str = ""
+    plivo_auth_token: str = Field("", repr=False)
+
     # --- turn-taking --------------------------------------------------------------------------------
     vad_backend: Literal["onnx", "torch"] = "onnx"
     # Where batched inference runs: "thread" (beside the event loop, on another core), "loop" (on the event

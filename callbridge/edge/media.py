@@ -24,7 +24,7 @@ from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Pla
 from callbridge.edge.websocket import ClientGone, Route, WebSocket
 from callbridge.services import Services
 from callbridge.sessions.registry import ConnectionAlreadyExists, RegistryError
-from callbridge.transports import browser, twilio
+from callbridge.transports import browser, plivo, twilio
 from callbridge.transports.media import (
     INTERNAL_ERROR,
     NORMAL,
@@ -312,8 +312,9 @@ class MediaSocket:
 
 
 def media_routes(services: Services) -> dict[str, Route]:
-    """The edge's media WebSocket routes: Twilio's stream and the browser's µ-law socket (only pages of the
-    allowed origins may open that one; Twilio sends no Origin)."""
+    """The edge's media WebSocket routes: Twilio's stream, Plivo's (its per-call token, made by the signed
+    webhook, is its check) and the browser's µ-law socket (only pages of the allowed origins may open that one;
+    the carriers send no Origin)."""
     settings = services.settings
     max_bytes = settings.max_message_bytes
 
@@ -327,6 +328,10 @@ def media_routes(services: Services) -> dict[str, Route]:
         secret = twilio.token_secret(settings.call_token_secret, settings.twilio_auth_token)
         await MediaSocket(services, ws, twilio.TwilioProtocol(secret, max_bytes)).run()
 
+    async def plivo_stream(ws: WebSocket) -> None:
+        secret = twilio.token_secret(settings.call_token_secret, settings.plivo_auth_token)
+        await MediaSocket(services, ws, plivo.PlivoProtocol(secret, max_bytes, settings.plivo_auth_id)).run()
+
     async def browser_socket(ws: WebSocket) -> None:
         await MediaSocket(services, ws, browser.BrowserProtocol(max_bytes)).run()
 
@@ -335,4 +340,5 @@ def media_routes(services: Services) -> dict[str, Route]:
 
     ping, send = settings.media_ping_timeout_seconds, settings.media_send_timeout_seconds
     return {twilio.PATH: Route(twilio_stream, ping, send),
+            plivo.PATH: Route(plivo_stream, ping, send),
             browser.PATH: Route(browser_socket, ping, send, admission=browser_origin)}
