@@ -2,9 +2,10 @@
 
 Inbound: `start` (start.streamId, start.callId, start.accountId, start.mediaFormat, and `extra_headers` with the
 per-call token), `media` (base64 µ-law 8 kHz), `dtmf`, `playedStream` (a `checkpoint` whose audio before it
-has played), `clearedAudio` (the answer to `clearAudio`: nothing to do). Plivo sends no stop: the socket closes
-when the call ends. Outbound: `playAudio`, `checkpoint` (playback tracking) and `clearAudio` (barge-in).
-Checkpoints cleared by `clearAudio` are never answered; the call forgets them on the barge-in itself.
+has played), `clearedAudio` (the answer to `clearAudio`: nothing to do). The call ends when Plivo closes the
+socket (a `stop`, which its docs do not list, ends it too). Outbound: `playAudio`, `checkpoint` (playback
+tracking) and `clearAudio` (barge-in). Checkpoints cleared by `clearAudio` are never answered; the call forgets
+them on the barge-in itself.
 
 The per-call token is Twilio's (callbridge.transports.twilio.call_token, an HMAC of the CallUUID with its
 expiry), made by `POST /plivo/incoming` (callbridge.web.plivo). It travels in the Stream's `extraHeaders`,
@@ -14,7 +15,9 @@ Plivo signs its webhooks with X-Plivo-Signature-V3 (`signature_valid`). The pliv
 `validate_v3_signature` does the same offline, but the SDK brings requests, lxml and more for one HMAC, so the
 documented algorithm is implemented here with hmac: HMAC-SHA256, keyed with the auth token, of the URL with its
 query parameters sorted, then the sorted form parameters as key+value pairs, then "." and the
-nonce; base64; the header may carry several signatures, comma-separated.
+nonce; base64; the header may carry several signatures, comma-separated. The stream's upgrade is not checked
+for a signature (what Plivo signs there is not documented): its per-call token, from the signed webhook, is
+what admits it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from callbridge.transports.media import (
     Played,
     ProtocolError,
     Start,
+    Stop,
     decode_payload,
     encode_payload,
     field_of,
@@ -134,6 +138,8 @@ class PlivoProtocol:
             return None
         if event == "dtmf":
             return Dtmf(field_of(message, "dtmf", "digit"))
+        if event == "stop":  # not among the messages Plivo's docs list, but integrations report one at hang-up
+            return Stop()
         if event == "start":
             raise ProtocolError("unexpected 'start' after start")
         raise ProtocolError(f"unknown event {event!r}", INVALID_PAYLOAD)

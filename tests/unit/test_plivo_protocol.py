@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from callbridge.transports.media import Media, Played, ProtocolError, Start
+from callbridge.transports.media import Media, Played, ProtocolError, Start, Stop
 from callbridge.transports.plivo import PlivoProtocol, extra_headers, signature, signature_valid, wire_token
 from callbridge.transports.twilio import call_token
 
@@ -72,3 +72,4 @@ def test_messages_to_plivo():
     assert protocol.receive(json.dumps({"event": "playedStream", "streamId": "s-1", "name": "3"})) == Played("3")
     assert protocol.receive(json.dumps({"event": "clearedAudio", "streamId": "s-1"})) is None
     assert isinstance(protocol.receive(json.dumps({"event": "media", "media": {"payload": "//8="}})), Media)
+    assert protocol.receive(json.dumps({"event": "stop", "streamId": "s-1"})) == Stop()
