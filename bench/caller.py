@@ -53,6 +53,7 @@ from websockets.protocol import OPEN
 from websockets.uri import WebSocketURI, parse_uri
 
 from callbridge.codec import ulaw_decode, ulaw_encode
+from callbridge.core.messages import ends_reply
 from callbridge.simulator import (
     FRAME,
     RATE,
@@ -450,7 +451,8 @@ class LoadCaller(SimulatedCaller):
     def _on_mark(self, name: str) -> None:
         self.report.marks_received.append(name)
         self._pending_marks.append((self._received_total, name))
-        self._close_reply()
+        if ends_reply(name):  # not the marks inside a reply (a bot's Mark, a resume point)
+            self._close_reply()
 
     def _on_clear(self, t: float) -> None:
         self.report.clears.append(t)

@@ -129,6 +129,7 @@ class Services:
         call = Call(
             session, bot, self.vad, inbound_rate=inbound_rate, outbound_rate=outbound_rate,
             turn_config=self.turn_config, barge_in=self.settings.barge_in,
+            backchannel_resume=self.settings.backchannel_resume, backchannel_max_ms=self.settings.backchannel_max_ms,
             input_timeout=self.settings.input_timeout_seconds, inputs_possible=transport not in ("twilio", "plivo"),
             inbound_backlog_seconds=self.settings.inbound_backlog_seconds,
             idle_seconds=self.settings.idle_seconds, idle_prompts=self.settings.idle_prompts,
@@ -149,9 +150,11 @@ class Services:
         if self.calls.pop(call.id, None) is not None:
             await self.registry.close(call.id)
             self.metrics.calls_in_progress.labels(call.session.transport).dec()
-            log.info("call %s ended: %d turns, %d barge-ins", call.id, call.stats.turns, call.stats.barge_ins,
+            log.info("call %s ended: %d turns, %d barge-ins (%d resumed)", call.id, call.stats.turns,
+                     call.stats.barge_ins, call.stats.replies_resumed,
                      extra={"event": "call_end", "call_id": call.id, "transport": call.session.transport,
                             "turns": call.stats.turns, "barge_ins": call.stats.barge_ins,
+                            "replies_resumed": call.stats.replies_resumed,
                             "inbound_dropped_seconds": round(call.stats.inbound_dropped_seconds, 3)})
 
     async def drain(self, grace_seconds: float, farewell_seconds: float = 5.0) -> None:

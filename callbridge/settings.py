@@ -111,6 +111,12 @@ class Settings(BaseSettings):
     end_of_turn_ask_ms: int = Field(200, ge=64, le=2000)
     end_of_turn_threshold: float = Field(0.5, gt=0, lt=1)
     barge_in: bool = True
+    # A barge-in holds the reply: a backchannel or a noise lets it resume where the caller stopped hearing it
+    # (false: it is cancelled at once).
+    backchannel_resume: bool = True
+    # Speech over a held reply longer than this is a real interruption: it cancels the reply at once. The
+    # corpus (bench/results/backchannel.md): backchannels 0.35-0.64 s of speech to the VAD, interruptions 0.93 s on.
+    backchannel_max_ms: int = Field(800, ge=100, le=5000)
     input_timeout_seconds: float = Field(0.5, ge=0, le=30)
     # Seconds of caller silence (nobody speaking, nothing playing) before the bot re-prompts; 0: never.
     idle_seconds: float = Field(10.0, ge=0, le=3600)

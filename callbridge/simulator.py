@@ -36,6 +36,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from callbridge.codec import FRAME_MS, alaw_decode, resample, ulaw_decode, ulaw_encode
+from callbridge.core.messages import ends_reply
 
 RATE = 8000
 FRAME = RATE * FRAME_MS // 1000
@@ -86,7 +87,8 @@ Step = Speak | Pause | WaitForReply | WaitForQuiet | Dtmf
 @dataclass
 class CallReport:
     #: The timeline, seconds from the call's start: speech_start/speech_end (a turn), reply (first audio; its
-    #: detail says how much was heard), mark (received), mark_echo, clear, dtmf, hangup, closed, other.
+    #: detail says how much was heard), mark (received), mark_echo, clear, dtmf, hangup, closed, other. A reply
+    #: runs from its first audio to its end mark, or to a `clear`.
     events: list[tuple[float, str, str]] = field(default_factory=list)
     speech_ends: list[float] = field(default_factory=list)  # when each Speak's last speech frame was sent
     speech_starts: list[float] = field(default_factory=list)  # when each Speak's first speech frame was captured
@@ -347,11 +349,13 @@ class SimulatedCaller:
         self.report.received_samples += len(samples)
 
     def _on_mark(self, name: str) -> None:
-        """The mark is echoed once the audio received before it has played."""
+        """The mark is echoed once the audio received before it has played. A reply ends at its own mark, not
+        at the marks callbridge places inside it (a bot's Mark, a resume point)."""
         self.report.marks_received.append(name)
         self.report.log(self.now(), "mark", name)
         self._pending_marks.append((self._received_total, name))
-        self._reply_open = False
+        if ends_reply(name):
+            self._reply_open = False
 
     def _on_clear(self, t: float) -> None:
         """Drop what is buffered; the pending marks are echoed at once."""
@@ -656,5 +660,6 @@ def print_report(report: CallReport, speech: np.ndarray, source: str, stream_sid
         print(f"the bot said nothing: check the server's log for 'call {stream_sid}: ...' (bot errors are logged "
               "there at warning; the phone line cannot carry them)")
     print(f"heard {report.reply_seconds:.2f} s of reply audio, stalls {report.stall_seconds * 1000:.0f} ms, "
-          f"marks echoed {len(report.marks_echoed)}, clears {len(report.clears)}")
+          f"marks echoed {len(report.marks_echoed)} ({sum(map(ends_reply, report.marks_echoed))} ending a reply), "
+          f"clears {len(report.clears)}")
     print(f"socket closed with code {report.close_code} {report.close_reason}".rstrip())

@@ -11,7 +11,10 @@ generator, any of:
 - `Mark`: a point in the reply; once the caller has heard everything yielded before it, the runtime
   calls `on_heard(mark.name)` (Twilio marks on the phone, frames sent on WebRTC, paced playback on the
   browser socket). After a barge-in no further marks of that reply are reported, and `on_interrupted()`
-  is called: a bot learns exactly what the caller heard;
+  is called: a bot learns exactly what the caller heard. Where replies resume after a backchannel
+  (BACKCHANNEL_RESUME), a barge-in first only holds the reply: the runtime stops reading the generator,
+  and if the caller's turn was short and `is_backchannel(turn)` says so, the reply goes on from where the
+  caller stopped hearing it, its marks reported as that audio is heard, and `on_interrupted()` is not called;
 - `Timings`: where a turn's time went, by stage (seconds): recorded in the `callbridge_stage_seconds`
   histogram and sent to clients as a `log` message;
 - `EndCall`: hang up once everything said so far has been heard;
@@ -168,6 +171,13 @@ class Bot:
 
     def on_interrupted(self) -> None:
         """The caller spoke over the reply: it was cut off after the last mark reported heard."""
+
+    async def is_backchannel(self, turn: Turn) -> bool:
+        """A short turn the caller said over the reply (under BACKCHANNEL_MAX_MS of speech): True for a
+        backchannel ("uh-huh", "okay") or a noise, so the reply resumes and the turn goes unanswered; False for
+        a real interruption ("no", "wait"), which cancels the reply and is answered. Without words to go by, a
+        short sound is taken for a backchannel or a noise."""
+        return True
 
     def on_pause(self, turn: Turn) -> None:
         """The caller has paused END_OF_TURN_ASK_MS: if the turn ends here, `reply` gets a Turn with this very

@@ -2,8 +2,9 @@
 
 A transport feeds a Call PCM frames (`push_audio`), DTMF digits and playback confirmations, and
 drains `next_outbound()`. The Call detects turns (callbridge.core.turns), runs the bot one reply at a time, and
-cancels a reply the moment the caller starts speaking over it (barge-in). It owns no sockets and
-reads time only through the injected clock, so tests drive it with synthetic audio.
+stops a reply the moment the caller starts speaking over it (barge-in): cancelled, or held until the caller's
+speech proves a backchannel, then resumed where they stopped hearing it (callbridge.core.playback). It owns no
+sockets and reads time only through the injected clock, so tests drive it with synthetic audio.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from callbridge.codec import FRAME_MS, Rechunker, Resampler, resample
 from callbridge.core.end_of_turn import EndOfTurnAsker
 from callbridge.core.gate import TurnGate
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark, TransferCall, log
+from callbridge.core.playback import Checkpoint, Tape
 from callbridge.core.session import Session
 from callbridge.core.turns import EndOfTurnQuestion, SpeechStarted, TurnConfig, TurnDetector, TurnEnded
 from callbridge.core.vad import VAD_WINDOW_MS, VadBatcher
@@ -108,6 +110,7 @@ class Outbox:
 class CallStats:
     turns: int = 0
     barge_ins: int = 0
+    replies_resumed: int = 0  # barge-ins that were backchannels or noises: the held reply went on
     inbound_dropped_seconds: float = 0.0  # caller audio beyond the backlog cap (Call.push_audio)
 
 
@@ -145,6 +148,15 @@ class _Job:
     speech_end_at: float = 0.0  # clock time the turn's last speech sample arrived
 
 
+@dataclass
+class _Hold:
+    """A reply held at a barge-in, until the caller's speech shows a backchannel (resume) or not (cancel)."""
+
+    onset: int  # first sample of the caller's speech in progress (the detector's count)
+    turns: deque[_Job]  # the caller's turns since, waiting for the bot's verdict
+    verdict: asyncio.Task[None] | None = None
+
+
 def to_int16(samples: np.ndarray) -> np.ndarray:
     """Bot audio of any common layout (mono, (1, n), (n, 2), float or int16) to mono int16."""
     samples = np.asarray(samples)
@@ -172,6 +184,8 @@ class Call:
         outbound_rate: int,
         turn_config: TurnConfig,
         barge_in: bool = True,
+        backchannel_resume: bool = False,
+        backchannel_max_ms: int = 800,
         input_timeout: float = 0.5,
         inputs_possible: bool = True,
         inbound_backlog_seconds: float = 10.0,
@@ -189,6 +203,10 @@ class Call:
         self.outbound_rate = outbound_rate
         self.vad_rate = 8000 if inbound_rate == 8000 else 16000
         self.barge_in = barge_in
+        # A barge-in holds the reply (BACKCHANNEL_RESUME): speech longer than this cancels it, shorter is asked of
+        # the bot (is_backchannel). Off: the reply is cancelled at once.
+        self.backchannel_resume = backchannel_resume
+        self._backchannel_max_samples = backchannel_max_ms * self.vad_rate // 1000
         self.input_timeout = input_timeout
         # A phone caller can never send `set_input`: a bot that wants inputs gets none there, at once.
         self.inputs_possible = inputs_possible
@@ -212,8 +230,11 @@ class Call:
         self._reply_ids = itertools.count(1)
         self._unheard: set[str] = set()
         self._hangup_after: str | None = None
+        self._tape = Tape(self.outbox.put, resumable=backchannel_resume)
+        self._hold: _Hold | None = None
+        self._playing = asyncio.Event()  # cleared while a reply is held: its generator is not read meanwhile
+        self._playing.set()
         self._transfer_after: tuple[str, str] | None = None  # (reply id, number): transfer once that reply is heard
-        self._bot_marks: dict[str, str] = {}  # playback mark -> the name of the bot's Mark it stands for
         self._told: set[str] = set()  # bot mistakes already logged for this call (once each)
         self._talking = False  # the current reply has queued audio and is still producing
         self.closed = False
@@ -281,11 +302,13 @@ class Call:
         """A VAD result, in order: advance the turn state machine."""
         event = self.detector.step(window, probability)
         if isinstance(event, SpeechStarted):
-            self._on_speech_started()
+            self._on_speech_started(event)
         elif isinstance(event, TurnEnded):
             self._on_turn_ended(event)
         elif isinstance(event, EndOfTurnQuestion):
             self._ask(event)
+        elif self._hold is not None and self.detector.speaking:
+            self._cancel_if_long(self.detector.speech_end)
         self._drop_stale_question()
         self._count_idle(len(window))
 
@@ -310,9 +333,13 @@ class Call:
 
     def playback_finished(self, reply_id: str) -> None:
         """The transport reports that the audio before playback mark `reply_id` has been heard (or cleared)."""
-        if (name := self._bot_marks.pop(reply_id, None)) is not None:
-            self._call_bot_hook("on_heard", name)
+        checkpoint = self._tape.heard(reply_id)
+        if checkpoint is None or checkpoint.kind == "resume_point":
             return
+        if checkpoint.kind == "bot_mark":
+            self._call_bot_hook("on_heard", checkpoint.label)
+            return
+        reply_id = checkpoint.reply_id
         if reply_id not in self._unheard:
             return
         self._unheard.discard(reply_id)
@@ -332,7 +359,8 @@ class Call:
         """End the call: cancel the bot (its generator is closed) and stop the worker."""
         self.closed = True
         self._vad.close()
-        tasks = (self._reply, self._worker, self._question[1] if self._question else None)
+        tasks = (self._reply, self._worker, self._question[1] if self._question else None,
+                 self._hold.verdict if self._hold is not None else None)
         for task in tasks:
             if task is not None and not task.done():
                 task.cancel()
@@ -342,11 +370,18 @@ class Call:
 
     # -- turn events -------------------------------------------------------------------------------
 
-    def _on_speech_started(self) -> None:
+    def _on_speech_started(self, event: SpeechStarted) -> None:
         self._reprompts = 0
         self.send(log("started_talking"))
-        if self.barge_in and self.bot_talking:
-            self.interrupt()
+        if self._hold is not None:
+            self._hold.onset = event.onset  # the caller speaks again while the reply is held
+        elif self.barge_in and self.bot_talking:
+            # A reply the call hangs up or transfers after is not held: talking over its last words hangs up or
+            # transfers now, as ever.
+            if self.backchannel_resume and self._hangup_after is None and self._transfer_after is None:
+                self._hold_reply(event.onset)
+            else:
+                self.interrupt()
 
     def _on_turn_ended(self, event: TurnEnded) -> None:
         self.stats.turns += 1
@@ -355,7 +390,13 @@ class Call:
         logger.info("call %s: turn of %.2f s (%s)", self.id, len(event.audio) / self.vad_rate, event.reason,
                     extra={"event": "turn", "call_id": self.id, "seconds": round(len(event.audio) / self.vad_rate, 3),
                            "reason": event.reason})
-        self._jobs.put_nowait(_Job("turn", event, speech_end_at))
+        job = _Job("turn", event, speech_end_at)
+        if self._hold is None:
+            self._jobs.put_nowait(job)
+        elif not self._cancel_if_long(event.speech_end, job):
+            self._hold.turns.append(job)
+            if self._hold.verdict is None:
+                self._hold.verdict = asyncio.create_task(self._judge_held_turns(self._hold))
 
     def _ask(self, question: EndOfTurnQuestion) -> None:
         """The caller has paused ASK_MS: show the bot the turn it gets if the turn ends here (`on_pause`), and
@@ -409,11 +450,87 @@ class Call:
         rest was not heard."""
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
+        if not self._tape.held:  # a held reply's audio was flushed when it was held
+            self.outbox.drop_audio()
+            self.outbox.put(Flush())
+        self._end_hold()
+        self._tape.clear()  # marks echoed after the clear were not heard
+        self._unheard.clear()
+        self._call_bot_hook("on_interrupted")
+
+    # -- a reply held at a barge-in --------------------------------------------------------------------
+
+    def _hold_reply(self, onset: int) -> None:
+        """Barge-in with BACKCHANNEL_RESUME: the audio stops at once (Flush) but the reply is only held: what
+        the caller had not heard is kept and its generator is not read until the caller's speech is judged."""
+        self.stats.barge_ins += 1
+        self.observer.barge_in()
+        self._tape.hold()
         self.outbox.drop_audio()
         self.outbox.put(Flush())
-        self._unheard.clear()
-        self._bot_marks.clear()  # marks echoed after the clear were not heard
-        self._call_bot_hook("on_interrupted")
+        self._playing.clear()
+        self._hold = _Hold(onset, deque())
+        self.send(log("barge_in"))
+        logger.info("call %s: barge-in: reply held", self.id, extra={"event": "barge_in", "call_id": self.id,
+                                                                      "reply": "held"})
+
+    def _cancel_if_long(self, speech_end: int, job: _Job | None = None) -> bool:
+        """Speech over the held reply longer than BACKCHANNEL_MAX_MS is a real interruption: the reply is
+        cancelled now, and the turns held meanwhile (with `job`, the one just ended) are answered."""
+        assert self._hold is not None
+        speech = speech_end - self._hold.onset
+        if speech <= self._backchannel_max_samples:
+            return False
+        self._cancel_held(f"{1000 * speech / self.vad_rate:.0f} ms of speech, over BACKCHANNEL_MAX_MS",
+                          [job] if job else [])
+        return True
+
+    def _cancel_held(self, why: str, more: list[_Job]) -> None:
+        assert self._hold is not None
+        turns = [*self._hold.turns, *more]
+        self._stop_reply()
+        for job in turns:
+            self._jobs.put_nowait(job)
+        self.send(log("reply_cancelled"))
+        logger.info("call %s: barge-in: reply cancelled (%s)", self.id, why,
+                    extra={"event": "barge_in_outcome", "call_id": self.id, "reply": "cancelled", "why": why})
+
+    def _end_hold(self) -> None:
+        """No reply is held any more (it resumes, or is stopped): stop judging the caller's turns."""
+        hold, self._hold = self._hold, None
+        self._playing.set()
+        if hold is not None and hold.verdict is not None and hold.verdict is not asyncio.current_task():
+            hold.verdict.cancel()
+
+    async def _judge_held_turns(self, hold: _Hold) -> None:
+        """Ask the bot about each short turn said over the held reply, in order: the first that is not a
+        backchannel cancels the reply and is answered; if all are, and the caller is quiet, the reply resumes."""
+        while hold.turns:
+            job = hold.turns[0]
+            if not await self._ask_is_backchannel(job.payload):
+                self._cancel_held("not a backchannel", [])
+                return
+            hold.turns.popleft()
+            logger.info("call %s: backchannel or noise (%.2f s), not answered", self.id,
+                        len(job.payload.audio) / self.vad_rate,
+                        extra={"event": "backchannel", "call_id": self.id})
+        hold.verdict = None
+        if not self.detector.speaking:
+            self._end_hold()
+            self.stats.replies_resumed += 1
+            self.send(log("reply_resumed"))
+            self._tape.replay()
+            logger.info("call %s: barge-in: reply resumed", self.id,
+                        extra={"event": "barge_in_outcome", "call_id": self.id, "reply": "resumed"})
+
+    async def _ask_is_backchannel(self, event: TurnEnded) -> bool:
+        """The bot's verdict on a short turn; a bot that raises gets the turn answered, as without the hook."""
+        try:
+            return bool(await self.bot.is_backchannel(self._bot_turn(event.audio)))
+        except Exception as exc:
+            self.observer.bot_error()
+            self._bot_mistake("hook:is_backchannel", f"the bot's is_backchannel raised: {exc!r}", exc_info=True)
+            return False
 
     # -- idle callers --------------------------------------------------------------------------------
 
@@ -494,6 +611,7 @@ class Call:
         outputs = self._outputs(job, inputs)
         try:
             async for item in outputs:
+                await self._playing.wait()  # a held reply's generator is not read further
                 if isinstance(item, tuple):
                     item = Audio(samples=item[1], sample_rate=item[0])
                 if isinstance(item, Audio):
@@ -505,7 +623,7 @@ class Call:
                         if job.kind == "turn":
                             # seconds from the end of the turn's speech to the bot's first audio being queued
                             self.observer.turn_answered(self.clock() - job.speech_end_at)
-                    self._queue_audio(item, chunker, resamplers)
+                    self._queue_audio(item, reply_id, chunker, resamplers)
                 elif isinstance(item, AdditionalOutputs):
                     self.session.publish_output(item.args)
                     self.send(ClientMessage("fetch_output", list(item.args)))
@@ -540,10 +658,10 @@ class Call:
             await outputs.aclose()
         tail = chunker.flush()
         if tail is not None:
-            self.outbox.put(AudioOut(tail))
+            self._tape.play(AudioOut(tail), reply_id)
         if started:
             self._unheard.add(reply_id)
-            self.outbox.put(PlaybackMark(reply_id))
+            self._tape.checkpoint(Checkpoint("reply_end", reply_id))
         if end_call:
             if reply_id in self._unheard:
                 self._hangup_after = reply_id
@@ -621,10 +739,8 @@ class Call:
         """The bot's Mark: after the audio yielded before it (its last partial frame too), a playback mark."""
         tail = chunker.flush()
         if tail is not None:
-            self.outbox.put(AudioOut(tail))
-        marker = f"{reply_id}/{len(self._bot_marks) + 1}"
-        self._bot_marks[marker] = name
-        self.outbox.put(PlaybackMark(marker))
+            self._tape.play(AudioOut(tail), reply_id)
+        self._tape.checkpoint(Checkpoint("bot_mark", reply_id, name))
 
     def _call_bot_hook(self, hook: str, *args: Any) -> None:
         try:
@@ -644,7 +760,7 @@ class Call:
         logger.warning("call %s: %s", self.id, message, exc_info=exc_info,
                        extra={"event": "bot_error", "call_id": self.id, "error": message})
 
-    def _queue_audio(self, item: Audio, chunker: Rechunker, resamplers: dict[int, Resampler]) -> None:
+    def _queue_audio(self, item: Audio, reply_id: str, chunker: Rechunker, resamplers: dict[int, Resampler]) -> None:
         samples = np.asarray(item.samples)
         if np.issubdtype(samples.dtype, np.floating) and samples.size:
             peak = float(np.max(np.abs(samples)))
@@ -659,4 +775,4 @@ class Call:
                 resamplers[item.sample_rate] = Resampler(item.sample_rate, self.outbound_rate)
             samples = resamplers[item.sample_rate].process(samples)
         for frame in chunker.push(samples):
-            self.outbox.put(AudioOut(frame))
+            self._tape.play(AudioOut(frame), reply_id)

@@ -62,6 +62,12 @@ class TransferCall:
 Outbound = AudioOut | ClientMessage | Flush | PlaybackMark | Hangup | TransferCall
 
 
+def ends_reply(mark_name: str) -> bool:
+    """Whether a playback mark is a reply's end: the marks inside a reply (a bot's Mark, a resume point) are
+    named with a "/" (callbridge.core.playback)."""
+    return "/" not in mark_name
+
+
 def jsonable(value: Any) -> Any:
     """Turn bot outputs (numpy arrays and scalars, tuples, anything else) into JSON-encodable values."""
     if value is None or isinstance(value, str | int | float | bool):

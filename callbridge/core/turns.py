@@ -120,6 +120,12 @@ class TurnDetector:
         """The caller is in a turn: from its speech start until the pause (or length) that ends it."""
         return self._speaking
 
+    @property
+    def speech_end(self) -> int:
+        """While speaking: the sample position just past the turn's last speech window so far (a turn's
+        `speech_end` once it ends), so the speech's length is known before the turn ends."""
+        return self._position - (len(self._turn) - self._turn_speech_windows) * self.config.window_samples
+
     def step(self, window: np.ndarray, p: float) -> TurnEvent | None:
         """Advance by one VAD window (int16, `config.window_samples` long) whose speech probability is p."""
         cfg = self.config

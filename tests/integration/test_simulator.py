@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from callbridge.core.messages import ends_reply
 from tests.integration.conftest import ROOT
 from tests.speech import have_tools, peak_correlation, read_wav, silence, speech, write_wav
 
@@ -35,6 +36,11 @@ def timeline(stdout: str) -> list[tuple[float, str, str]]:
 
 def first(events: list[tuple[float, str, str]], kind: str, detail: str = "") -> float:
     return next(t for t, k, d in events if k == kind and d.startswith(detail))
+
+
+def reply_heard_to_its_end(events: list[tuple[float, str, str]]) -> float:
+    """When the first reply's end mark was echoed (the marks inside a reply are its resume points)."""
+    return next(t for t, k, d in events if k == "mark_echo" and ends_reply(d))
 
 
 def latency_ms(stdout: str, what: str = "turn 1") -> int:
@@ -100,11 +106,13 @@ def test_dtmf_is_pressed_once_the_reply_is_heard_and_each_answer_awaited(server_
     assert len(replies) == 3, result.stdout  # the echo, digit 2's beep, '#''s goodbye
     # In the order they happened (the timeline is printed so): the digit goes as soon as the echo's mark comes
     # back, often within the same millisecond, so the printed times alone cannot order them.
-    order = [k if k != "dtmf" else f"dtmf {d}" for _, k, d in events if k in ("reply", "mark_echo", "dtmf")]
+    # Only a reply's end mark counts as its echo (the others are its resume points).
+    order = [f"dtmf {d}" if k == "dtmf" else k for _, k, d in events
+             if k in ("reply", "dtmf") or (k == "mark_echo" and ends_reply(d))]
     replies_at = [i for i, k in enumerate(order) if k == "reply"]
     echo_heard, two, hash_ = order.index("mark_echo"), order.index("dtmf 2"), order.index("dtmf #")
     assert replies_at[0] < echo_heard < two < replies_at[1] < hash_ < replies_at[2], result.stdout
-    assert first(events, "mark_echo") <= first(events, "dtmf", "2"), result.stdout
+    assert reply_heard_to_its_end(events) <= first(events, "dtmf", "2"), result.stdout
     assert "0.30 s heard" in replies[1][1] and "0.50 s heard" in replies[2][1], result.stdout
     assert latency_ms(result.stdout, "digit 2") < 500
     assert "the server closed the socket" in next(d for _, k, d in events if k == "hangup"), "the bot hung up"
@@ -115,7 +123,7 @@ def test_the_caller_waits_for_a_greeting_unless_told_to_talk_over_it(server_fact
     polite = call("--say", HELLO, "--url", server.url)
     assert polite.returncode == 0, polite.stdout + polite.stderr
     events = timeline(polite.stdout)
-    greeting_heard = first(events, "mark_echo")  # the 2 s greeting played to its end
+    greeting_heard = reply_heard_to_its_end(events)  # the 2 s greeting played to its end
     assert first(events, "reply") + 1.9 < greeting_heard < first(events, "speech_start"), polite.stdout
     assert not any(k == "clear" for _, k, _ in events)
     assert "turn 1: end of speech -> first reply audio" in polite.stdout
@@ -144,7 +152,7 @@ def test_hold_keeps_the_line_open_in_silence_and_the_echo_bot_never_hangs_up_on_
     assert [k for _, k, _ in events].count("reply") == 1, result.stdout  # the echo, nothing while idle
     hangup = next((t, d) for t, k, d in events if k == "hangup")
     assert hangup[1] == "the caller sent stop", result.stdout
-    assert hangup[0] - first(events, "mark_echo") >= 4 - 0.1, "held 4 s after the echo was heard"
+    assert hangup[0] - reply_heard_to_its_end(events) >= 4 - 0.1, "held 4 s after the echo was heard"
     assert "idle caller" not in server.logs()
 
 

@@ -266,6 +266,30 @@ async def test_a_turn_reports_its_stage_timings_once_its_first_audio_is_out(offl
     assert outputs.index(timings[0]) == first_audio + 1
 
 
+@pytest.mark.parametrize(("text", "backchannel"), [
+    ("Uh-huh.", True), ("Okay.", True), ("Yeah.", True), ("I see.", True), ("Right.", True),
+    ("No.", False), ("Wait.", False), ("Stop.", False), ("What?", False),
+])
+async def test_a_short_turn_over_the_reply_is_a_backchannel_by_its_words(offline: Stages, text: str,
+                                                                         backchannel: bool) -> None:
+    bot = AssistantBot(CALL, offline)
+    assert await bot.is_backchannel(Turn(audio=phone_speech(text), sample_rate=16000)) is backchannel
+
+
+async def test_a_noise_without_words_is_a_backchannel(offline: Stages) -> None:
+    noise = (np.random.default_rng(7).standard_normal(16000 * 2 // 5) * 300).astype(np.int16)
+    assert await AssistantBot(CALL, offline).is_backchannel(Turn(audio=noise, sample_rate=16000))
+
+
+def test_backchannel_words_and_whisper_notes_are_backchannels_and_other_words_not() -> None:
+    from callbridge.bots.assistant.bot import is_backchannel_text
+
+    for text in ("", "Uh-huh.", "Mm-hmm, okay.", "Yeah, yeah, got it.", "All right.", "[BLANK_AUDIO]", "(coughing)"):
+        assert is_backchannel_text(text), text
+    for text in ("No.", "Wait, stop.", "Okay, but what time?", "Sorry, I meant Thursday.", "you"):
+        assert not is_backchannel_text(text), text
+
+
 async def test_an_idle_caller_is_asked_from_the_dialog_file_and_the_question_joins_the_history(
     offline: Stages, whisper: LocalWhisper
 ) -> None:
@@ -336,3 +360,14 @@ async def test_speech_after_the_pause_gets_the_whole_turn_transcribed(server: Fa
     assert said(outputs, "user") == ["If it is not too late, I will come in."]
     sent = transcriptions(server)
     assert len(sent) == 2 and len(sent[1]) > len(sent[0])  # the guess is not used: the whole turn is transcribed
+
+
+async def test_an_interruption_judged_by_its_words_is_answered_without_transcribing_it_again(
+        server: FakeOpenAI, online: Online) -> None:
+    bot = online()(CALL)
+    wait = phone_speech("Wait, when do you close?")
+    server.transcripts.extend(["Wait, when do you close?", "a second transcription"])
+    assert not await bot.is_backchannel(Turn(wait, 16000))
+    outputs = await collect(bot.reply(Turn(wait, 16000)))
+    assert said(outputs, "user") == ["Wait, when do you close?"]
+    assert len(transcriptions(server)) == 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
@@ -61,6 +62,20 @@ APOLOGY = "Sorry, I'm having trouble right now. Please try again in a moment."
 DEFAULT_GREETING = "Hello! How can I help you?"
 GOODBYE = "Thank you for calling. Goodbye!"
 FAREWELL = "Sorry, this line is closing now. Please call again later. Goodbye!"
+#: What a listener says over a reply without asking for the floor, as words (a transcript's letters,
+#: lower-cased, hyphens and punctuation as spaces). "no", "wait", "stop", "sorry" are not among them.
+BACKCHANNEL_PHRASES = ("uh huh", "mm hmm", "mhm", "hmm", "mm", "uh", "um", "ah", "oh", "okay", "ok", "yeah", "yes",
+                       "yep", "yup", "right", "all right", "alright", "sure", "got it", "i see", "cool", "great",
+                       "exactly", "i know", "makes sense")
+_BACKCHANNEL = re.compile(rf"(?:(?:{'|'.join(sorted(BACKCHANNEL_PHRASES, key=len, reverse=True))})\b\s*)*")
+#: Whisper's notes on sounds that are not words: "[BLANK_AUDIO]", "(coughing)", "*sighs*".
+_SOUND_NOTE = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*")
+
+
+def is_backchannel_text(transcript: str) -> bool:
+    """Whether a short turn's transcript is a backchannel or no words at all (a noise)."""
+    words = " ".join(re.sub(r"[^a-z']+", " ", _SOUND_NOTE.sub(" ", transcript.lower())).split())
+    return _BACKCHANNEL.fullmatch(words) is not None
 IDLE_PROMPT = "Are you still there?"
 IDLE_GOODBYE = "I haven't heard anything, so I'll hang up now. Thank you for calling, goodbye!"
 TRANSFERRING = "One moment, I'll transfer you now."
@@ -200,7 +215,7 @@ class AssistantBot(Bot):
         self._unheard: dict[str, tuple[_Sentence, _Reply]] = {}
         self._mark_numbers = itertools.count(1)
         self._speaking: _Reply | None = None
-        self._early: tuple[np.ndarray, asyncio.Task[str]] | None = None  # a transcription begun at a pause
+        self._early: tuple[np.ndarray, asyncio.Future[str]] | None = None  # a transcription begun early
 
     @property
     def tools(self) -> tuple[Tool, ...]:
@@ -305,6 +320,24 @@ class AssistantBot(Bot):
         if name in self._unheard:
             sentence, _ = self._unheard.pop(name)
             sentence.heard = True
+
+    async def is_backchannel(self, turn: Turn) -> bool:
+        """Its words say so (`is_backchannel_text`). An STT failure takes the turn for a real one: it is
+        answered (with the apology) as it would be without the hook. The words come from the transcription
+        begun at the pause when there is one, and an interruption's are kept for the reply to it."""
+        try:
+            text = await self._transcript(turn)
+        except StageError as exc:
+            self._report(exc)
+            return False
+        backchannel = is_backchannel_text(text)
+        if not backchannel:  # the reply that answers this turn reuses its words
+            self._early = (turn.audio, asyncio.get_running_loop().create_future())
+            self._early[1].set_result(text)
+        logger.info("call %s: short turn over the reply, heard as %r: %s", self.call.call_id, text,
+                    "a backchannel" if backchannel else "an interruption",
+                    extra={"event": "assistant_backchannel", "call_id": self.call.call_id, "backchannel": backchannel})
+        return backchannel
 
     def on_interrupted(self) -> None:
         """Every sentence not heard by now never will be: the replies they belong to were cut off, and so
