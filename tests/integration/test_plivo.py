@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 import pytest
 from websockets.asyncio.client import connect
 
+from callbridge.core.messages import ends_reply
 from callbridge.simulator import Dtmf, Pause, SimulatedCaller, Speak, WaitForReply, webhook
 from tests.integration.clients import raw_exchange
 from tests.integration.plivo_caller import ACCOUNT, PlivoCaller, answer_params, post_answer_url, start_message
@@ -43,8 +44,11 @@ async def test_echo_call_over_plivo(echo_server):
     assert len(report.reply_starts) == 1
     assert peak_correlation(report.heard_audio, said) > 0.9
     assert abs(len(report.heard_audio) / RATE - (len(said) / RATE + 0.2)) < 0.15
-    # One checkpoint after the reply, answered with playedStream once heard.
-    assert report.marks_received == report.marks_echoed and len(report.marks_echoed) == 1
+    # Every checkpoint answered with playedStream once heard; one ends the reply, the others are its resume
+    # points (one every 0.5 s: callbridge.core.playback).
+    assert report.marks_received == report.marks_echoed
+    assert len([name for name in report.marks_echoed if ends_reply(name)]) == 1
+    assert len(report.marks_echoed) - 1 == int((len(report.heard_audio) / RATE - 0.001) // 0.5)
     assert report.stall_seconds == 0 and report.max_buffered_seconds < 0.2
     assert 0.512 - 0.064 <= report.turn_latencies()[0] < 2.0
     await asyncio.sleep(0.3)
@@ -66,8 +70,10 @@ async def test_barge_in_sends_clear_audio(echo_server):
     assert report.received_samples - len(interrupt) - 0.2 * RATE < len(story) * 0.8, "the first reply stopped"
     assert len(report.reply_starts) == 2
     assert peak_correlation(report.heard_audio[-len(interrupt) - 1600 :], interrupt) > 0.9
-    # The cleared reply's checkpoint is never answered (Plivo answers played audio only); the second's is.
-    assert report.marks_echoed == report.marks_received[-1:]
+    # Plivo answers only the checkpoints whose audio played (the caller drops those pending at the clear): the
+    # call needs no answer for the cleared reply, and tracks the second one to its end.
+    reply_ends = [name for name in report.marks_received if ends_reply(name)]
+    assert [name for name in report.marks_echoed if ends_reply(name)] == reply_ends[-1:]
 
 
 async def test_hang_up_waits_for_played_stream(server_factory):
