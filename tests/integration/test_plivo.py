@@ -203,3 +203,21 @@ async def test_a_token_opens_one_plivo_stream(hostile_server, healthy_plivo_call
         await ws.send(start_message(replay, call_id, extra))
         await asyncio.wait_for(ws.wait_closed(), 5.0)
     assert (ws.close_code, ws.close_reason) == (1008, "call token already used: it opens one stream")
+
+
+async def test_an_uh_huh_over_a_reply_resumes_it_from_the_last_played_checkpoint(echo_server):
+    """BACKCHANNEL_RESUME over Plivo: the reply resumes from the last checkpoint Plivo said was played (it never
+    answers the ones `clearAudio` dropped), so the caller hears all of the echo, repeating at most 0.5 s."""
+    story = speech(STORY, RATE)
+    caller = PlivoCaller(echo_server.url, [
+        Pause(0.3), Speak(story), WaitForReply("start"), Pause(2.0), Speak(speech("Uh-huh.", RATE)),
+        WaitForReply("heard", timeout=20)])
+    report = await caller.run()
+    assert len(report.clears) == 1 and caller.cleared_answered == 1
+    echo = len(story) / RATE + 0.2  # the turn and its pre-roll
+    heard = report.heard_audio
+    assert echo - 0.1 <= len(heard) / RATE <= echo + 0.5 + 0.1, (len(heard) / RATE, echo)
+    assert peak_correlation(heard[-4 * RATE :], story[-3 * RATE :]) > 0.9, "the resumed audio goes on to the end"
+    assert len([name for name in report.marks_echoed if ends_reply(name)]) == 1, report.marks_echoed
+    await asyncio.sleep(0.3)
+    assert f"call {caller.stream_sid} ended: 2 turns, 1 barge-ins (1 resumed)" in echo_server.logs()
