@@ -17,6 +17,7 @@ from callbridge.bots.base import CallInfo
 from callbridge.bots.loader import BotFactory
 from callbridge.core.call import Call
 from callbridge.core.end_of_turn import EndOfTurnAsker, EndOfTurnModel
+from callbridge.core.session import Session
 from callbridge.core.turns import TurnConfig
 from callbridge.core.vad import VadBatcher
 from callbridge.metrics import Metrics
@@ -54,6 +55,7 @@ class Services:
     end_of_turn: EndOfTurnAsker | None = None  # END_OF_TURN=model's one model for every call
     draining: bool = False
     calls: dict[str, Call] = field(default_factory=dict)
+    sessions: dict[str, Session] = field(default_factory=dict)  # calls without a runtime here (open_session)
     problem: str = ""  # why the service cannot take calls at all (the bot could not start); /readyz says it
     twilio_rest: TwilioRest | None = None  # outbound calls and transfers; None without REST credentials
 
@@ -103,18 +105,41 @@ class Services:
             return Admission("full", calls, f"at capacity ({calls} calls, CONCURRENCY_LIMIT={self.registry.limit})")
         return Admission("ready", calls)
 
+    async def _claim(self, call_id: str, transport: str) -> Session:
+        """A registry slot for a new call: the one limit for every transport; raises a RegistryError when refused."""
+        if self.vad is None or self.draining:
+            raise ServiceUnavailable("the service is not accepting calls right now")
+        try:
+            return await self.registry.open(call_id, transport)
+        except ConcurrencyLimitReached:
+            self.metrics.rejections.inc()
+            raise
+
+    async def open_session(self, call_id: str, transport: str) -> Session:
+        """A call without audio here (ConversationRelay: the carrier does the speech): its slot and its count,
+        no Call runtime (no VAD, no bot); raises a RegistryError when refused. `end_session` frees it; a drain
+        gives it the grace period, then the edge closes its socket."""
+        session = await self._claim(call_id, transport)
+        self.sessions[call_id] = session
+        self.metrics.calls.labels(transport).inc()
+        self.metrics.calls_in_progress.labels(transport).inc()
+        log.info("call %s started on %s", call_id, transport,
+                 extra={"event": "call_start", "call_id": call_id, "transport": transport})
+        return session
+
+    async def end_session(self, session: Session, turns: int) -> None:
+        del self.sessions[session.id]
+        await self.registry.close(session.id)
+        self.metrics.calls_in_progress.labels(session.transport).dec()
+        log.info("call %s ended: %d turns", session.id, turns,
+                 extra={"event": "call_end", "call_id": session.id, "transport": session.transport, "turns": turns})
+
     async def open_call(
         self, call_id: str, transport: str, *, inbound_rate: int, outbound_rate: int,
         parameters: dict[str, str] | None = None,
     ) -> Call:
         """Claim a registry slot and build the call's runtime; raises a RegistryError when refused."""
-        if self.vad is None or self.draining:
-            raise ServiceUnavailable("the service is not accepting calls right now")
-        try:
-            session = await self.registry.open(call_id, transport)
-        except ConcurrencyLimitReached:
-            self.metrics.rejections.inc()
-            raise
+        session = await self._claim(call_id, transport)
         parameters = dict(parameters or {})
         # The webhook's TwiML says which way the call goes and what answered it (callbridge.web.telephone).
         direction = "outbound" if parameters.pop("Direction", "") == "outbound" else "inbound"
@@ -165,7 +190,7 @@ class Services:
         log.info("draining: %d calls in progress, grace %.0f s", len(self.calls), grace_seconds,
                  extra={"event": "drain", "calls": len(self.calls)})
         deadline = loop.time() + grace_seconds
-        while self.calls and loop.time() < deadline:
+        while (self.calls or self.sessions) and loop.time() < deadline:
             await asyncio.sleep(0.1)
         if self.calls:
             log.info("grace period over: saying goodbye to %d calls", len(self.calls))

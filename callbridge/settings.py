@@ -85,6 +85,11 @@ class Settings(BaseSettings):
     # A per-call token opens its stream within this long of the webhook (Twilio connects within a second or two).
     call_token_seconds: float = Field(30.0, gt=0, le=600)
 
+    # --- Twilio ConversationRelay (POST /relay/incoming: Twilio does the speech, the assistant's brain answers) ---
+    # The TwiML's language (BCP-47) and Twilio's TTS voice for it ("": Twilio's default voice for the language).
+    relay_language: str = Field("en-US", pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+    relay_voice: str = Field("", max_length=100)
+
     # --- Plivo --------------------------------------------------------------------------------------
     # POST /plivo/incoming checks X-Plivo-Signature-V3 with PLIVO_AUTH_TOKEN (unset: unchecked); with
     # PLIVO_AUTH_ID, a stream whose start names another account is refused.

@@ -24,7 +24,7 @@ from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Pla
 from callbridge.edge.websocket import ClientGone, Route, WebSocket
 from callbridge.services import Services
 from callbridge.sessions.registry import ConnectionAlreadyExists, RegistryError
-from callbridge.transports import browser, plivo, twilio
+from callbridge.transports import browser, plivo, relay, twilio
 from callbridge.transports.media import (
     INTERNAL_ERROR,
     NORMAL,
@@ -313,8 +313,8 @@ class MediaSocket:
 
 def media_routes(services: Services) -> dict[str, Route]:
     """The edge's media WebSocket routes: Twilio's stream, Plivo's (its per-call token, made by the signed
-    webhook, is its check) and the browser's µ-law socket (only pages of the allowed origins may open that one;
-    the carriers send no Origin)."""
+    webhook, is its check), the browser's µ-law socket (only pages of the allowed origins may open that one;
+    the carriers send no Origin) and ConversationRelay's text socket."""
     settings = services.settings
     max_bytes = settings.max_message_bytes
 
@@ -338,7 +338,13 @@ def media_routes(services: Services) -> dict[str, Route]:
     def browser_origin(headers: dict[str, str]) -> str | None:
         return settings.origin_refusal(headers.get("origin"), headers.get("host", ""))
 
+    async def relay_session(ws: WebSocket) -> None:
+        from callbridge.edge.relay import relay_socket  # it imports the assistant: only once a session comes
+
+        await relay_socket(services, ws)
+
     ping, send = settings.media_ping_timeout_seconds, settings.media_send_timeout_seconds
     return {twilio.PATH: Route(twilio_stream, ping, send),
             plivo.PATH: Route(plivo_stream, ping, send),
-            browser.PATH: Route(browser_socket, ping, send, admission=browser_origin)}
+            browser.PATH: Route(browser_socket, ping, send, admission=browser_origin),
+            relay.PATH: Route(relay_session, ping, send)}

@@ -100,7 +100,8 @@ class MediaProtocol(Protocol):
     def error(self, error: ProtocolError) -> str | None: ...
 
 
-def parse_message(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
+def parse_message(raw: str | bytes, max_bytes: int, kind: str = "event") -> dict[str, Any]:
+    """One JSON object whose `kind` member (Media Streams' "event", ConversationRelay's "type") is a string."""
     if isinstance(raw, bytes):
         raise ProtocolError("binary frames are not part of this protocol; send JSON text", UNSUPPORTED_DATA)
     if len(raw) > max_bytes:
@@ -111,8 +112,8 @@ def parse_message(raw: str | bytes, max_bytes: int) -> dict[str, Any]:
         raise ProtocolError("message is not valid JSON", INVALID_PAYLOAD) from None
     if not isinstance(message, dict):
         raise ProtocolError("message must be a JSON object", INVALID_PAYLOAD)
-    if not isinstance(message.get("event"), str):
-        raise ProtocolError('message has no "event" string', INVALID_PAYLOAD)
+    if not isinstance(message.get(kind), str):
+        raise ProtocolError(f'message has no "{kind}" string', INVALID_PAYLOAD)
     return message
 
 
@@ -121,7 +122,8 @@ def field_of(message: dict[str, Any], *path: str, kind: type = str) -> Any:
     value: Any = message
     for key in path:
         if not isinstance(value, dict) or key not in value:
-            raise ProtocolError(f"{message['event']!r} message lacks {'.'.join(path)}", INVALID_PAYLOAD)
+            what = message.get("event", message.get("type"))  # the message's kind, as parse_message checked it
+            raise ProtocolError(f"{what!r} message lacks {'.'.join(path)}", INVALID_PAYLOAD)
         value = value[key]
     if not isinstance(value, kind):
         raise ProtocolError(f"{'.'.join(path)} must be a {kind.__name__}", INVALID_PAYLOAD)

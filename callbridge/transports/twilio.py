@@ -65,11 +65,10 @@ def _token_mac(secret: bytes, call_sid: str, expires_ms: int) -> str:
     return hmac.new(secret, f"{call_sid}.{expires_ms}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def token_valid_for(secret: bytes, token: str, call_id: str, now: float, webhook: str) -> float:
-    """Seconds `token` remains valid for `call_id` at Unix time `now`; raises ProtocolError if it is forged or
-    expired (`webhook` is where a real call starts). Any carrier's stream checks its token with this."""
+def token_valid_for(secret: bytes, token: str, call_sid: str, now: float, webhook: str) -> float:
+    """Seconds `token` (from `webhook`) remains valid for `call_sid`; raises ProtocolError if forged or expired."""
     parts = _TOKEN.fullmatch(token)
-    if parts is None or not hmac.compare_digest(parts[2], _token_mac(secret, call_id, int(parts[1]))):
+    if parts is None or not hmac.compare_digest(parts[2], _token_mac(secret, call_sid, int(parts[1]))):
         raise ProtocolError(f"invalid or missing call token (start the call through {webhook})")
     valid_for = int(parts[1]) / 1000 - now
     if valid_for <= 0:

@@ -18,6 +18,7 @@ from callbridge.web.calls import calls
 from callbridge.web.health import health
 from callbridge.web.io import io
 from callbridge.web.plivo import plivo
+from callbridge.web.relay import relay
 from callbridge.web.responses import JsonProvider
 from callbridge.web.softphone import softphone
 from callbridge.web.telephone import telephone
@@ -33,6 +34,7 @@ def create_app(services: Services) -> Quart:
     app.register_blueprint(health(services))
     app.register_blueprint(io(services))
     app.register_blueprint(telephone(services))
+    app.register_blueprint(relay(services))
     app.register_blueprint(plivo(services))
     app.register_blueprint(calls(services))
     # Registered before the app's own after_serving below: at shutdown it closes the peer connections still
