@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("callbridge")
 #: Transports whose callers are on a phone: they can never send `set_input`.
-PHONE_TRANSPORTS = frozenset({"twilio", "telnyx", "vonage"})
+PHONE_TRANSPORTS = frozenset({"twilio", "telnyx", "vonage", "plivo"})
 
 
 @dataclass(frozen=True)

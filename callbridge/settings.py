@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     # The account's Ed25519 public key (base64): when set, every TeXML webhook must carry a valid signature.
     telnyx_public_key: str = ""
 
+    # --- Plivo --------------------------------------------------------------------------------------
+    # POST /plivo/incoming checks X-Plivo-Signature-V3 with PLIVO_AUTH_TOKEN (unset: unchecked); with
+    # PLIVO_AUTH_ID, a stream whose start names another account is refused.
+    plivo_auth_id: str = ""
+    plivo_auth_token: str = Field("", repr=False)
+
     # --- turn-taking --------------------------------------------------------------------------------
     vad_backend: Literal["onnx", "torch"] = "onnx"
     # Where batched inference runs: "thread" (beside the event loop, on another core), "loop" (on the event

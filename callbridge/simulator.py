@@ -236,6 +236,7 @@ class SimulatedCaller:
         self.hangup_when_done = hangup_when_done
         self.report = CallReport()
         self.stream_sid = ""
+        self._call_sid = ""
         self._buffer: deque[np.ndarray] = deque()
         self._buffered = 0
         self._received_total = 0
@@ -250,34 +251,45 @@ class SimulatedCaller:
     def now(self) -> float:
         return time.monotonic() - self._t0
 
-    async def run(self) -> CallReport:
-        self._t0 = time.monotonic()
-        try:
-            stream_url, params = await asyncio.to_thread(
-                webhook, self.base_url, self.auth_token, self.public_url, self.webhook_path, **self.webhook_form
-            )
-        except RuntimeError as exc:
-            self.report.rejected = str(exc)
-            return self.report
-        call_sid = params.pop("CallSid")
+    def _answer(self) -> tuple[str, dict[str, str], list[str]]:
+        """The call as the carrier starts it (blocking): the webhook, then the stream's URL, the upgrade's
+        headers and the stream's first messages. Raises RuntimeError when the webhook refuses the call."""
+        stream_url, params = webhook(self.base_url, self.auth_token, self.public_url, self.webhook_path,
+                                     **self.webhook_form)
+        self._call_sid = params.pop("CallSid")
         path = urllib.parse.urlsplit(stream_url).path
         ws_url = self.base_url.replace("http://", "ws://").replace("https://", "wss://") + path
         headers = {}
         if self.auth_token:
             headers["X-Twilio-Signature"] = RequestValidator(self.auth_token).compute_signature(stream_url, {})
-        stream_sid = "MZ" + secrets.token_hex(16)
+        self.stream_sid = "MZ" + secrets.token_hex(16)
+        return ws_url, headers, [json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
+                                 start_message(self.stream_sid, self._call_sid, params)]
+
+    #: How `_hang_up` hangs up, for the timeline.
+    hangup_note = "the caller sent stop"
+
+    async def _hang_up(self, ws) -> None:
+        await ws.send(stop_message(self.stream_sid, self._call_sid))
+
+    async def run(self) -> CallReport:
+        self._t0 = time.monotonic()
+        try:
+            ws_url, headers, opening = await asyncio.to_thread(self._answer)
+        except RuntimeError as exc:
+            self.report.rejected = str(exc)
+            return self.report
         async with connect(ws_url, additional_headers=headers, max_size=None, open_timeout=10) as ws:
             self.ws = ws
-            self.stream_sid = stream_sid
-            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
-            await ws.send(start_message(stream_sid, call_sid, params))
+            for message in opening:
+                await ws.send(message)
             receiver = asyncio.create_task(self._receive(ws))
             try:
                 await self._send_script(ws)
                 if self.hangup_when_done:
-                    await ws.send(stop_message(stream_sid, call_sid))
                     self._stopped = True
-                    self.report.log(self.now(), "hangup", "the caller sent stop")
+                    self.report.log(self.now(), "hangup", self.hangup_note)
+                    await self._hang_up(ws)
                     await asyncio.wait_for(asyncio.shield(receiver), 5)
                 else:
                     await receiver
@@ -362,7 +374,22 @@ class SimulatedCaller:
             _, name = self._pending_marks.popleft()
             self.report.marks_echoed.append(name)
             self.report.log(self.now(), "mark_echo", name)
-            await ws.send(json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}}))
+            await ws.send(self._mark_echo(name))
+
+    def _mark_echo(self, name: str) -> str:
+        """The message saying the audio before mark `name` has played."""
+        return json.dumps({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
+
+    def _media_message(self, chunk: int, payload: str) -> str:
+        """The caller's `chunk`th 20 ms frame, base64 µ-law."""
+        return json.dumps({
+            "event": "media", "sequenceNumber": str(chunk + 1), "streamSid": self.stream_sid,
+            "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str(chunk * 20), "payload": payload},
+        })
+
+    def _dtmf_message(self, digit: str) -> str:
+        return json.dumps({"event": "dtmf", "streamSid": self.stream_sid,
+                           "dtmf": {"track": "inbound_track", "digit": digit}})
 
     def _play_frame(self) -> None:
         """Twilio's player: 20 ms of whatever is buffered; an empty buffer mid-reply is a stall."""
@@ -460,17 +487,13 @@ class SimulatedCaller:
                 self.report.speech_starts.append(t - TICK)
                 self.report.log(t - TICK, "speech_start", f"turn {len(self.report.speech_starts)}")
             payload = base64.b64encode(ulaw_encode(frame)).decode()
-            await ws.send(json.dumps({
-                "event": "media", "sequenceNumber": str(chunk + 1), "streamSid": self.stream_sid,
-                "media": {"track": "inbound", "chunk": str(chunk), "timestamp": str(chunk * 20), "payload": payload},
-            }))
+            await ws.send(self._media_message(chunk, payload))
             if marker in ("last", "only"):
                 self.report.speech_ends.append(self.now())
                 self.report.log(self.now(), "speech_end", f"turn {len(self.report.speech_ends)}")
             if marker == "dtmf" and isinstance(step, Dtmf):
                 for digit in step.digits:
-                    await ws.send(json.dumps({"event": "dtmf", "streamSid": self.stream_sid,
-                                              "dtmf": {"track": "inbound_track", "digit": digit}}))
+                    await ws.send(self._dtmf_message(digit))
                     self.report.log(self.now(), "dtmf", digit)
             self._play_frame()
             await self._echo_marks(ws)

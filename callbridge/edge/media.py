@@ -24,7 +24,7 @@ from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Pla
 from callbridge.edge.websocket import ClientGone, Route, WebSocket
 from callbridge.services import Services
 from callbridge.sessions.registry import ConnectionAlreadyExists, RegistryError
-from callbridge.transports import browser, relay, telnyx, twilio, vonage
+from callbridge.transports import browser, plivo, relay, telnyx, twilio, vonage
 from callbridge.transports.media import (
     INTERNAL_ERROR,
     NORMAL,
@@ -317,9 +317,9 @@ class MediaSocket:
 
 
 def media_routes(services: Services) -> dict[str, Route]:
-    """The edge's media WebSocket routes: Twilio's and Telnyx's streams, Vonage's socket, the browser's µ-law
-    socket (only pages of the allowed origins may open that one; the carriers send no Origin) and
-    ConversationRelay's text socket."""
+    """The edge's media WebSocket routes: Twilio's, Telnyx's and Plivo's streams and Vonage's socket (each
+    admitted by its per-call token, made by the signed webhook), the browser's µ-law socket (only pages of the
+    allowed origins may open that one; the carriers send no Origin) and ConversationRelay's text socket."""
     settings = services.settings
     max_bytes = settings.max_message_bytes
 
@@ -343,6 +343,10 @@ def media_routes(services: Services) -> dict[str, Route]:
         secret = twilio.token_secret(settings.call_token_secret, settings.twilio_auth_token)
         await MediaSocket(services, ws, telnyx.TelnyxProtocol(secret, max_bytes)).run()
 
+    async def plivo_stream(ws: WebSocket) -> None:
+        secret = twilio.token_secret(settings.call_token_secret, settings.plivo_auth_token)
+        await MediaSocket(services, ws, plivo.PlivoProtocol(secret, max_bytes, settings.plivo_auth_id)).run()
+
     async def browser_socket(ws: WebSocket) -> None:
         await MediaSocket(services, ws, browser.BrowserProtocol(max_bytes)).run()
 
@@ -357,6 +361,7 @@ def media_routes(services: Services) -> dict[str, Route]:
     ping, send = settings.media_ping_timeout_seconds, settings.media_send_timeout_seconds
     return {twilio.PATH: Route(twilio_stream, ping, send),
             telnyx.PATH: Route(telnyx_stream, ping, send),
+            plivo.PATH: Route(plivo_stream, ping, send),
             browser.PATH: Route(browser_socket, ping, send, admission=browser_origin),
             relay.PATH: Route(relay_session, ping, send),
             vonage.PATH: Route(vonage_socket, ping, send)}

@@ -17,6 +17,7 @@ from callbridge.services import Services
 from callbridge.web.calls import calls
 from callbridge.web.health import health
 from callbridge.web.io import io
+from callbridge.web.plivo import plivo
 from callbridge.web.relay import relay
 from callbridge.web.responses import JsonProvider
 from callbridge.web.softphone import softphone
@@ -38,6 +39,7 @@ def create_app(services: Services) -> Quart:
     app.register_blueprint(relay(services))
     app.register_blueprint(vonage(services))
     app.register_blueprint(telnyx(services))
+    app.register_blueprint(plivo(services))
     app.register_blueprint(calls(services))
     # Registered before the app's own after_serving below: at shutdown it closes the peer connections still
     # open, then the calls are ended.
