@@ -307,6 +307,8 @@ def main() -> None:
     parser.add_argument("--levels", default="1,8")
     parser.add_argument("--turns", type=int, default=5, help="calls (one question each) per call slot")
     parser.add_argument("--pause-ms", type=int, default=512)
+    parser.add_argument("--end-of-turn", choices=("silence", "model"), default="silence", help="END_OF_TURN")
+    parser.add_argument("--ask-ms", type=int, default=150, help="END_OF_TURN_ASK_MS: when transcription starts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/work/assistant")
     parser.add_argument("--report", type=Path, help="only print the table of an earlier run's assistant.json")
     args = parser.parse_args()
@@ -327,6 +329,7 @@ def main() -> None:
         for stack in args.stacks.split(","):
             env = {"BOT": "assistant", "HOST": "127.0.0.1", "PORT": "{port}", "LOG_LEVEL": "INFO",
                    "GREETING": "Hello.", "PAUSE_MS": str(args.pause_ms), "CONCURRENCY_LIMIT": "50",
+                   "END_OF_TURN": args.end_of_turn, "END_OF_TURN_ASK_MS": str(args.ask_ms),
                    **stack_env(stack, fake.base_url)}
             spec = ServerSpec(stack, (sys.executable, "-m", "callbridge"), env, "/readyz", "gap", True,
                               args.pause_ms)

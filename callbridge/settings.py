@@ -119,9 +119,11 @@ class Settings(BaseSettings):
     # "model": at END_OF_TURN_ASK_MS of silence Smart Turn judges the turn, and ends it at once if the probability
     # reaches END_OF_TURN_THRESHOLD; PAUSE_MS still ends it otherwise (bench/results/end_of_turn.md: faster on
     # finished sentences, more splits at commas, ~18 ms CPU per call-second). Either way, at END_OF_TURN_ASK_MS
-    # the bot may start on the turn (Bot.on_pause: the assistant starts transcribing).
+    # the bot may start on the turn (Bot.on_pause: the assistant starts transcribing). 150 rather than the model's
+    # best 200: the assistant's first audio comes ~0.1 s sooner (bench/results/assistant.md), the model ends more
+    # finished sentences early and splits more (bench/results/end_of_turn.md).
     end_of_turn: Literal["silence", "model"] = "silence"
-    end_of_turn_ask_ms: int = Field(200, ge=64, le=2000)
+    end_of_turn_ask_ms: int = Field(150, ge=64, le=2000)
     end_of_turn_threshold: float = Field(0.5, gt=0, lt=1)
     barge_in: bool = True
     # A barge-in holds the reply: a backchannel or a noise lets it resume where the caller stopped hearing it
