@@ -330,6 +330,7 @@ def main() -> None:
             env = {"BOT": "assistant", "HOST": "127.0.0.1", "PORT": "{port}", "LOG_LEVEL": "INFO",
                    "GREETING": "Hello.", "PAUSE_MS": str(args.pause_ms), "CONCURRENCY_LIMIT": "50",
                    "END_OF_TURN": args.end_of_turn, "END_OF_TURN_ASK_MS": str(args.ask_ms),
+                   "EVENT_LOOP": os.environ.get("EVENT_LOOP", "uvloop"),
                    **stack_env(stack, fake.base_url)}
             spec = ServerSpec(stack, (sys.executable, "-m", "callbridge"), env, "/readyz", "gap", True,
                               args.pause_ms)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import struct
+import subprocess
 import threading
 from collections.abc import AsyncGenerator
 from concurrent.futures import ThreadPoolExecutor
@@ -64,7 +65,13 @@ async def _read_wav_header(stream: asyncio.StreamReader) -> int:
 
 
 class EspeakTTS:
-    """espeak-ng as a subprocess, its WAV read from stdout while it speaks."""
+    """espeak-ng as a subprocess, its WAV read from stdout while it speaks.
+
+    Started with `subprocess.Popen`, not `asyncio.create_subprocess_exec`: under uvloop the latter forks
+    through libuv's uv_spawn, which blocks the event loop until the child has exec'd, and a child forked while
+    Whisper's threads hold a lock can deadlock before it does: the whole service froze (8 assistant calls,
+    bench/assistant_latency.py). CPython's own spawn (vfork, only async-signal-safe calls before exec) cannot.
+    Its stdout is then read through the loop as a pipe."""
 
     def __init__(self, voice: str = "en-us", words_per_minute: int = 170, timeout: float = 10.0) -> None:
         self.voice = voice
@@ -77,39 +84,43 @@ class EspeakTTS:
 
     async def _speak(self, text: str) -> AsyncGenerator[Audio, None]:
         try:
-            process = await asyncio.create_subprocess_exec(
-                "espeak-ng", "-v", self.voice, "-s", str(self.words_per_minute), "--stdout", "--stdin",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            process = subprocess.Popen(
+                ["espeak-ng", "-v", self.voice, "-s", str(self.words_per_minute), "--stdout", "--stdin"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             )
         except FileNotFoundError:
             raise StageError("tts", self.name, "espeak-ng is not installed (apt-get install espeak-ng)") from None
         assert process.stdin is not None and process.stdout is not None and process.stderr is not None
+        loop = asyncio.get_running_loop()
+        stdout = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdout), process.stdout)
         try:
-            process.stdin.write(text.encode())
-            await process.stdin.drain()
-            process.stdin.close()
+            with process.stdin:  # one sentence: far less than a pipe holds, so this write does not wait
+                process.stdin.write(text.encode())
             try:
-                rate = await _read_wav_header(process.stdout)
+                rate = await _read_wav_header(stdout)
             except (asyncio.IncompleteReadError, ValueError) as exc:
-                stderr = (await process.stderr.read()).decode(errors="replace").strip()
+                stderr = (await asyncio.to_thread(process.stderr.read)).decode(errors="replace").strip()
                 raise StageError("tts", self.name, stderr or f"no audio: {exc}") from None
             piece = int(rate * CHUNK_SECONDS) * 2
             while True:
                 try:
-                    data = await process.stdout.readexactly(piece)
+                    data = await stdout.readexactly(piece)
                 except asyncio.IncompleteReadError as end:
                     data = end.partial[: len(end.partial) // 2 * 2]
                     if data:
                         yield Audio(np.frombuffer(data, dtype="<i2").copy(), rate)
                     break
                 yield Audio(np.frombuffer(data, dtype="<i2").copy(), rate)
-            if await process.wait() != 0:
-                stderr = (await process.stderr.read()).decode(errors="replace").strip()
+            if await asyncio.to_thread(process.wait) != 0:
+                stderr = (await asyncio.to_thread(process.stderr.read)).decode(errors="replace").strip()
                 raise StageError("tts", self.name, f"espeak-ng exited with {process.returncode}: {stderr}")
         finally:
-            if process.returncode is None:
+            transport.close()
+            if process.poll() is None:
                 process.kill()
-                await process.wait()
+                await asyncio.to_thread(process.wait)
+            process.stderr.close()
 
 
 _piper_voices: dict[Path, PiperVoice] = {}
