@@ -39,6 +39,7 @@ from callbridge.transports.media import (
     ProtocolError,
     Start,
     Stop,
+    websocket_url,
 )
 from callbridge.transports.twilio_rest import TwilioRestError
 
@@ -325,7 +326,7 @@ def media_routes(services: Services) -> dict[str, Route]:
 
     async def twilio_stream(ws: WebSocket) -> None:
         base = settings.public_base("https" if ws.scheme == "wss" else "http", ws.host)
-        if not twilio.signature_valid(settings.twilio_auth_token, twilio.stream_url(base), {}, ws.headers):
+        if not twilio.signature_valid(settings.twilio_auth_token, websocket_url(base, twilio.PATH), {}, ws.headers):
             services.metrics.errors.labels("signature").inc()
             logger.warning("stream refused: bad or missing X-Twilio-Signature")
             await ws.close(POLICY_VIOLATION, "invalid Twilio signature")

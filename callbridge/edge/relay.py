@@ -30,6 +30,7 @@ from callbridge.transports.media import (
     Dtmf,
     ProtocolError,
     Start,
+    websocket_url,
 )
 from callbridge.transports.relay import Interrupt, Prompt, RelayEvent, RelayProtocol, Reported
 
@@ -217,7 +218,7 @@ async def relay_socket(services: Services, ws: WebSocket) -> None:
     session served."""
     settings = services.settings
     base = settings.public_base("https" if ws.scheme == "wss" else "http", ws.host)
-    if not twilio.signature_valid(settings.twilio_auth_token, relay.socket_url(base), {}, ws.headers):
+    if not twilio.signature_valid(settings.twilio_auth_token, websocket_url(base, relay.PATH), {}, ws.headers):
         services.metrics.errors.labels("signature").inc()
         logger.warning("relay session refused: bad or missing X-Twilio-Signature")
         await ws.close(POLICY_VIOLATION, "invalid Twilio signature")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import binascii
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -29,6 +30,12 @@ POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
+
+
+def websocket_url(base: str, path: str) -> str:
+    """The ws(s):// URL of a socket route under a public base URL (wss unless the base is plain http)."""
+    parts = urlsplit(base)
+    return f"{'ws' if parts.scheme == 'http' else 'wss'}://{parts.netloc}{path}"
 
 
 class ProtocolError(Exception):

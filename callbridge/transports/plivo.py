@@ -58,12 +58,6 @@ CONTENT_TYPE = "audio/x-mulaw;rate=8000"
 _HEADER_VALUE = re.compile(r"[A-Za-z0-9]{1,64}")
 
 
-def stream_url(base: str) -> str:
-    """The wss:// URL of the stream handler under a public base URL."""
-    parts = urlsplit(base)
-    return f"{'ws' if parts.scheme == 'http' else 'wss'}://{parts.netloc}{PATH}"
-
-
 def wire_token(token: str) -> str:
     """The call token as extraHeaders can carry it."""
     return token.replace(".", "x")

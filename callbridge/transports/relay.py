@@ -20,7 +20,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from callbridge.transports.media import (
     INVALID_PAYLOAD,
@@ -60,12 +59,6 @@ class Reported:
 
 
 RelayEvent = Start | Prompt | Interrupt | Dtmf | Reported
-
-
-def socket_url(base: str) -> str:
-    """The wss:// URL of the session handler under a public base URL."""
-    parts = urlsplit(base)
-    return f"{'ws' if parts.scheme == 'http' else 'wss'}://{parts.netloc}{PATH}"
 
 
 class RelayProtocol:

@@ -25,7 +25,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from urllib.parse import urlsplit
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -85,12 +84,6 @@ def signature_refusal(key: str, body: bytes, headers: Mapping[str, str], now: fl
     except (binascii.Error, InvalidSignature):
         return "the signature does not match"
     return None
-
-
-def stream_url(base: str) -> str:
-    """The wss:// URL of the stream handler under a public base URL."""
-    parts = urlsplit(base)
-    return f"{'ws' if parts.scheme == 'http' else 'wss'}://{parts.netloc}{PATH}"
 
 
 class TelnyxProtocol:

@@ -22,7 +22,6 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from urllib.parse import urlsplit
 
 import numpy as np
 from twilio.request_validator import RequestValidator
@@ -76,12 +75,6 @@ def token_valid_for(secret: bytes, token: str, call_id: str, now: float, webhook
         raise ProtocolError(f"call token expired {-valid_for:.1f} s ago (streams start within CALL_TOKEN_SECONDS "
                             "of the webhook)")
     return valid_for
-
-
-def stream_url(base: str) -> str:
-    """The wss:// URL of the stream handler under a public base URL."""
-    parts = urlsplit(base)
-    return f"{'ws' if parts.scheme == 'http' else 'wss'}://{parts.netloc}{PATH}"
 
 
 def signature_valid(auth_token: str, url: str, params: dict[str, str], headers: Mapping[str, str]) -> bool:

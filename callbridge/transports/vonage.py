@@ -28,7 +28,6 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
 import numpy as np
@@ -57,12 +56,6 @@ CONTENT_TYPE = f"audio/l16;rate={RATE}"
 SIGNATURE_MAX_AGE_SECONDS = 300.0
 #: Header names the answer webhook sets on the socket; the rest of `websocket:connected` is Vonage's own.
 _OWN_HEADERS = ("token", "uuid")
-
-
-def stream_url(base: str) -> str:
-    """The wss:// URL of the socket handler under a public base URL."""
-    parts = urlsplit(base)
-    return f"{'ws' if parts.scheme == 'http' else 'wss'}://{parts.netloc}{PATH}"
 
 
 def ncco(uri: str, headers: Mapping[str, str]) -> list[dict[str, Any]]:

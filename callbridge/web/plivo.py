@@ -18,6 +18,7 @@ from quart import Blueprint, Response, request
 from callbridge.logs import masked_number
 from callbridge.services import Services
 from callbridge.transports import plivo as wire
+from callbridge.transports.media import websocket_url
 from callbridge.transports.twilio import call_token, token_secret
 
 logger = logging.getLogger("callbridge.plivo")
@@ -57,7 +58,7 @@ def plivo(services: Services) -> Blueprint:
                                       "To": form.get("To", "")})
         stream = ET.SubElement(response, "Stream", bidirectional="true", keepCallAlive="true",
                                contentType=wire.CONTENT_TYPE, audioTrack="inbound", extraHeaders=headers)
-        stream.text = wire.stream_url(base)
+        stream.text = websocket_url(base, wire.PATH)
         shown = str if logger.isEnabledFor(logging.DEBUG) else masked_number  # numbers in full at DEBUG only
         logger.info("webhook: plivo call %s from %s to %s", call_uuid, shown(form.get("From", "?")),
                     shown(form.get("To", "?")))

@@ -18,7 +18,8 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from callbridge.logs import masked_number
 from callbridge.services import Services
-from callbridge.transports.relay import WEBHOOK, socket_url
+from callbridge.transports.media import websocket_url
+from callbridge.transports.relay import PATH, WEBHOOK
 from callbridge.transports.twilio import call_token, signature_valid, token_secret
 
 logger = logging.getLogger("callbridge.relay")
@@ -56,7 +57,7 @@ def relay(services: Services) -> Blueprint:
             return Response(str(response), mimetype="text/xml")
         connect = Connect()
         session = connect.conversation_relay(
-            url=socket_url(base), welcome_greeting=stages.greeting, language=settings.relay_language,
+            url=websocket_url(base, PATH), welcome_greeting=stages.greeting, language=settings.relay_language,
             voice=settings.relay_voice or None, dtmf_detection=True,
         )
         secret = token_secret(settings.call_token_secret, settings.twilio_auth_token)

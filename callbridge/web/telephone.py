@@ -24,7 +24,8 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from callbridge.logs import masked_number
 from callbridge.services import Services
-from callbridge.transports.twilio import call_token, signature_valid, stream_url, token_secret
+from callbridge.transports.media import websocket_url
+from callbridge.transports.twilio import PATH, call_token, signature_valid, token_secret
 
 logger = logging.getLogger("callbridge.twilio")
 
@@ -66,7 +67,7 @@ def telephone(services: Services) -> Blueprint:
             else:
                 response.hangup()
             return Response(str(response), mimetype="text/xml")
-        stream = Stream(url=stream_url(base))
+        stream = Stream(url=websocket_url(base, PATH))
         secret = token_secret(settings.call_token_secret, settings.twilio_auth_token)
         stream.parameter(name="token", value=call_token(secret, call_sid, time.time() + settings.call_token_seconds))
         for name in ("From", "To"):

@@ -20,7 +20,8 @@ from twilio.twiml.voice_response import Connect, Stream, VoiceResponse
 
 from callbridge.logs import masked_number
 from callbridge.services import Services
-from callbridge.transports.telnyx import signature_refusal, stream_url
+from callbridge.transports.media import websocket_url
+from callbridge.transports.telnyx import PATH, signature_refusal
 from callbridge.transports.twilio import call_token, token_secret
 
 logger = logging.getLogger("callbridge.telnyx")
@@ -51,7 +52,8 @@ def telnyx(services: Services) -> Blueprint:
             response.reject(reason="busy")
             return Response(str(response), mimetype="text/xml")
         base = settings.public_base(request.scheme, request.host)
-        stream = Stream(url=stream_url(base), codec="PCMU", bidirectional_mode="rtp", bidirectional_codec="PCMU")
+        stream = Stream(url=websocket_url(base, PATH), codec="PCMU", bidirectional_mode="rtp",
+                        bidirectional_codec="PCMU")
         secret = token_secret(settings.call_token_secret, settings.twilio_auth_token)
         stream.parameter(name="token", value=call_token(secret, call_sid, time.time() + settings.call_token_seconds))
         for name in ("From", "To"):

@@ -18,8 +18,9 @@ from quart import Blueprint, Response, jsonify, request
 
 from callbridge.logs import masked_number
 from callbridge.services import Services
+from callbridge.transports.media import websocket_url
 from callbridge.transports.twilio import call_token, token_secret
-from callbridge.transports.vonage import ANSWER_PATH, ncco, query_payload, signature_refusal, stream_url
+from callbridge.transports.vonage import ANSWER_PATH, PATH, ncco, query_payload, signature_refusal
 
 logger = logging.getLogger("callbridge.vonage")
 
@@ -61,6 +62,6 @@ def vonage(services: Services) -> Blueprint:
         shown = str if logger.isEnabledFor(logging.DEBUG) else masked_number  # numbers in full at DEBUG only
         logger.info("Vonage webhook: call %s from %s to %s", uuid, shown(str(params.get("from", "?"))),
                     shown(str(params.get("to", "?"))))
-        return jsonify(ncco(stream_url(base), headers))
+        return jsonify(ncco(websocket_url(base, PATH), headers))
 
     return routes
