@@ -10,7 +10,6 @@ a player that echoes marks once heard and empties itself on `clear`) speaking Te
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import secrets
@@ -20,15 +19,12 @@ import urllib.parse
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
-from callbridge.simulator import CallReport, SimulatedCaller, Step
+from callbridge.simulator import SimulatedCaller, Step
 
 
 def public_key_base64(key: Ed25519PrivateKey) -> str:
@@ -94,77 +90,38 @@ def stop_message(stream_id: str, call_control_id: str) -> str:
                        "stop": {"user_id": str(uuid.uuid4()), "call_control_id": call_control_id}})
 
 
-class TelnyxWire:
-    """The caller's socket, with the base simulator's Twilio-shaped frames sent as Telnyx words them."""
-
-    def __init__(self, ws: ClientConnection, stream_id: str) -> None:
-        self.ws = ws
-        self.stream_id = stream_id
-        self.sequence = 1  # `start` was 1
-
-    def __aiter__(self) -> AsyncIterator[str | bytes]:
-        return self.ws.__aiter__()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.ws, name)
-
-    async def send(self, text: str) -> None:
-        message = json.loads(text)
-        self.sequence += 1
-        framed: dict[str, Any] = {"event": message["event"], "sequence_number": str(self.sequence),
-                                  "stream_id": self.stream_id}
-        if message["event"] == "media":
-            media = message["media"]
-            framed["media"] = {"track": "inbound", "chunk": media["chunk"], "timestamp": media["timestamp"],
-                               "payload": media["payload"]}
-        elif message["event"] == "dtmf":
-            framed["dtmf"] = {"digit": message["dtmf"]["digit"]}
-        elif message["event"] == "mark":
-            framed["mark"] = {"name": message["mark"]["name"]}
-        else:
-            raise ValueError(f"no Telnyx form for {message['event']!r}")
-        await self.ws.send(json.dumps(framed))
-
-
 class TelnyxCaller(SimulatedCaller):
+    """callbridge.simulator's caller on a Telnyx call: the signed TeXML webhook, then Telnyx's frames."""
+
     def __init__(self, base_url: str, script: list[Step], key: Ed25519PrivateKey | None, *,
                  hangup_when_done: bool = True, **fields: str) -> None:
         super().__init__(base_url, script, hangup_when_done=hangup_when_done, webhook_form=fields)
         self.key = key
+        self._sequence = 1  # `start` is 1; Telnyx numbers every frame of the stream
 
-    async def run(self) -> CallReport:
-        self._t0 = time.monotonic()
-        try:
-            stream_url, params = await asyncio.to_thread(telnyx_webhook, self.base_url, self.key,
-                                                         **self.webhook_form)
-        except RuntimeError as exc:
-            self.report.rejected = str(exc)
-            return self.report
-        call_control_id = params.pop("CallSid")
+    def _answer(self) -> tuple[str, dict[str, str], list[str]]:
+        stream_url, params = telnyx_webhook(self.base_url, self.key, **self.webhook_form)
+        self._call_sid = params.pop("CallSid")
         path = urllib.parse.urlsplit(stream_url).path
         ws_url = self.base_url.replace("http://", "ws://").replace("https://", "wss://") + path
-        stream_id = str(uuid.uuid4())
-        async with connect(ws_url, max_size=None, open_timeout=10) as ws:
-            wire = TelnyxWire(ws, stream_id)
-            self.stream_sid = stream_id
-            await ws.send(json.dumps({"event": "connected", "version": "1.0.0"}))
-            await ws.send(start_message(stream_id, call_control_id, params))
-            receiver = asyncio.create_task(self._receive(wire))
-            try:
-                await self._send_script(wire)
-                if self.hangup_when_done:
-                    await ws.send(stop_message(stream_id, call_control_id))
-                    self._stopped = True
-                    self.report.log(self.now(), "hangup", "the caller sent stop")
-                    await asyncio.wait_for(asyncio.shield(receiver), 5)
-                else:
-                    await receiver
-            except (ConnectionClosed, TimeoutError):
-                pass
-            finally:
-                receiver.cancel()
-                await asyncio.gather(receiver, return_exceptions=True)
-        self.report.close_code = ws.close_code
-        self.report.close_reason = ws.close_reason or ""
-        self.report.finish()
-        return self.report
+        self.stream_sid = str(uuid.uuid4())
+        return ws_url, {}, [json.dumps({"event": "connected", "version": "1.0.0"}),
+                            start_message(self.stream_sid, self._call_sid, params)]
+
+    async def _hang_up(self, ws) -> None:
+        await ws.send(stop_message(self.stream_sid, self._call_sid))
+
+    def _frame(self, event: str, **body: Any) -> str:
+        self._sequence += 1
+        return json.dumps({"event": event, "sequence_number": str(self._sequence), "stream_id": self.stream_sid,
+                           **body})
+
+    def _media_message(self, chunk: int, payload: str) -> str:
+        return self._frame("media", media={"track": "inbound", "chunk": str(chunk), "timestamp": str(chunk * 20),
+                                           "payload": payload})
+
+    def _dtmf_message(self, digit: str) -> str:
+        return self._frame("dtmf", dtmf={"digit": digit})
+
+    def _mark_echo(self, name: str) -> str:
+        return self._frame("mark", mark={"name": name})
