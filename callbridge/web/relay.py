@@ -20,7 +20,8 @@ from callbridge.logs import masked_number
 from callbridge.services import Services
 from callbridge.transports.media import websocket_url
 from callbridge.transports.relay import PATH, WEBHOOK
-from callbridge.transports.twilio import call_token, signature_valid, token_secret
+from callbridge.transports.twilio import call_token, token_secret
+from callbridge.web.telephone import signed_call_form
 
 logger = logging.getLogger("callbridge.relay")
 
@@ -31,16 +32,11 @@ def relay(services: Services) -> Blueprint:
 
     @routes.post(WEBHOOK)
     async def incoming() -> Response | tuple[str, int]:
-        form = {key: value for key, value in (await request.form).items()}
+        form = await signed_call_form(services, "relay webhook", logger)
+        if isinstance(form, tuple):
+            return form
+        call_sid = form["CallSid"]
         base = settings.public_base(request.scheme, request.host)
-        query = f"?{request.query_string.decode()}" if request.query_string else ""
-        if not signature_valid(settings.twilio_auth_token, base + request.path + query, form, request.headers):
-            services.metrics.errors.labels("signature").inc()
-            logger.warning("relay webhook refused: bad or missing X-Twilio-Signature (from %s)", request.remote_addr)
-            return "invalid Twilio signature", 403
-        call_sid = form.get("CallSid", "")
-        if not call_sid:
-            return "CallSid is required", 422
         from callbridge.bots.assistant.conversation import assistant_stages  # here: other bots never start with it
 
         stages = assistant_stages(services.bot_factory)

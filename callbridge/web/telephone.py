@@ -33,6 +33,21 @@ logger = logging.getLogger("callbridge.twilio")
 RESERVED_PARAMETERS = frozenset({"token", "From", "To", "CallSid", "Direction", "AnsweredBy"})
 
 
+async def signed_call_form(services: Services, webhook: str, log: logging.Logger) -> dict[str, str] | tuple[str, int]:
+    """The form of a Twilio call webhook (this request), or the refusal to answer it with: 403 unless Twilio
+    signed it (with TWILIO_AUTH_TOKEN set), 422 without a CallSid."""
+    form = {key: value for key, value in (await request.form).items()}
+    base = services.settings.public_base(request.scheme, request.host)
+    query = f"?{request.query_string.decode()}" if request.query_string else ""
+    if not signature_valid(services.settings.twilio_auth_token, base + request.path + query, form, request.headers):
+        services.metrics.errors.labels("signature").inc()
+        log.warning("%s refused: bad or missing X-Twilio-Signature (from %s)", webhook, request.remote_addr)
+        return "invalid Twilio signature", 403
+    if not form.get("CallSid"):
+        return "CallSid is required", 422
+    return form
+
+
 def telephone(services: Services) -> Blueprint:
     routes = Blueprint("telephone", __name__)
     settings = services.settings
@@ -46,16 +61,11 @@ def telephone(services: Services) -> Blueprint:
         return await answer("outbound")
 
     async def answer(direction: Literal["inbound", "outbound"]) -> Response | tuple[str, int]:
-        form = {key: value for key, value in (await request.form).items()}
+        form = await signed_call_form(services, "webhook", logger)
+        if isinstance(form, tuple):
+            return form
+        call_sid = form["CallSid"]
         base = settings.public_base(request.scheme, request.host)
-        query = f"?{request.query_string.decode()}" if request.query_string else ""
-        if not signature_valid(settings.twilio_auth_token, base + request.path + query, form, request.headers):
-            services.metrics.errors.labels("signature").inc()
-            logger.warning("webhook refused: bad or missing X-Twilio-Signature (from %s)", request.remote_addr)
-            return "invalid Twilio signature", 403
-        call_sid = form.get("CallSid", "")
-        if not call_sid:
-            return "CallSid is required", 422
         response = VoiceResponse()
         admission = await services.admission()
         if admission.state != "ready":
