@@ -15,7 +15,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -214,7 +214,11 @@ class Call:
         self.clock = clock
         self.observer = observer or _Unobserved()
         self.turn_gate = turn_gate  # STOP_WORDS: turns without a stop word are not answered (_admitted)
-        self.detector = TurnDetector(turn_config.at(self.vad_rate))
+        # Only a bot that overrides on_pause is shown pauses (the turn's audio is resampled for it each time), and
+        # pauses are asked about only for a model to answer or such a bot: else each would copy the turn for nobody.
+        self._bot_previews = type(bot).on_pause is not Bot.on_pause
+        ask_ms = turn_config.ask_ms if end_of_turn is not None or self._bot_previews else None
+        self.detector = TurnDetector(replace(turn_config.at(self.vad_rate), ask_ms=ask_ms))
         self._windows = Rechunker(self.vad_rate, VAD_WINDOW_MS)
         self._vad = vad.stream(self.vad_rate, self._on_window)
         self._inbound_resampler = Resampler(inbound_rate, self.vad_rate) if inbound_rate != self.vad_rate else None
@@ -245,8 +249,6 @@ class Call:
         self._reprompts = 0  # re-prompts spoken since the caller last spoke
         self._end_of_turn = end_of_turn  # asks the turn's questions (END_OF_TURN=model), or None
         self._question: tuple[EndOfTurnQuestion, asyncio.Task[None]] | None = None
-        # Only a bot that overrides on_pause is shown pauses: the turn's audio is resampled for it each time.
-        self._bot_previews = type(bot).on_pause is not Bot.on_pause
 
     @property
     def id(self) -> str:
