@@ -76,13 +76,13 @@ class Settings(BaseSettings):
     api_token: str = Field("", repr=False)
 
     # --- Twilio -------------------------------------------------------------------------------------
-    twilio_auth_token: str = ""
+    twilio_auth_token: str = Field("", repr=False)
     twilio_account_sid: str = ""
     # Outbound calls and transfers use Twilio's REST API with TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN.
     twilio_from_number: str = ""
     twilio_api_url: str = "https://api.twilio.com"
     twilio_api_timeout_seconds: float = Field(10.0, gt=0, le=60)
-    call_token_secret: str = ""
+    call_token_secret: str = Field("", repr=False)
     # A per-call token opens its stream within this long of the webhook (Twilio connects within a second or two).
     call_token_seconds: float = Field(30.0, gt=0, le=600)
 
