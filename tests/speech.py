@@ -30,7 +30,7 @@ def speech(text: str, sample_rate: int = 8000, voice: str = "en-us", speed: int 
         subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True)
         tmp = CACHE / f"{key}.tmp.wav"
         subprocess.run(
-            ["sox", str(raw), "-r", str(sample_rate), "-c", "1", "-b", "16", str(tmp),
+            ["sox", "-R", str(raw), "-r", str(sample_rate), "-c", "1", "-b", "16", str(tmp),
              "silence", "1", "0.01", "0.5%", "reverse", "silence", "1", "0.01", "0.5%", "reverse"],
             check=True,
         )
