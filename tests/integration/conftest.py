@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -42,6 +43,13 @@ class Server:
 
     def logs(self) -> str:
         return self.log_path.read_text()
+
+    async def wait_for_log(self, text: str, timeout: float = 15.0) -> None:
+        """Until `text` is in the log: a line written as a call ends may come after the caller saw the close."""
+        deadline = time.monotonic() + timeout
+        while text not in self.logs():
+            assert time.monotonic() < deadline, f"{text!r} not in the server log:\n{self.logs()[-3000:]}"
+            await asyncio.sleep(0.05)
 
     def stop(self) -> None:
         self.process.terminate()

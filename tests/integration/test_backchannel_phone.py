@@ -44,7 +44,7 @@ async def test_an_uh_huh_in_the_middle_of_a_reply_lets_the_caller_hear_all_of_it
     lines = call_lines(echo_server, caller)
     assert any("barge-in: reply held" in line for line in lines), lines
     assert any("barge-in: reply resumed" in line for line in lines), lines
-    assert any("ended: 2 turns, 1 barge-ins (1 resumed)" in line for line in lines), lines
+    await echo_server.wait_for_log(f"call {caller.stream_sid} ended: 2 turns, 1 barge-ins (1 resumed)")
 
 
 async def test_a_long_interruption_still_cancels_the_reply_and_is_answered(echo_server):
@@ -59,7 +59,7 @@ async def test_a_long_interruption_still_cancels_the_reply_and_is_answered(echo_
     assert peak_correlation(heard[-len(interruption) - int(PREROLL * RATE) :], interruption) > 0.9
     lines = call_lines(echo_server, caller)
     assert any("reply cancelled" in line and "over BACKCHANNEL_MAX_MS" in line for line in lines), lines
-    assert any("ended: 2 turns, 1 barge-ins (0 resumed)" in line for line in lines), lines
+    await echo_server.wait_for_log(f"call {caller.stream_sid} ended: 2 turns, 1 barge-ins (0 resumed)")
 
 
 async def test_with_backchannel_resume_off_an_uh_huh_cancels_the_reply_as_before(server_factory):
@@ -75,4 +75,4 @@ async def test_with_backchannel_resume_off_an_uh_huh_cancels_the_reply_as_before
     assert peak_correlation(heard[-len(uh_huh) - int(PREROLL * RATE) :], uh_huh) > 0.9
     lines = call_lines(server, caller)
     assert any(line.endswith("barge-in") for line in lines) and not any("reply held" in line for line in lines)
-    assert any("ended: 2 turns, 1 barge-ins (0 resumed)" in line for line in lines), lines
+    await server.wait_for_log(f"call {caller.stream_sid} ended: 2 turns, 1 barge-ins (0 resumed)")

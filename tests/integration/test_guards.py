@@ -37,13 +37,6 @@ def ws_url(server: Server, path: str) -> str:
     return server.url.replace("http://", "ws://") + path
 
 
-async def wait_for_log(server: Server, text: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in server.logs():
-        assert time.monotonic() < deadline, f"{text!r} not in the server log:\n{server.logs()[-3000:]}"
-        await asyncio.sleep(0.05)
-
-
 def healthy_echo(server: Server, call_id: str, **options: str) -> tuple[asyncio.Task[BrowserResult], np.ndarray]:
     """A browser call speaking in real time (for about seven seconds, until its echo has played)."""
     said = speech(HELLO, RATE)
@@ -92,8 +85,8 @@ async def test_a_frozen_client_is_dropped_and_its_call_ended(guarded, transport)
     try:
         assert head.startswith(b"HTTP/1.1 101")
         sock.sendall(frame(0x1, start.encode()))
-        await wait_for_log(guarded, f"{transport} {call_id}: dropped: no pong within 2 s")
-        await wait_for_log(guarded, f"call {call_id} ended")  # logged once its slot is free
+        await guarded.wait_for_log(f"{transport} {call_id}: dropped: no pong within 2 s")
+        await guarded.wait_for_log(f"call {call_id} ended")  # logged once its slot is free
     finally:
         sock.close()
     assert_whole(await healthy, said)
@@ -123,9 +116,9 @@ async def test_a_client_that_never_reads_is_dropped(server_factory):
         assert await asyncio.to_thread(flood_without_reading, sock), "the server kept a client that never reads"
     finally:
         sock.close()
-    await wait_for_log(server, "websocket never-reads: dropped: outbound data backed up for 1 s "
+    await server.wait_for_log("websocket never-reads: dropped: outbound data backed up for 1 s "
                                "(the client is not reading)")
-    await wait_for_log(server, "call never-reads ended")
+    await server.wait_for_log("call never-reads ended")
     assert_whole(await healthy, said)
 
 

@@ -51,13 +51,6 @@ class ThreadedFakeOpenAI:
         self.thread.join(10)
 
 
-async def logged(server: Server, line: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while line not in server.logs():
-        assert time.monotonic() < deadline, f"not logged: {line!r}"
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def llm() -> Iterator[ThreadedFakeOpenAI]:
     fake = ThreadedFakeOpenAI()
@@ -103,7 +96,7 @@ async def test_the_offline_script_answers_prompts_and_keys_and_ends_the_call(scr
         end = await client.message()
         assert end["type"] == "end" and json.loads(end["handoffData"])["reasonCode"] == "end_call"
         assert await client.closed() == (1000, "")
-    await logged(script_server, f"call {session_id} ended: 3 turns")  # the slot is freed after the close
+    await script_server.wait_for_log(f"call {session_id} ended: 3 turns")  # the slot is freed after the close
 
 
 async def test_llm_tokens_stream_out_as_written_with_the_greeting_in_the_history(llm_server, llm):
@@ -205,7 +198,7 @@ async def test_bad_input_gets_a_clear_close_and_a_healthy_session_beside_it_is_u
         url = script_server.url.replace("http", "ws") + "/relay/handler"
         _, closed = await raw_exchange(url, frames)
         assert closed == code
-        await logged(script_server, reason)
+        await script_server.wait_for_log(reason)
         await healthy.prompt("Where are you located?")
         assert (await healthy.reply()).last
 

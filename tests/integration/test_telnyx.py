@@ -61,9 +61,8 @@ async def test_echo_round_trip_with_playback_tracked_by_marks(server):
     assert len(report.marks_echoed) - 1 == int((len(heard) / RATE - 0.001) // 0.5)
     assert report.stall_seconds == 0 and report.max_buffered_seconds < 0.2
     assert 0.512 - 0.064 <= report.turn_latencies()[0] < 2.0
-    logs = server.logs()
-    assert f"call {caller.stream_sid} started on telnyx" in logs
-    assert f"call {caller.stream_sid} ended: 1 turns" in logs
+    await server.wait_for_log(f"call {caller.stream_sid} ended: 1 turns")
+    assert f"call {caller.stream_sid} started on telnyx" in server.logs()
 
 
 async def test_dtmf_reaches_the_bot_which_hangs_up_once_its_goodbye_is_heard(server_factory):

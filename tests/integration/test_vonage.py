@@ -77,8 +77,7 @@ async def test_echo_round_trip(echo_server):
     (latency,) = record.turn_latencies()
     assert 0.512 - 0.064 <= latency < 2.0, latency
     assert record.close_code == 1000
-    await asyncio.sleep(0.2)
-    assert f"call {params['uuid']} ended: 1 turns" in echo_server.logs()
+    await echo_server.wait_for_log(f"call {params['uuid']} ended: 1 turns")
 
 
 async def test_answer_webhook_by_post(echo_server):

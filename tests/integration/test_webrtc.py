@@ -174,13 +174,6 @@ async def post_offer(url: str, body: Any, query: str = "") -> httpx.Response:
         return await http.post(f"{url}/webrtc/offer{query}", json=body)
 
 
-async def wait_for_log_line(server, text: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in server.logs():
-        assert time.monotonic() < deadline, f"{text!r} not in the server log:\n{server.logs()[-3000:]}"
-        await asyncio.sleep(0.05)
-
-
 def at_8k(samples: np.ndarray) -> np.ndarray:
     """Correlating at 8 kHz is 36 times cheaper than at 48 kHz and just as telling for speech."""
     return resample(samples, RATE, 8000)
@@ -207,7 +200,7 @@ async def test_echo_call(server):
     loud = np.flatnonzero(np.abs(reply.astype(np.int32)) > 500)
     assert abs((loud[-1] - loud[0]) / RATE - len(said) / RATE) < 0.3
     # Closing the page ends the call on the server and frees its slot.
-    await wait_for_log_line(server, "call webrtc-echo ended: 1 turns")
+    await server.wait_for_log("call webrtc-echo ended: 1 turns")
 
 
 async def test_barge_in_flushes_the_reply(server):
@@ -299,8 +292,8 @@ async def test_receive_mode_bot_talks_first_then_hangs_up(server_factory):
     loud_seconds = sum(len(f) for f in np.array_split(tone, max(1, len(tone) // FRAME))
                        if np.abs(f.astype(np.int32)).max() > 3000) / RATE
     assert GREETING_SECONDS - 0.05 <= loud_seconds <= GREETING_SECONDS + 0.1, loud_seconds
-    await wait_for_log_line(server, "webrtc webrtc-receive: ending: the bot hung up")
-    await wait_for_log_line(server, "call webrtc-receive ended")
+    await server.wait_for_log("webrtc webrtc-receive: ending: the bot hung up")
+    await server.wait_for_log("call webrtc-receive ended")
 
 
 async def test_limit_and_duplicate_ids(server_factory):
@@ -316,7 +309,7 @@ async def test_limit_and_duplicate_ids(server_factory):
         assert over.json() == {"status": "failed", "meta": {"error": "concurrency_limit_reached", "limit": 1}}
     finally:
         await first.close()
-    await wait_for_log_line(server, "call webrtc-first ended")
+    await server.wait_for_log("call webrtc-first ended")
     again = Peer(server.url, "webrtc-second")
     try:
         await again.connect()
@@ -333,8 +326,8 @@ async def test_an_offer_that_never_connects_gives_its_slot_back_by_the_default_t
     await ghost.close()  # its answer is never applied
     with pytest.raises(RuntimeError, match="rejected"):
         await asyncio.to_thread(webhook, server.url)
-    await wait_for_log_line(server, "webrtc webrtc-ghost: ending: no connection within 10 s", timeout=15)
-    await wait_for_log_line(server, "call webrtc-ghost ended")
+    await server.wait_for_log("webrtc webrtc-ghost: ending: no connection within 10 s", timeout=15)
+    await server.wait_for_log("call webrtc-ghost ended")
     said = speech(HELLO, 8000)
     report = await SimulatedCaller(server.url, [Pause(0.3), Speak(said), WaitForReply("heard")]).run()
     assert report.close_code == 1000 and peak_correlation(report.heard_audio, said) > 0.9
@@ -367,7 +360,7 @@ async def test_timeouts_and_status_200(server_factory):
     over = await post_offer(server.url, await Peer(server.url, "webrtc-over").offer_body())
     assert over.status_code == 200 and over.json()["meta"]["error"] == "concurrency_limit_reached"
     await silent.close()  # the answer is never applied: the server must give up by itself
-    await wait_for_log_line(server, "call webrtc-silent ended", timeout=5)
+    await server.wait_for_log("call webrtc-silent ended", timeout=5)
     assert "webrtc webrtc-silent: ending: no connection within 1 s" in server.logs()
 
     peer = Peer(server.url, "webrtc-limited")
@@ -380,7 +373,7 @@ async def test_timeouts_and_status_200(server_factory):
         assert time.monotonic() - connected_at >= 1.2
     finally:
         await peer.close()
-    await wait_for_log_line(server, "call webrtc-limited ended")
+    await server.wait_for_log("call webrtc-limited ended")
     assert "webrtc webrtc-limited: ending: time limit of 1.5 s reached" in server.logs()
 
     # SIGTERM with no grace period: the bot says goodbye (the echo bot: nothing) and hangs up, which closes
