@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     # meanwhile hear "busy") a third as long as the 30 s of ICE consent expiry.
     webrtc_connect_timeout_seconds: float = Field(10.0, gt=0, le=600)
     webrtc_max_call_seconds: float = Field(0.0, ge=0)
+    # Video calls: at most this many camera frames a second go to the bot, and its pictures go out at this rate.
+    # 15 halves a handler's CPU against a camera's 30 and is still smooth for a face; 1 to 60.
+    video_fps: float = Field(15.0, ge=1, le=60)
     limit_status_code: int = 429
 
     @field_validator("log_level", mode="before")

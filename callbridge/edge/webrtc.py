@@ -1,4 +1,5 @@
-"""WebRTC calls on aiortc: Opus audio both ways, the client messages on a data channel.
+"""WebRTC calls on aiortc: Opus audio both ways, the client messages on a data channel, and video
+(callbridge.edge.video) in video and audio-video calls.
 
 aiortc decodes the browser's Opus to 48 kHz frames; they reach the Call as mono int16 at 48 kHz. The
 bot's audio leaves through `CallAudioTrack`, whose `recv()` aiortc calls once per 20 ms frame: that is
@@ -37,9 +38,10 @@ from aiortc.sdp import candidate_from_sdp
 
 from callbridge.codec import FRAME_MS
 from callbridge.core.call import Call
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, FrameOut, Hangup, Outbound, PlaybackMark
+from callbridge.edge.video import VideoLink
 from callbridge.services import Services
-from callbridge.transports.webrtc import Mode, OfferError
+from callbridge.transports.webrtc import Modality, Mode, OfferError
 
 logger = logging.getLogger("callbridge.webrtc")
 
@@ -113,10 +115,12 @@ class CallAudioTrack(MediaStreamTrack):
 class PeerCall:
     """One WebRTC call: the peer connection, its Call, and the data channel the client opened."""
 
-    def __init__(self, call: Call, services: Services, mode: Mode, registry: dict[str, PeerCall]) -> None:
+    def __init__(self, call: Call, services: Services, mode: Mode, registry: dict[str, PeerCall],
+                 modality: Modality = "audio") -> None:
         self.call = call
         self.services = services
         self.mode = mode
+        self.has_audio = modality != "video"
         self._registry = registry
         registry[call.id] = self
         self.settings = services.settings
@@ -125,6 +129,8 @@ class PeerCall:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         self.track: CallAudioTrack | None = None
         self.channel: RTCDataChannel | None = None
+        self.video = (VideoLink(call, mode, self.settings.video_fps, None if self.has_audio else self.end)
+                      if modality != "audio" else None)
         self._pending: deque[str] = deque(maxlen=PENDING_MESSAGES)
         self._described = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -143,6 +149,14 @@ class PeerCall:
         """Apply the client's offer and return the answer (aiortc gathers our candidates into it)."""
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._described.set()
+        if self.has_audio:
+            self._answer_audio()
+        if self.video is not None:
+            self.video.answer(self.pc)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription
+
+    def _answer_audio(self) -> None:
         audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
         if not audio:
             raise OfferError("the offer has no audio: add a microphone track or a recvonly audio transceiver")
@@ -153,8 +167,6 @@ class PeerCall:
             self.pc.addTrack(self.track)
             if self.mode == "receive":
                 audio[0].direction = "sendonly"
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return self.pc.localDescription
 
     async def add_candidate(self, candidate: Any) -> None:
         """Add a trickled remote candidate once the offer is applied (a candidate can overtake its offer)."""
@@ -172,8 +184,10 @@ class PeerCall:
     # -- inbound -----------------------------------------------------------------------------------
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio" and self.mode != "receive":
+        if track.kind == "audio" and self.has_audio and self.mode != "receive":
             self._spawn(self._listen(track))
+        elif track.kind == "video" and self.video is not None:
+            self.video.on_track(track)
 
     async def _listen(self, track: MediaStreamTrack) -> None:
         """Caller audio: whatever aiortc decodes (48 kHz s16 stereo from Opus) as mono int16 at 48 kHz."""
@@ -211,7 +225,7 @@ class PeerCall:
         return None
 
     async def _drain_without_audio(self) -> None:
-        """Mode `send`: no audio goes back, but messages do and replies count as played at once."""
+        """Mode `send` and video calls: no audio goes back, but messages do and replies count as played at once."""
         while True:
             item = await self.call.next_outbound()
             if not isinstance(item, AudioOut):
@@ -224,6 +238,9 @@ class PeerCall:
             self.call.playback_finished(item.name)
         elif isinstance(item, Hangup):
             self._spawn(self._hang_up())
+        elif isinstance(item, FrameOut):
+            if self.video is not None:
+                self.video.show(item.image)
         elif isinstance(item, Flush):
             pass  # the Call already dropped the queued audio; nothing is buffered past the outbox
 
@@ -246,8 +263,10 @@ class PeerCall:
         if state == "connected" and not self._connected:
             self._connected = True
             self.call.start()
-            if self.mode == "send":
+            if self.track is None:
                 self._spawn(self._drain_without_audio())
+            if self.video is not None:
+                self.video.start()
             if self.settings.webrtc_max_call_seconds:
                 self._spawn(self._time_limit(self.settings.webrtc_max_call_seconds))
         elif state in ("failed", "closed"):
@@ -288,6 +307,8 @@ class PeerCall:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.track is not None:
             self.track.stop()
+        if self.video is not None:
+            await self.video.stop()
         try:
             with contextlib.suppress(Exception):
                 await self.pc.close()
