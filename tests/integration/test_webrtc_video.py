@@ -49,8 +49,9 @@ def number_of(frame: np.ndarray) -> int:
     return int(sum(1 << bit for bit, level in enumerate(centres) if level > 127))
 
 
-async def test_video_send_receive_transforms_each_frame(server_factory):
-    server = video_server(server_factory, "Mirror")
+@pytest.mark.parametrize("bot", ["Mirror", "AsyncMirror"])
+async def test_video_send_receive_transforms_each_frame(server_factory, bot):
+    server = video_server(server_factory, bot)
     peer = Peer(server.url, "video-mirror", modality="video")
     try:
         await peer.connect(modality="video")
@@ -174,6 +175,22 @@ async def test_video_receive_mode_shows_the_bots_frames_then_ends(server_factory
     assert len(levels) >= RECEIVE_FRAMES // 2
     assert levels[-1] - levels[0] > 60 and all(b >= a - 4 for a, b in itertools.pairwise(levels))
     await server.wait_for_log("webrtc video-receive: ending: the bot's video ended")
+
+
+async def test_video_receive_mode_waits_for_the_inputs_it_wants(server_factory):
+    server = video_server(server_factory, "FramesAt")
+    peer = Peer(server.url, "video-receive-inputs", mode="receive", modality="video")
+    try:
+        await peer.connect(mode="receive", modality="video")
+        await peer.wait_for_message(lambda m: m["type"] == "send_input")
+        assert not peer.seen  # nothing to show before the input is set
+        async with httpx.AsyncClient() as http:
+            response = await http.post(f"{server.url}/input_hook", json={"webrtc_id": peer.call_id, "level": 90})
+        assert response.status_code == 200
+        await peer.wait_for_frames(5)
+    finally:
+        await peer.close()
+    assert abs(peer.seen[-1].mean() - 90) < 6
 
 
 async def test_audio_video_turns_get_the_frame_and_may_show_one(server_factory):

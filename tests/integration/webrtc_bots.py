@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -63,11 +64,26 @@ def counting_frames() -> Iterator[np.ndarray]:
 
 RECEIVE_FRAMES = 30
 
+
+def frames_at(level: int) -> Iterator[np.ndarray]:
+    """Receive mode with an additional input: grey frames of the level the client sets."""
+    while True:
+        yield np.full((240, 320, 3), int(level), np.uint8)
+
+
+async def async_mirror_frame(frame: np.ndarray) -> np.ndarray:
+    """An `async def` handler: awaited on the event loop."""
+    await asyncio.sleep(0)
+    return np.ascontiguousarray(frame[:, ::-1])
+
+
 Mirror = video_handler(mirror_frame)
 Slow = video_handler(slow_frame)
 Tinted = video_handler(tinted_frame)
 Broken = video_handler(broken_frame)
 Counting = video_handler(counting_frames)
+FramesAt = video_handler(frames_at)
+AsyncMirror = video_handler(async_mirror_frame)
 
 
 class ShowTurnFrame(EchoBot):

@@ -4,7 +4,7 @@ the Call's frames (Turn.frame in, Frame out), without sockets."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
 import pytest
@@ -57,10 +57,17 @@ def test_video_handler_makes_a_bot_class_the_loader_takes():
     def plain(frame: np.ndarray, *inputs: object) -> np.ndarray:
         return frame
 
+    def levels(level: int) -> Iterator[np.ndarray]:
+        yield np.full((2, 2, 3), level, np.uint8)
+
+    info = CallInfo("c", "webrtc")
+    receiving = CallInfo("c", "webrtc", parameters={"mode": "receive"})
     bot_class = video_handler(tint)
-    bot = bot_class(CallInfo("c", "webrtc"))
+    bot = bot_class(info)
     assert isinstance(bot, VideoBot) and bot_class.modalities == {"video"}
-    assert bot.wants_inputs and not video_handler(plain).wants_inputs  # as FunctionBot: a bare *inputs asks nothing
+    assert bot.wants_inputs and not video_handler(plain)(info).wants_inputs  # a bare *inputs asks nothing
+    # In receive mode the function gets no frame: its first parameter is an input already.
+    assert video_handler(levels)(receiving).wants_inputs and not video_handler(levels)(info).wants_inputs
     assert (bot.transform(PICTURE, 7) == 7).all()
     assert video_handler(plain, modalities=frozenset({"video", "audio-video"})).modalities == {"video", "audio-video"}
     assert load_bot("mirror") is MirrorBot and MirrorBot.modalities == {"video", "audio-video"}
