@@ -137,6 +137,7 @@ def counting(ask: Callable[[int, int], float], tally: list[int]) -> Callable[[in
 class Outcome:
     latencies: list[float]  # ms from the end of speech to the turn's end, for utterances whose turn ended
     splits: int  # turns ended before the end of speech
+    splits_by_model: int  # of which the model ended (the rest: the silence bound)
     split_utterances: int
     unanswered: int  # utterances whose turn never ended (too short to count as speech)
     false_turns: int  # turns ended on noise
@@ -145,13 +146,14 @@ class Outcome:
 
 
 def outcome(corpus: list[Utterance], decisions: list[list[Decision]], inference_ms: float) -> Outcome:
-    result = Outcome([], 0, 0, 0, 0, 0, len(corpus))
+    result = Outcome([], 0, 0, 0, 0, 0, 0, len(corpus))
     for u, ends in zip(corpus, decisions, strict=True):
         if u.category == "noise":
             result.false_turns += len(ends)
             continue
         early = [d for d in ends if d.at < u.speech_end]
         result.splits += len(early)
+        result.splits_by_model += sum(d.by_model for d in early)
         result.split_utterances += bool(early)
         final = next((d for d in ends if d.at >= u.speech_end), None)
         if final is None:
@@ -384,8 +386,9 @@ def reask_table(select: Callable[..., Outcome], groups: list[str], questions: di
         lines += [f"### {group}", "",
                   "| rule | 8 kHz finished: latency | by model | splits | 8 kHz mid-sentence: splits | "
                   "16 kHz finished: latency | by model | splits | 16 kHz mid-sentence: splits | "
+                  "splits, both rates, comma / hesitation / list (by the model + by the bound) | "
                   "backchannel unanswered | noise false turns | questions / s | CPU ms per call-second |",
-                  "|---|---|---:|---:|---|---|---:|---:|---|---:|---:|---:|---:|"]
+                  "|---|---|---:|---:|---|---|---:|---:|---|---|---:|---:|---:|---:|"]
         for rule in ["silence 512", *one, *reask]:
             row = f"| {rule} |"
             for rate in RATES:
@@ -393,6 +396,8 @@ def reask_table(select: Callable[..., Outcome], groups: list[str], questions: di
                 mid = select(rule, rate, MID_SENTENCE, group)
                 row += (f" {fmt(percentile(fin.latencies, 50))} / {fmt(percentile(fin.latencies, 95))} | "
                         f"{fin.by_model}/{fin.utterances} | {fin.splits} | {mid.splits} ({mid.split_utterances}) |")
+            kinds = [select(rule, None, [c], group) for c in MID_SENTENCE]
+            row += " " + " / ".join(f"{k.splits_by_model}+{k.splits - k.splits_by_model}" for k in kinds) + " |"
             back = select(rule, None, ["backchannel"], group)
             noise = select(rule, None, ["noise"], group)
             per_second = questions.get(rule, 0) / speech_seconds
