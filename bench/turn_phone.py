@@ -102,6 +102,12 @@ def metric(server: Server, name: str) -> float:
     return sum(float(m[1]) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+def model_wall(server: Server) -> tuple[float, float]:
+    """The model's inferences so far: (wall seconds, count), from its /metrics histogram."""
+    return (metric(server, "callbridge_end_of_turn_inference_seconds_sum"),
+            metric(server, "callbridge_end_of_turn_inference_seconds_count"))
+
+
 async def run(corpus: list[Utterance], servers: list[Server], parallel: int) -> dict[str, list]:
     """Every utterance to every server at once, `parallel` utterances at a time: (sid, latency) per server."""
     results: dict[str, list] = {s.spec.name: [None] * len(corpus) for s in servers}
@@ -157,12 +163,15 @@ def main() -> None:
         models = [s for s in servers if RULES[s.spec.name]["END_OF_TURN"] == "model"]
         cpu_before = [cpu_seconds(*s.pids) for s in servers]
         model_cpu_before = [metric(s, "callbridge_end_of_turn_cpu_seconds_total") for s in models]
+        model_wall_before = [model_wall(s) for s in models]
         wall = time.monotonic()
         results = asyncio.run(run(corpus, servers, args.parallel))
         wall = time.monotonic() - wall
         cpu = [cpu_seconds(*s.pids) - before for s, before in zip(servers, cpu_before, strict=True)]
         model_cpu = [metric(s, "callbridge_end_of_turn_cpu_seconds_total") - before
                      for s, before in zip(models, model_cpu_before, strict=True)]
+        wall_each = [(seconds - before[0]) / max(1.0, count - before[1])
+                     for (seconds, count), before in zip(map(model_wall, models), model_wall_before, strict=True)]
         questions = [{answer: metric(s, f'callbridge_end_of_turn_questions_total{{answer="{answer}"}}')
                       for answer in ("complete", "incomplete", "stale")} for s in models]
     finally:
@@ -192,11 +201,12 @@ def main() -> None:
         if done.unanswered or middle.unanswered:
             print(f"|  (unanswered: {done.unanswered} finished, {middle.unanswered} mid-sentence) |||||||")
     print()
-    for s, used_by_model, answers in zip(models, model_cpu, questions, strict=True):
+    for s, used_by_model, answers, wall_s in zip(models, model_cpu, questions, wall_each, strict=True):
         asked = sum(answers.values())
         print(f"{s.spec.name}: {asked:.0f} questions ({', '.join(f'{k} {v:.0f}' for k, v in answers.items())}), "
-              f"{1000 * used_by_model / max(asked, 1):.0f} ms CPU each, {1000 * used_by_model / call_seconds:.1f} ms "
-              "CPU per call-second (callbridge_end_of_turn_cpu_seconds).")
+              f"{1000 * used_by_model / max(asked, 1):.0f} ms CPU and {1000 * wall_s:.0f} ms wall per inference, "
+              f"{1000 * used_by_model / call_seconds:.1f} ms CPU per call-second "
+              "(callbridge_end_of_turn_cpu_seconds, callbridge_end_of_turn_inference_seconds).")
     print(f"{call_seconds:.0f} call-seconds per server; run took {time.time() - started:.0f} s.")
 
 
