@@ -48,6 +48,8 @@ RULES = {
     # Asked again every 150 ms of the pause (END_OF_TURN_ASK_EVERY_MS), a stricter threshold, a longer bound.
     "model 200+150/0.8/800": {"END_OF_TURN": "model", "END_OF_TURN_ASK_MS": "200", "END_OF_TURN_ASK_EVERY_MS": "150",
                               "END_OF_TURN_THRESHOLD": "0.8", "PAUSE_MS": "800"},
+    "model 200+150/0.7/800": {"END_OF_TURN": "model", "END_OF_TURN_ASK_MS": "200", "END_OF_TURN_ASK_EVERY_MS": "150",
+                              "END_OF_TURN_THRESHOLD": "0.7", "PAUSE_MS": "800"},
     "silence 512": {"END_OF_TURN": "silence", "PAUSE_MS": "512"},
     "silence 200": {"END_OF_TURN": "silence", "PAUSE_MS": "200"},
 }
