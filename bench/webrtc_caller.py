@@ -35,7 +35,9 @@ RATE = 48000
 FRAME = RATE // 50
 TIME_BASE = fractions.Fraction(1, RATE)
 SPEECH_LEVEL = 300  # |sample| at or above: the caller is speaking (espeak-ng peaks are ~10,000)
-LOUD_RMS = 200.0  # a reply frame at or above this RMS is audible speech (silence decodes to ~0)
+LOUD_RMS = 200.0  # a reply frame at or above this RMS is speech
+NOISE_RMS = 20.0  # the microphone's noise floor (-64 dBFS), always on, as a real one's
+AUDIBLE_RMS = 8.0  # a reply frame at or above this RMS carries sound: the echo of the noise floor at least
 REPLY_GAP = 0.6  # seconds of quiet that end a reply
 SPLIT_GAP = 0.25  # seconds of quiet before the reply to a turn whose first reply began while the caller spoke
 STALL_GAP = 0.06  # seconds between two frames of a reply past which the caller's player ran dry
@@ -69,6 +71,7 @@ class Microphone(MediaStreamTrack):
 
     def __init__(self) -> None:
         super().__init__()
+        self.noise = np.random.default_rng().normal(0.0, NOISE_RMS, 10 * RATE).astype(np.int32)
         self.script = np.zeros(0, np.int16)
         self.position = 0
         self.sent: list[float] = []
@@ -91,6 +94,8 @@ class Microphone(MediaStreamTrack):
         chunk = self.script[self.position : self.position + FRAME]
         if len(chunk) < FRAME:
             chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), np.int16)])
+        at = self.position % (len(self.noise) - FRAME)
+        chunk = np.clip(chunk + self.noise[at : at + FRAME], -32768, 32767).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(np.repeat(chunk, 2).reshape(1, -1), format="s16", layout="stereo")
         frame.sample_rate, frame.time_base, frame.pts = RATE, TIME_BASE, self.position
         self.position += FRAME
@@ -239,14 +244,16 @@ class WebRTCCaller:
             result.failure = result.failure or "the script did not finish"
             return result
         arrivals = np.array(self.arrivals)
-        loud = np.array(self.loudness) >= LOUD_RMS
-        loud_at = arrivals[loud]
+        loudness = np.array(self.loudness)
+        loud_at = arrivals[loudness >= LOUD_RMS]
+        audible_at = arrivals[loudness >= AUDIBLE_RMS]
         ends = {name: self.mic.time_of(self.marks[name + "_end"]) for name in TURNS}
         replies = runs(loud_at, REPLY_GAP)
-        # A reply to a turn begins after the turn's speech ended, after a moment of quiet: a reply that began
-        # while the caller spoke (FastRTC splits a turn at a hesitation) is a split reply, and its rest is not
-        # the answer to the turn, which begins after the next quiet.
-        starts = [start for start, _ in runs(loud_at, SPLIT_GAP)]
+        # A reply to a turn begins after the turn's speech ended: its first audible frame after silence (the
+        # echo of the turn's first audio, the noise floor before the speech, as a phone caller's first media
+        # message), or, where a reply began while the caller spoke (FastRTC splits a turn at a hesitation)
+        # and its rest runs into the answer to the turn, its first speech after a moment of quiet.
+        starts = sorted(start for start, _ in runs(audible_at, SPLIT_GAP) + runs(loud_at, SPLIT_GAP))
         onsets = {name: self.mic.time_of(self.marks[name + "_onset"]) for name in TURNS}
         for name in TURNS:
             end = ends[name]

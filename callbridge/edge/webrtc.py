@@ -1,8 +1,9 @@
 """WebRTC calls on aiortc: Opus audio both ways, the client messages on a data channel.
 
-aiortc decodes the browser's Opus to 48 kHz frames; they reach the Call as mono int16 at 48 kHz. The
-bot's audio leaves through `CallAudioTrack`, whose `recv()` aiortc calls once per 20 ms frame: that is
-where the Call's outbox is drained, so a barge-in flush takes effect at the very next frame. The client's
+The caller's Opus is decoded as it leaves aiortc's jitter buffer, in the event loop, to mono 48 kHz for the
+Call (`CallerVoice`, edge/opus.py). The bot's audio leaves through `CallAudioTrack`, whose `recv()`
+aiortc calls once per 20 ms frame: that is where the Call's outbox is drained and the frame encoded
+(`VoiceEncoder`), so a barge-in flush takes effect at the very next frame. The client's
 data channel (any label) carries the Call's client messages, queued until it opens; what the client
 sends on it is not part of the contract and is ignored. A peer that never connects, a connection that
 fails or closes, a bot that hangs up, the optional time limit and shutdown all end the call the same way.
@@ -37,7 +38,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark
-from callbridge.edge.opus import FRAME_SAMPLES, RATE, VoiceEncoder
+from callbridge.edge.opus import FRAME_SAMPLES, RATE, CallerVoice, VoiceEncoder
 from callbridge.services import Services
 from callbridge.transports.webrtc import Mode, OfferError
 
@@ -69,16 +70,6 @@ def parse_candidate(candidate: Any) -> RTCIceCandidate | None:
     if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
         parsed.sdpMLineIndex = 0
     return parsed
-
-
-def to_mono(frame: av.AudioFrame) -> np.ndarray:
-    """A packed s16 frame as int16 mono: the channels' mean (a browser sends mono Opus, decoded to two equal
-    channels). numpy does it at a tenth of a PyAV resampler's cost."""
-    samples = frame.to_ndarray().reshape(-1)
-    channels = len(frame.layout.channels)
-    if channels == 1:
-        return samples
-    return (samples.reshape(-1, channels).astype(np.int32).sum(axis=1) // channels).astype(np.int16)
 
 
 class CallAudioTrack(MediaStreamTrack):
@@ -133,7 +124,6 @@ class PeerCall:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ending: asyncio.Task[None] | None = None
         self._connected = False
-        self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
         self._spawn(self._connect_timeout())
@@ -147,8 +137,10 @@ class PeerCall:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._described.set()
         audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
-        for transceiver in audio:  # aiortc has no setting for it: its receiver's private buffer is replaced
-            transceiver.receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=INBOUND_PREFETCH)
+        for transceiver in audio:  # aiortc has no settings for these: the receiver's private parts are replaced
+            receiver = transceiver.receiver
+            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=INBOUND_PREFETCH)
+            receiver._RTCRtpReceiver__decoder_queue = CallerVoice(self._on_caller_audio)
         if not audio:
             raise OfferError("the offer has no audio: add a microphone track or a recvonly audio transceiver")
         if self.mode == "send":
@@ -176,20 +168,10 @@ class PeerCall:
 
     # -- inbound -----------------------------------------------------------------------------------
 
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio" and self.mode != "receive":
-            self._spawn(self._listen(track))
-
-    async def _listen(self, track: MediaStreamTrack) -> None:
-        """Caller audio: what aiortc decodes (48 kHz s16, stereo from Opus), as mono int16 at 48 kHz."""
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if not self.call.push_audio(to_mono(frame)):  # as the media sockets close
-                self.end("caller audio arrives faster than real time (INBOUND_BACKLOG_SECONDS)")
-                return
+    def _on_caller_audio(self, pcm: np.ndarray) -> None:
+        """Caller audio, mono int16 at RATE, as `CallerVoice` decodes it."""
+        if self.mode != "receive" and self._ending is None and not self.call.push_audio(pcm):
+            self.end("caller audio arrives faster than real time (INBOUND_BACKLOG_SECONDS)")  # as media sockets do
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if self.channel is not None:

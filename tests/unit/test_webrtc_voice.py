@@ -1,16 +1,19 @@
-"""The WebRTC audio path's own codec steps: the bot's voice as Opus packets, the caller's frames as mono."""
+"""The WebRTC audio path's own codec steps: the bot's voice as Opus packets, the caller's packets as mono."""
 
 from __future__ import annotations
 
-import fractions
+import threading
 
 import av
 import numpy as np
+from aiortc.codecs import PCMU_CODEC, get_encoder
 from aiortc.codecs.opus import OpusDecoder
 from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from callbridge.edge.opus import FRAME_SAMPLES, RATE, SETTLE_FRAMES, VoiceEncoder
-from callbridge.edge.webrtc import to_mono
+from callbridge.edge.opus import FRAME_SAMPLES, RATE, SETTLE_FRAMES, CallerVoice, VoiceEncoder
+
+OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
 
 
 def tone(seconds: float, hz: float = 440.0, level: float = 8000.0) -> np.ndarray:
@@ -21,8 +24,14 @@ def tone(seconds: float, hz: float = 440.0, level: float = 8000.0) -> np.ndarray
 def decode_all(packets: list[av.Packet]) -> np.ndarray:
     """As the caller's aiortc decodes them: stereo 48 kHz, here back to mono."""
     decoder = OpusDecoder()
-    out = [to_mono(frame) for packet in packets for frame in decoder.decode(JitterFrame(bytes(packet), packet.pts))]
+    out = [frame.to_ndarray().reshape(-1, 2)[:, 0] for packet in packets
+           for frame in decoder.decode(JitterFrame(bytes(packet), packet.pts))]
     return np.concatenate(out)
+
+
+def peak_hz(samples: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64)))
+    return float(np.argmax(spectrum) * rate / len(samples))
 
 
 def test_speech_goes_through_and_silence_is_one_shared_packet() -> None:
@@ -64,13 +73,44 @@ def test_a_short_last_frame_is_padded() -> None:
     assert len(decode_all([packet])) == FRAME_SAMPLES
 
 
-def test_to_mono_averages_the_channels() -> None:
-    left = np.full(FRAME_SAMPLES, 1000, np.int16)
-    right = np.full(FRAME_SAMPLES, -3000, np.int16)
-    frame = av.AudioFrame.from_ndarray(np.stack([left, right], axis=1).reshape(1, -1), format="s16", layout="stereo")
-    frame.sample_rate, frame.time_base = RATE, fractions.Fraction(1, RATE)
-    mono = to_mono(frame)
-    assert mono.dtype == np.int16 and len(mono) == FRAME_SAMPLES
-    assert (mono == -1000).all()
-    single = av.AudioFrame.from_ndarray(left.reshape(1, -1), format="s16", layout="mono")
-    assert (to_mono(single) == left).all()
+def test_caller_voice_decodes_opus_to_mono() -> None:
+    heard: list[np.ndarray] = []
+    voice = CallerVoice(heard.append)
+    encoder = VoiceEncoder()
+    sent = tone(0.5, 500.0)
+    for k in range(0, len(sent), FRAME_SAMPLES):
+        voice.put((OPUS, JitterFrame(bytes(encoder.packet(sent[k : k + FRAME_SAMPLES], k)), k)))
+    assert [len(chunk) for chunk in heard] == [RATE // 50] * (len(sent) // FRAME_SAMPLES)
+    audio = np.concatenate(heard)
+    assert audio.dtype == np.int16
+    assert abs(peak_hz(audio[RATE // 50 :], RATE) - 500) < 10
+
+
+def test_caller_voice_skips_what_does_not_decode_and_takes_other_codecs() -> None:
+    heard: list[np.ndarray] = []
+    voice = CallerVoice(heard.append)
+    voice.put((OPUS, JitterFrame(b"\xff" * 7, 0)))  # not an Opus frame
+    assert heard == []
+    ulaw = get_encoder(PCMU_CODEC)
+    t = np.arange(160) / 8000
+    frame = av.AudioFrame.from_ndarray((8000 * np.sin(2 * np.pi * 400 * t)).astype(np.int16).reshape(1, -1),
+                                       format="s16", layout="mono")
+    frame.sample_rate, frame.pts = 8000, 0
+    for k in range(10):
+        frame.pts = 160 * k
+        payloads, _ = ulaw.encode(frame)
+        voice.put((PCMU_CODEC, JitterFrame(payloads[0], 160 * k)))
+    audio = np.concatenate(heard)
+    assert 0.18 * RATE < len(audio) <= 0.2 * RATE  # 0.2 s of 8 kHz G.711, resampled to 48 kHz
+    assert abs(peak_hz(audio[-800:], RATE) - 400) < 25
+
+
+def test_caller_voice_holds_aiortc_s_decoder_thread_until_the_receiver_stops() -> None:
+    voice = CallerVoice(lambda pcm: None)
+    waiter = threading.Thread(target=voice.get)
+    waiter.start()
+    waiter.join(0.05)
+    assert waiter.is_alive()
+    voice.put(None)
+    waiter.join(5)
+    assert not waiter.is_alive()
