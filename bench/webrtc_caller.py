@@ -6,9 +6,12 @@ its microphone. The call signals with the FastRTC contract both servers speak: `
 `{sdp, type, webrtc_id}` and a data channel named "text".
 
 What the caller hears is timed where a phone caller's is (bench/caller.py stamps each media message as it
-arrives): the caller's jitter buffer is set to hand a frame on as soon as it is complete (`CALLER_PREFETCH`),
-not aiortc's default of four frames (80 ms) that would add the same constant to both servers. A reply frame
-is "loud" above `LOUD_RMS`; replies are runs of loud frames with less than `REPLY_GAP` of quiet inside.
+arrives): the caller's jitter buffer hands each packet on as it arrives in sequence (bench/webrtc_load.py
+gives the callers callbridge's `AudioJitterBuffer`), not after aiortc's default 100 ms that would add the
+same constant to both servers. The microphone has a faint noise floor, as a real one does, so the reply's
+first audio is audible even where it echoes the moment before the caller spoke (`AUDIBLE_RMS`), as a phone
+caller counts the first media message. A reply frame is speech above `LOUD_RMS`; replies are runs of loud
+frames with less than `REPLY_GAP` of quiet inside.
 
 Measured per call (`WebRTCResult`): turn latency (the frame that carried the end of the caller's speech left
 -> first loud reply frame), the old reply still heard after the barge-in's onset, stalls (a reply's frames
@@ -41,7 +44,6 @@ AUDIBLE_RMS = 8.0  # a reply frame at or above this RMS carries sound: the echo 
 REPLY_GAP = 0.6  # seconds of quiet that end a reply
 SPLIT_GAP = 0.25  # seconds of quiet before the reply to a turn whose first reply began while the caller spoke
 STALL_GAP = 0.06  # seconds between two frames of a reply past which the caller's player ran dry
-CALLER_PREFETCH = 0  # the caller's jitter buffer: pass a frame on once the next packet shows it complete
 TURN_TIMEOUT = 10.0
 TURNS = ("hello", "story", "interrupt")
 BARGE_IN_AFTER = 1.0

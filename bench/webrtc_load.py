@@ -84,19 +84,18 @@ def _cpu_seconds() -> float:
 
 
 def _loopback_peers() -> None:
-    """The callers offer 127.0.0.1 only, and hand a received frame on as soon as it is complete."""
+    """The callers offer 127.0.0.1 only, and time a reply packet as it arrives (callbridge's audio jitter buffer)."""
     import aioice.ice
     import aiortc.rtcrtpreceiver
     from aiortc.jitterbuffer import JitterBuffer
 
-    from bench.webrtc_caller import CALLER_PREFETCH
+    from callbridge.edge.webrtc import AudioJitterBuffer
 
-    class CallerJitterBuffer(JitterBuffer):
-        def __init__(self, capacity: int, prefetch: int = 0, is_video: bool = False) -> None:
-            super().__init__(capacity, prefetch if is_video else CALLER_PREFETCH, is_video)
+    def jitter_buffer(capacity: int, prefetch: int = 0, is_video: bool = False) -> JitterBuffer:
+        return JitterBuffer(capacity, prefetch, is_video) if is_video else AudioJitterBuffer()
 
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
-    aiortc.rtcrtpreceiver.JitterBuffer = CallerJitterBuffer  # type: ignore[misc]
+    aiortc.rtcrtpreceiver.JitterBuffer = jitter_buffer  # type: ignore[misc,assignment]
 
 
 async def _run_calls(url: str, script: Script48, plan: list[tuple[int, float]], start_at: float

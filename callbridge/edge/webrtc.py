@@ -32,7 +32,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.jitterbuffer import JitterBuffer
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
@@ -44,10 +44,27 @@ from callbridge.transports.webrtc import Mode, OfferError
 
 logger = logging.getLogger("callbridge.webrtc")
 
-#: Caller audio leaves aiortc's jitter buffer once the next packet shows a frame complete. aiortc's default
-#: (4) holds 80 ms more before the first frame, and every end of speech reaches the turn detector that late;
-#: packets swapped in transit are still put in order.
-INBOUND_PREFETCH = 1
+
+
+class AudioJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer, but an audio packet leaves it as soon as it is next in sequence.
+
+    An Opus packet is a whole frame, yet aiortc's buffer lets a frame go only once a packet with the next
+    timestamp has arrived, and for audio only after four more (its `prefetch`): 100 ms before every frame
+    reaches the turn detector, so every end of speech is noticed that late. Packets swapped in transit are
+    still put in order, and a lost one is skipped as aiortc skips it (once `capacity` packets wait behind it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        packet = self._packets[self._origin % self.capacity] if self._origin is not None else None
+        if packet is None:
+            return None
+        self.remove(1)
+        return JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
 #: Client messages kept for a data channel that has not opened yet; the oldest go first.
 PENDING_MESSAGES = 256
 #: When the bot hangs up, its last frames are still in flight and in the caller's jitter buffer.
@@ -139,7 +156,7 @@ class PeerCall:
         audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
         for transceiver in audio:  # aiortc has no settings for these: the receiver's private parts are replaced
             receiver = transceiver.receiver
-            receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=16, prefetch=INBOUND_PREFETCH)
+            receiver._RTCRtpReceiver__jitter_buffer = AudioJitterBuffer()
             receiver._RTCRtpReceiver__decoder_queue = CallerVoice(self._on_caller_audio)
         if not audio:
             raise OfferError("the offer has no audio: add a microphone track or a recvonly audio transceiver")

@@ -10,8 +10,10 @@ from aiortc.codecs import PCMU_CODEC, get_encoder
 from aiortc.codecs.opus import OpusDecoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
 
 from callbridge.edge.opus import FRAME_SAMPLES, RATE, SETTLE_FRAMES, CallerVoice, VoiceEncoder
+from callbridge.edge.webrtc import AudioJitterBuffer
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
 
@@ -114,3 +116,27 @@ def test_caller_voice_holds_aiortc_s_decoder_thread_until_the_receiver_stops() -
     voice.put(None)
     waiter.join(5)
     assert not waiter.is_alive()
+
+
+def rtp(sequence: int) -> RtpPacket:
+    packet = RtpPacket(payload_type=111, sequence_number=sequence % 65536, timestamp=960 * sequence)
+    packet._data = bytes([sequence % 256])  # type: ignore[attr-defined]  # as aiortc's receiver depayloads it
+    return packet
+
+
+def test_audio_jitter_buffer_lets_each_packet_go_once_it_is_next() -> None:
+    buffer = AudioJitterBuffer()
+    out = [buffer.add(rtp(n))[1] for n in (65534, 65535, 0)]  # across the sequence number's wrap
+    assert [frame.data for frame in out] == [bytes([254]), bytes([255]), bytes([0])]
+    assert buffer.add(rtp(2))[1] is None  # 1 is late: 2 waits for it
+    assert buffer.add(rtp(1))[1].data == bytes([1])
+    assert buffer.add(rtp(3))[1].data == bytes([2])
+
+
+def test_audio_jitter_buffer_skips_a_lost_packet() -> None:
+    buffer = AudioJitterBuffer()
+    buffer.add(rtp(0))
+    # 1 never comes: the packets behind it wait, until the buffer is full and lets the gap go.
+    out = [buffer.add(rtp(n))[1] for n in range(2, 2 + buffer.capacity)]
+    assert all(frame is None for frame in out[:-1])
+    assert out[-1] is not None and out[-1].data == bytes([2])
