@@ -201,7 +201,8 @@ def summarise(results: list[WebRTCResult]) -> dict[str, Any]:
 
 
 STAGES = ROOT / "bench" / "webrtc_stages"
-QUIET_RMS = 20.0  # a decoded frame below this is silence (Opus decodes digital silence to ~0)
+SPEECH_RMS = 60.0  # a caller frame at or above this is speech (the microphone's noise floor is RMS 20)
+AUDIBLE_RMS = 8.0  # a reply frame at or above this carries sound (bench.webrtc_caller.AUDIBLE_RMS)
 
 
 def traced(who: Contender, log: Path) -> Contender:
@@ -218,10 +219,10 @@ def stage_times(log: Path, results: list[WebRTCResult]) -> list[dict[str, float]
         events.setdefault(stage, []).append((float(t), float(rms)))
 
     def last_sound(stage: str, before: float) -> float | None:
-        return max((t for t, rms in events.get(stage, []) if t < before and rms >= QUIET_RMS), default=None)
+        return max((t for t, rms in events.get(stage, []) if t < before and rms >= SPEECH_RMS), default=None)
 
     def first(stage: str, after: float, loud: bool = True) -> float | None:
-        return min((t for t, rms in events.get(stage, []) if t > after and (rms >= QUIET_RMS or not loud)),
+        return min((t for t, rms in events.get(stage, []) if t > after and (rms >= AUDIBLE_RMS or not loud)),
                    default=None)
 
     turns = []
@@ -230,8 +231,8 @@ def stage_times(log: Path, results: list[WebRTCResult]) -> list[dict[str, float]
             turn = first("turn_ended", end, loud=False)
             if turn is None or latency is None:
                 continue
-            times = {"decoded (last sound)": last_sound("decoded", turn),
-                     "push_audio (last sound)": last_sound("push_audio", turn), "turn_ended": turn}
+            times = {"decoded (last speech)": last_sound("decoded", turn),
+                     "push_audio (last speech)": last_sound("push_audio", turn), "turn_ended": turn}
             times["next_audio (first reply frame)"] = out = first("next_audio", turn)
             times["encoded"] = first("encoded", out) if out is not None else None
             times["caller hears"] = end + latency
@@ -279,6 +280,8 @@ def run_level(who: Contender, calls: int, script: Script48, profile: bool, stage
         caller_cpu_ms_per_call_second=round(1000 * sum(worker_cpu) / level["call_seconds"], 1)
         if level["call_seconds"] else None,
         caller_workers=len(worker_cpu),
+        other_cores=round(max(0.0, span[-1].machine_busy - span[0].machine_busy - server_cpu - sum(worker_cpu)) / wall,
+                          2) if wall else None,
         steal_pct=round(100 * stolen / (wall * (os.cpu_count() or 1)), 1) if wall else None,
     )
     if stages:

@@ -18,7 +18,8 @@ COLUMNS = [
     ("split replies", "split_replies"), ("old reply heard p50 ms", "old_reply_p50_ms"), ("stalls %", "stall_pct"),
     ("server CPU ms/call-s", "server_cpu_ms_per_call_second"),
     ("callers' CPU ms/call-s", "caller_cpu_ms_per_call_second"),
-    ("RSS/call MB", "rss_per_call_mb"), ("threads", "threads_peak"), ("stolen %", "steal_pct"),
+    ("RSS/call MB", "rss_per_call_mb"), ("threads", "threads_peak"), ("other cores", "other_cores"),
+    ("stolen %", "steal_pct"),
 ]
 
 
@@ -47,7 +48,7 @@ def table(levels: list[dict[str, Any]]) -> str:
             if key == "answered":
                 cells.append(f"{sum(lv['answered'] for lv in group)}/{calls * len(group)}")
             else:
-                cells.append(cell([lv[key] for lv in group]))
+                cells.append(cell([lv.get(key) for lv in group]))
         lines.append(f"| {server} | {calls} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -71,6 +72,7 @@ def plots(levels: list[dict[str, Any]], out: Path, prefix: str) -> list[Path]:
                       for n in ns], marker="o", label=server)
     latency.set(xlabel="concurrent WebRTC calls", ylabel="end of speech -> first reply audio (ms)",
                 title="Turn latency")
+    latency.set_yscale("log")
     cpu.set(xlabel="concurrent WebRTC calls", ylabel="server CPU ms per call-second", title="Server CPU",
             yscale="log")
     for axes in (latency, cpu):
