@@ -267,8 +267,8 @@ class WebRTCCaller:
             result.split_replies += sum(1 for start, _ in replies if onsets[name] < start < end)
         onset = onsets["interrupt"]
         answer = ends["interrupt"] + result.turn_latency[-1] if result.turn_latency[-1] is not None else math.inf
-        old = [stop for start, stop in replies if start < onset <= stop + REPLY_GAP]
-        result.old_reply_after_onset = max(0.0, min(old[0], answer) - onset) if old else 0.0
+        old = [stop for start, stop in runs(loud_at[loud_at < answer], REPLY_GAP) if start < onset <= stop + REPLY_GAP]
+        result.old_reply_after_onset = max(0.0, old[0] - onset) if old else 0.0
         for start, stop in replies:
             result.reply_seconds += stop - start + 0.02
             inside = arrivals[(arrivals >= start) & (arrivals <= stop)]
