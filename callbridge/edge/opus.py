@@ -1,5 +1,5 @@
 """Opus both ways for aiortc, in the event loop: the bot's voice encoded mono, silence for free (`VoiceEncoder`),
-and the caller's packets decoded straight to the turn detector's rate (`CallerVoice`).
+and the caller's packets decoded to mono as they leave the jitter buffer (`CallerVoice`).
 
 aiortc encodes what a track yields with its own `OpusEncoder`: 96 kbps stereo at libopus's highest complexity,
 behind a PyAV resampler graph, in the default thread pool (a thread hand-off per frame per call). A track that
@@ -96,7 +96,6 @@ class VoiceEncoder:
         packet.pts = pts
         packet.time_base = TIME_BASE
         return packet
-
 
 
 class CallerVoice:

@@ -45,7 +45,6 @@ from callbridge.transports.webrtc import Mode, OfferError
 logger = logging.getLogger("callbridge.webrtc")
 
 
-
 class AudioJitterBuffer(JitterBuffer):
     """aiortc's jitter buffer, but an audio packet leaves it as soon as it is next in sequence.
 
@@ -64,6 +63,7 @@ class AudioJitterBuffer(JitterBuffer):
             return None
         self.remove(1)
         return JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
 
 #: Client messages kept for a data channel that has not opened yet; the oldest go first.
 PENDING_MESSAGES = 256
