@@ -3,6 +3,7 @@
     .venv/bin/python bench/webrtc_load.py --levels 1,4,8,16                     # callbridge (this tree) and FastRTC
     .venv/bin/python bench/webrtc_load.py --levels 8 --server old=callbridge:/tmp/old --server new=callbridge:.
     .venv/bin/python bench/webrtc_load.py --levels 8 --profile new              # py-spy on that server too
+    .venv/bin/python bench/webrtc_load.py --levels 1 --stages                   # per-stage times (webrtc_stages)
 
 Everything runs in a private network namespace with only loopback (the script re-runs itself under
 `unshare -n`): no WebRTC packet can reach a real interface. Servers and callers offer 127.0.0.1 as their only
@@ -10,7 +11,8 @@ ICE candidate (tests/integration/loopback_ice, test code, on the servers' path; 
 themselves). For each level the servers take turns (in the order given), each freshly started, idle two
 seconds, then loaded with N calls (bench/webrtc_caller.py) spread over worker processes, while its CPU and RSS
 are read from /proc (bench/servers.py). Every worker reports its own CPU: on this 2-core machine that is CPU
-the server did not get. Writes webrtc.json, webrtc.md and the plots to --out (default bench/work/webrtc).
+the server did not get. Writes webrtc.json to --out (default bench/work/webrtc); bench/webrtc_report.py makes
+the table and plots from it. Needs PYTHONPATH=. (the callers import bench and callbridge).
 """
 
 from __future__ import annotations
