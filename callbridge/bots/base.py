@@ -18,6 +18,8 @@ generator, any of:
 - `Timings`: where a turn's time went, by stage (seconds): recorded in the `callbridge_stage_seconds`
   histogram and sent to clients as a `log` message;
 - `EndCall`: hang up once everything said so far has been heard;
+- `Frame`: in audio-video calls, a picture (an (H, W, 3) uint8 BGR ndarray) shown on the video track from
+  when the audio yielded before it has played, until the next picture (callbridge.bots.video);
 - `Transfer(to)`: once everything said so far has been heard, hand the caller on to the phone number `to`
   (the stream then ends). Only calls whose `CallInfo.can_transfer` is true can be transferred; elsewhere, or
   when the carrier refuses, the call goes on and `on_transfer_failed(to, reason)` speaks to the caller.
@@ -30,7 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -91,7 +93,15 @@ class Transfer:
             raise ValueError(f"Transfer(to={self.to!r}): not an E.164 number such as +15550100")
 
 
-BotOutput = Audio | AdditionalOutputs | Message | Mark | Timings | EndCall | Transfer | tuple[int, np.ndarray]
+@dataclass(frozen=True)
+class Frame:
+    """A picture for an audio-video call's video track: (H, W, 3) uint8, BGR as FastRTC's frames are."""
+
+    image: np.ndarray
+
+
+BotOutput = (Audio | AdditionalOutputs | Message | Mark | Timings | EndCall | Transfer | Frame
+             | tuple[int, np.ndarray])
 
 
 @dataclass(frozen=True)
@@ -112,11 +122,13 @@ class CallInfo:
 
 @dataclass(frozen=True)
 class Turn:
-    """One caller turn: int16 mono audio at the bot's `input_rate`, and the inputs set for it."""
+    """One caller turn: int16 mono audio at the bot's `input_rate`, the inputs set for it, and in audio-video
+    calls the camera's latest frame when the turn ended ((H, W, 3) uint8 BGR; None before any or without video)."""
 
     audio: np.ndarray
     sample_rate: int
     inputs: tuple[Any, ...] = ()
+    frame: np.ndarray | None = None
 
 
 class Bot:
@@ -127,6 +139,8 @@ class Bot:
     input_rate: int | None = 16000
     #: True when each turn needs additional inputs: the client is asked for them (`send_input`).
     wants_inputs: bool = False
+    #: The WebRTC modalities the bot handles ("audio", "video", "audio-video"): offers for others are refused.
+    modalities: ClassVar[frozenset[str]] = frozenset({"audio"})
 
     def __init__(self, call: CallInfo) -> None:
         self.call = call

@@ -1,6 +1,7 @@
 """Resolve the BOT setting to a factory that makes one bot per call.
 
-`BOT=assistant` is the conversational assistant (callbridge.bots.assistant), `BOT=echo` the echo bot;
+`BOT=assistant` is the conversational assistant (callbridge.bots.assistant), `BOT=echo` the echo bot, `BOT=mirror`
+the video mirror (callbridge.bots.mirror);
 `BOT=package.module:attr` names a `Bot` subclass, or a plain FastRTC-style handler function (wrapped in
 `FunctionBot`). A factory may have `async prepare()`: the service runs it before it reports ready.
 """
@@ -17,6 +18,7 @@ from functools import partial
 from callbridge.bots.base import Bot, CallInfo
 from callbridge.bots.echo import EchoBot
 from callbridge.bots.function import FunctionBot
+from callbridge.bots.mirror import MirrorBot
 
 BotFactory = Callable[[CallInfo], Bot]
 
@@ -36,7 +38,9 @@ def _assistant() -> BotFactory:
         raise BotLoadError(str(exc)) from None
 
 
-BUILT_IN: dict[str, Callable[[], BotFactory]] = {"echo": lambda: EchoBot, "assistant": _assistant}
+BUILT_IN: dict[str, Callable[[], BotFactory]] = {
+    "echo": lambda: EchoBot, "mirror": lambda: MirrorBot, "assistant": _assistant,
+}
 
 
 class BotLoadError(Exception):

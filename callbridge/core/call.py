@@ -26,6 +26,7 @@ from callbridge.bots.base import (
     Bot,
     BotOutput,
     EndCall,
+    Frame,
     Mark,
     Message,
     Timings,
@@ -35,7 +36,17 @@ from callbridge.bots.base import (
 from callbridge.codec import FRAME_MS, Rechunker, Resampler, resample
 from callbridge.core.end_of_turn import EndOfTurnAsker
 from callbridge.core.gate import TurnGate
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark, TransferCall, log
+from callbridge.core.messages import (
+    AudioOut,
+    ClientMessage,
+    Flush,
+    FrameOut,
+    Hangup,
+    Outbound,
+    PlaybackMark,
+    TransferCall,
+    log,
+)
 from callbridge.core.playback import Checkpoint, Tape
 from callbridge.core.session import Session
 from callbridge.core.turns import EndOfTurnQuestion, SpeechStarted, TurnConfig, TurnDetector, TurnEnded
@@ -146,6 +157,7 @@ class _Job:
     kind: str  # "greet" | "turn" | "dtmf" | "farewell" | "idle" | "idle_goodbye" | "transfer_failed"
     payload: Any = None
     speech_end_at: float = 0.0  # clock time the turn's last speech sample arrived
+    frame: np.ndarray | None = None  # the camera's latest frame when the turn ended (audio-video calls)
 
 
 @dataclass
@@ -217,8 +229,10 @@ class Call:
         # Only a bot that overrides on_pause is shown pauses (the turn's audio is resampled for it each time), and
         # pauses are asked about only for a model to answer or such a bot: else each would copy the turn for nobody.
         self._bot_previews = type(bot).on_pause is not Bot.on_pause
+        # A pause is asked about again only for the model: the bot is shown its first question's turn alone.
         ask_ms = turn_config.ask_ms if end_of_turn is not None or self._bot_previews else None
-        self.detector = TurnDetector(replace(turn_config.at(self.vad_rate), ask_ms=ask_ms))
+        ask_every_ms = turn_config.ask_every_ms if end_of_turn is not None else 0
+        self.detector = TurnDetector(replace(turn_config.at(self.vad_rate), ask_ms=ask_ms, ask_every_ms=ask_every_ms))
         self._windows = Rechunker(self.vad_rate, VAD_WINDOW_MS)
         self._vad = vad.stream(self.vad_rate, self._on_window)
         self._inbound_resampler = Resampler(inbound_rate, self.vad_rate) if inbound_rate != self.vad_rate else None
@@ -249,6 +263,7 @@ class Call:
         self._reprompts = 0  # re-prompts spoken since the caller last spoke
         self._end_of_turn = end_of_turn  # asks the turn's questions (END_OF_TURN=model), or None
         self._question: tuple[EndOfTurnQuestion, asyncio.Task[None]] | None = None
+        self._latest_frame: np.ndarray | None = None  # audio-video calls: the camera, for Turn.frame
 
     @property
     def id(self) -> str:
@@ -313,6 +328,15 @@ class Call:
             self._cancel_if_long(self.detector.speech_end)
         self._drop_stale_question()
         self._count_idle(len(window))
+
+    def publish(self, outputs: AdditionalOutputs) -> None:
+        """The bot's additional outputs: kept for `fetch_latest_output`/`output_stream`, and `fetch_output` told."""
+        self.session.publish_output(outputs.args)
+        self.send(ClientMessage("fetch_output", list(outputs.args)))
+
+    def push_frame(self, frame: np.ndarray) -> None:
+        """The caller's camera ((H, W, 3) uint8): the latest frame goes with the next turn to end (Turn.frame)."""
+        self._latest_frame = frame
 
     def push_dtmf(self, digit: str) -> None:
         self._reprompts = 0
@@ -392,7 +416,7 @@ class Call:
         logger.info("call %s: turn of %.2f s (%s)", self.id, len(event.audio) / self.vad_rate, event.reason,
                     extra={"event": "turn", "call_id": self.id, "seconds": round(len(event.audio) / self.vad_rate, 3),
                            "reason": event.reason})
-        job = _Job("turn", event, speech_end_at)
+        job = _Job("turn", event, speech_end_at, self._latest_frame)
         if self._hold is None:
             self._jobs.put_nowait(job)
         elif not self._cancel_if_long(event.speech_end, job):
@@ -402,8 +426,9 @@ class Call:
 
     def _ask(self, question: EndOfTurnQuestion) -> None:
         """The caller has paused ASK_MS: show the bot the turn it gets if the turn ends here (`on_pause`), and
-        have the end-of-turn model (END_OF_TURN=model) judge it, off the event loop."""
-        if self._bot_previews:
+        have the end-of-turn model (END_OF_TURN=model) judge it, off the event loop. The pause's later questions
+        (END_OF_TURN_ASK_EVERY_MS) go to the model alone: the turn the bot would get has not changed."""
+        if self._bot_previews and question.in_pause == 1:
             heard = question.audio[: len(question.audio) - (question.at - question.speech_end)]
             self._call_bot_hook("on_pause", self._bot_turn(heard))
         if self._end_of_turn is not None:
@@ -588,14 +613,14 @@ class Call:
             return self.bot.idle_goodbye()
         if job.kind == "transfer_failed":
             return self.bot.on_transfer_failed(*job.payload)
-        return self.bot.reply(self._bot_turn(job.payload.audio, inputs))
+        return self.bot.reply(self._bot_turn(job.payload.audio, inputs, job.frame))
 
-    def _bot_turn(self, audio: np.ndarray, inputs: tuple[Any, ...] = ()) -> Turn:
+    def _bot_turn(self, audio: np.ndarray, inputs: tuple[Any, ...] = (), frame: np.ndarray | None = None) -> Turn:
         """A turn's audio at the VAD's rate as the bot wants it."""
         rate = self.bot.input_rate or self.vad_rate
         if rate != self.vad_rate:
             audio = resample(audio, self.vad_rate, rate)
-        return Turn(audio=audio, sample_rate=rate, inputs=inputs)
+        return Turn(audio=audio, sample_rate=rate, inputs=inputs, frame=frame)
 
     async def _speak(self, job: _Job) -> None:
         gate = self.turn_gate if job.kind == "turn" else None
@@ -627,12 +652,13 @@ class Call:
                             self.observer.turn_answered(self.clock() - job.speech_end_at)
                     self._queue_audio(item, reply_id, chunker, resamplers)
                 elif isinstance(item, AdditionalOutputs):
-                    self.session.publish_output(item.args)
-                    self.send(ClientMessage("fetch_output", list(item.args)))
+                    self.publish(item)
                 elif isinstance(item, Message):
                     self.send(ClientMessage(item.type, item.data))
                 elif isinstance(item, Mark):
                     self._queue_mark(reply_id, item.name, chunker)
+                elif isinstance(item, Frame):
+                    self._queue_frame(item, reply_id, chunker)
                 elif isinstance(item, Timings):
                     self.observer.stage_timings(item.stages)
                     self.send(log({"timings": item.stages}))
@@ -646,8 +672,8 @@ class Call:
                     self._bot_mistake(
                         f"yield:{type(item).__name__}",
                         f"the bot yielded a {type(item).__name__} during {job.kind}, which plays nothing: yield "
-                        "Audio(samples, rate), a (rate, ndarray) tuple, AdditionalOutputs, Message, Mark, EndCall or "
-                        "Transfer")
+                        "Audio(samples, rate), a (rate, ndarray) tuple, AdditionalOutputs, Message, Mark, Frame, "
+                        "EndCall or Transfer")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -743,6 +769,19 @@ class Call:
         if tail is not None:
             self._tape.play(AudioOut(tail), reply_id)
         self._tape.checkpoint(Checkpoint("bot_mark", reply_id, name))
+
+    def _queue_frame(self, item: Frame, reply_id: str, chunker: Rechunker) -> None:
+        """The bot's picture, after the audio yielded before it (its last partial frame too). A transport without
+        video drops it."""
+        image = np.asarray(item.image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            self._bot_mistake("frame-shape", f"the bot yielded a Frame of shape {image.shape} and dtype {image.dtype}: "
+                              "a picture is (H, W, 3) uint8")
+            return
+        tail = chunker.flush()
+        if tail is not None:
+            self._tape.play(AudioOut(tail), reply_id)
+        self.outbox.put(FrameOut(image))
 
     def _call_bot_hook(self, hook: str, *args: Any) -> None:
         try:

@@ -59,7 +59,14 @@ class TransferCall:
     to: str
 
 
-Outbound = AudioOut | ClientMessage | Flush | PlaybackMark | Hangup | TransferCall
+@dataclass(frozen=True, slots=True)
+class FrameOut:
+    """A picture the bot yielded ((H, W, 3) uint8 BGR): the video track shows it until the next."""
+
+    image: np.ndarray
+
+
+Outbound = AudioOut | ClientMessage | Flush | PlaybackMark | Hangup | TransferCall | FrameOut
 
 
 def ends_reply(mark_name: str) -> bool:

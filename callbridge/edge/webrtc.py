@@ -1,4 +1,5 @@
-"""WebRTC calls on aiortc: Opus audio both ways, the client messages on a data channel.
+"""WebRTC calls on aiortc: Opus audio both ways, the client messages on a data channel, and video
+(callbridge.edge.video) in video and audio-video calls.
 
 The caller's Opus is decoded as it leaves aiortc's jitter buffer, in the event loop, to mono 48 kHz for the
 Call (`CallerVoice`, edge/opus.py). The bot's audio leaves through `CallAudioTrack`, whose `recv()`
@@ -37,10 +38,11 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from callbridge.core.call import Call
-from callbridge.core.messages import AudioOut, ClientMessage, Flush, Hangup, Outbound, PlaybackMark
+from callbridge.core.messages import AudioOut, ClientMessage, Flush, FrameOut, Hangup, Outbound, PlaybackMark
 from callbridge.edge.opus import FRAME_SAMPLES, RATE, CallerVoice, VoiceEncoder
+from callbridge.edge.video import VideoLink
 from callbridge.services import Services
-from callbridge.transports.webrtc import Mode, OfferError
+from callbridge.transports.webrtc import Modality, Mode, OfferError
 
 logger = logging.getLogger("callbridge.webrtc")
 
@@ -124,10 +126,12 @@ class CallAudioTrack(MediaStreamTrack):
 class PeerCall:
     """One WebRTC call: the peer connection, its Call, and the data channel the client opened."""
 
-    def __init__(self, call: Call, services: Services, mode: Mode, registry: dict[str, PeerCall]) -> None:
+    def __init__(self, call: Call, services: Services, mode: Mode, registry: dict[str, PeerCall],
+                 modality: Modality = "audio") -> None:
         self.call = call
         self.services = services
         self.mode = mode
+        self.has_audio = modality != "video"
         self._registry = registry
         registry[call.id] = self
         self.settings = services.settings
@@ -136,11 +140,14 @@ class PeerCall:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         self.track: CallAudioTrack | None = None
         self.channel: RTCDataChannel | None = None
+        self.video = (VideoLink(call, mode, self.settings.video_fps, None if self.has_audio else self.end)
+                      if modality != "audio" else None)
         self._pending: deque[str] = deque(maxlen=PENDING_MESSAGES)
         self._described = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ending: asyncio.Task[None] | None = None
         self._connected = False
+        self.pc.on("track", self._on_track)
         self.pc.on("datachannel", self._on_datachannel)
         self.pc.on("connectionstatechange", self._on_connection_state)
         self._spawn(self._connect_timeout())
@@ -153,6 +160,14 @@ class PeerCall:
         """Apply the client's offer and return the answer (aiortc gathers our candidates into it)."""
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self._described.set()
+        if self.has_audio:
+            self._answer_audio()
+        if self.video is not None:
+            self.video.answer(self.pc)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return self.pc.localDescription
+
+    def _answer_audio(self) -> None:
         audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
         for transceiver in audio:  # aiortc has no settings for these: the receiver's private parts are replaced
             receiver = transceiver.receiver
@@ -167,8 +182,6 @@ class PeerCall:
             self.pc.addTrack(self.track)
             if self.mode == "receive":
                 audio[0].direction = "sendonly"
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return self.pc.localDescription
 
     async def add_candidate(self, candidate: Any) -> None:
         """Add a trickled remote candidate once the offer is applied (a candidate can overtake its offer)."""
@@ -189,6 +202,10 @@ class PeerCall:
         """Caller audio, mono int16 at RATE, as `CallerVoice` decodes it."""
         if self.mode != "receive" and self._ending is None and not self.call.push_audio(pcm):
             self.end("caller audio arrives faster than real time (INBOUND_BACKLOG_SECONDS)")  # as media sockets do
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and self.video is not None:
+            self.video.on_track(track)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if self.channel is not None:
@@ -213,7 +230,7 @@ class PeerCall:
         return None
 
     async def _drain_without_audio(self) -> None:
-        """Mode `send`: no audio goes back, but messages do and replies count as played at once."""
+        """Mode `send` and video calls: no audio goes back, but messages do and replies count as played at once."""
         while True:
             item = await self.call.next_outbound()
             if not isinstance(item, AudioOut):
@@ -226,6 +243,9 @@ class PeerCall:
             self.call.playback_finished(item.name)
         elif isinstance(item, Hangup):
             self._spawn(self._hang_up())
+        elif isinstance(item, FrameOut):
+            if self.video is not None:
+                self.video.show(item.image)
         elif isinstance(item, Flush):
             pass  # the Call already dropped the queued audio; nothing is buffered past the outbox
 
@@ -248,8 +268,10 @@ class PeerCall:
         if state == "connected" and not self._connected:
             self._connected = True
             self.call.start()
-            if self.mode == "send":
+            if self.track is None:
                 self._spawn(self._drain_without_audio())
+            if self.video is not None:
+                self.video.start()
             if self.settings.webrtc_max_call_seconds:
                 self._spawn(self._time_limit(self.settings.webrtc_max_call_seconds))
         elif state in ("failed", "closed"):
@@ -290,6 +312,8 @@ class PeerCall:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.track is not None:
             self.track.stop()
+        if self.video is not None:
+            await self.video.stop()
         try:
             with contextlib.suppress(Exception):
                 await self.pc.close()

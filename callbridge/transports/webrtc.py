@@ -2,7 +2,8 @@
 
 - Offer: `{"sdp", "type": "offer", "webrtc_id"}`, mode from the `mode` query parameter or body field:
   `send-receive` (default), `send` (the client only sends: the server listens, the bot's audio is dropped)
-  or `receive` (the client only receives: a bot that talks).
+  or `receive` (the client only receives: a bot that talks), and modality from the `modality` query parameter or
+  body field: `audio` (default), `video` or `audio-video`.
 - Trickled candidate: `{"type": "ice-candidate", "webrtc_id", "candidate": {"candidate", "sdpMid",
   "sdpMLineIndex"}}`; an empty candidate string means end-of-candidates.
 """
@@ -14,6 +15,8 @@ from typing import Any, Literal, get_args
 
 Mode = Literal["send-receive", "send", "receive"]
 MODES: tuple[str, ...] = get_args(Mode)
+Modality = Literal["audio", "video", "audio-video"]
+MODALITIES: tuple[str, ...] = get_args(Modality)
 
 
 class OfferError(Exception):
@@ -29,6 +32,15 @@ class Offer:
     call_id: str
     sdp: str
     mode: Mode
+    modality: Modality = "audio"
+
+    @property
+    def has_audio(self) -> bool:
+        return self.modality != "video"
+
+    @property
+    def has_video(self) -> bool:
+        return self.modality != "audio"
 
 
 @dataclass(frozen=True)
@@ -37,7 +49,7 @@ class Candidate:
     candidate: dict[str, Any]  # the browser's RTCIceCandidate.toJSON()
 
 
-def parse_request(body: Any, query_mode: str | None) -> Offer | Candidate:
+def parse_request(body: Any, query_mode: str | None, query_modality: str | None = None) -> Offer | Candidate:
     """The request in a body; raises OfferError saying what is wrong."""
     if not isinstance(body, dict):
         raise OfferError("body must be a JSON object")
@@ -54,4 +66,7 @@ def parse_request(body: Any, query_mode: str | None) -> Offer | Candidate:
     mode = query_mode or body.get("mode") or "send-receive"
     if mode not in MODES:
         raise OfferError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    return Offer(call_id, body["sdp"], mode)
+    modality = query_modality or body.get("modality") or "audio"
+    if modality not in MODALITIES:
+        raise OfferError(f"modality must be one of {', '.join(MODALITIES)}, not {modality!r}")
+    return Offer(call_id, body["sdp"], mode, modality)

@@ -1,8 +1,9 @@
 """WebRTC signalling: `POST /webrtc/offer` takes offers and trickled candidates (callbridge.transports.webrtc).
 
 Refusals: a page from a foreign origin -> 403 and a body that is not JSON -> 415 (callbridge.web.guards);
-a bad body -> 422; a duplicate id -> 409 `connection_already_exists`; over the limit ->
-`LIMIT_STATUS_CODE` (429, or 200) with the concurrency body; an unusable SDP -> 400. The peer side (aiortc)
+a bad body, or a modality the bot does not handle (`Bot.modalities`) -> 422; a duplicate id -> 409
+`connection_already_exists`; over the limit -> `LIMIT_STATUS_CODE` (429, or 200) with the concurrency body; an
+unusable SDP (e.g. no video m-line in a video offer) -> 400. The peer side (aiortc)
 lives in callbridge.edge.webrtc and is imported at the first offer. With several workers a candidate may reach
 another process than its offer: it is passed on through the registry's commands.
 """
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, request
 
+from callbridge.bots.base import Bot
 from callbridge.services import Services
 from callbridge.sessions.registry import (
     ConcurrencyLimitReached,
@@ -63,7 +65,8 @@ def webrtc(services: Services) -> Blueprint:
     @routes.post("/webrtc/offer")
     async def offer() -> tuple[dict[str, Any], int]:
         try:
-            parsed = parse_request(await request.get_json(silent=True), request.args.get("mode"))
+            parsed = parse_request(await request.get_json(silent=True), request.args.get("mode"),
+                                   request.args.get("modality"))
             if isinstance(parsed, Candidate):
                 await add_candidate(parsed)
                 return {"status": "success"}, 200
@@ -74,13 +77,17 @@ def webrtc(services: Services) -> Blueprint:
     async def answer(offer: Offer) -> tuple[dict[str, Any], int]:
         from callbridge.edge.webrtc import RATE, PeerCall
 
+        handled = getattr(services.bot_factory, "modalities", Bot.modalities)
+        if offer.modality not in handled:
+            raise OfferError(f"this bot handles {', '.join(sorted(handled))} calls, not {offer.modality}: offer one "
+                             "of those modalities or run a bot that handles it (BOT=mirror handles video)")
         try:
             call = await services.open_call(offer.call_id, "webrtc", inbound_rate=RATE, outbound_rate=RATE,
-                                            parameters={"mode": offer.mode})
+                                            parameters={"mode": offer.mode, "modality": offer.modality})
         except RegistryError as exc:
             logger.warning("webrtc offer %s refused: %s", offer.call_id, exc)
             return exc.body(), refusal_status(exc)
-        peer = PeerCall(call, services, offer.mode, live)
+        peer = PeerCall(call, services, offer.mode, live, offer.modality)
         try:
             description = await peer.answer(offer.sdp)
         except Exception as exc:

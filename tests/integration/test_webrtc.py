@@ -3,175 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import fractions
-import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import aioice.ice
-import av
-import httpx
 import numpy as np
 import pytest
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCSessionDescription
 
 from callbridge.codec import resample
 from callbridge.simulator import Pause, SimulatedCaller, Speak, WaitForReply, webhook
 from tests.integration.webrtc_bots import GREETING_SECONDS
+from tests.integration.webrtc_peer import (
+    FRAME,
+    LOOPBACK_ICE,
+    RATE,
+    Peer,
+    loopback_ice,  # noqa: F401 (an autouse fixture)
+    post_offer,
+)
 from tests.speech import peak_correlation, silence, speech
 
-RATE = 48000
-FRAME = RATE // 50
 HELLO = "Hello, this is a test call, can you hear me?"
 STORY = "Once upon a time, in a small village by the sea, there lived an old fisherman and his clever cat."
 INTERRUPT = "Wait, stop, I have a question."
-#: Puts this folder's sitecustomize on the server's path: its aioice offers 127.0.0.1 only (test code only).
-LOOPBACK_ICE = {"pythonpath": str(Path(__file__).parent / "loopback_ice")}
-
-
-@pytest.fixture(autouse=True)
-def _loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The test's own peer gathers 127.0.0.1 only, so no packet leaves the loopback interface."""
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-
-
 @pytest.fixture(scope="module")
 def server(server_factory):
     return server_factory(concurrency_limit=20, **LOOPBACK_ICE)
-
-
-class SpeechTrack(MediaStreamTrack):
-    """The caller's microphone: plays `script` (48 kHz int16) in real time, then silence, in 20 ms frames.
-
-    `script` may grow while the call runs (`say`), as a person speaks again."""
-
-    kind = "audio"
-
-    def __init__(self, samples: np.ndarray) -> None:
-        super().__init__()
-        self.script = samples
-        self.position = 0
-        self._start: float | None = None
-
-    def say(self, samples: np.ndarray) -> float:
-        """Queue `samples` right after what has been played; returns the loop time their playback starts."""
-        played = self.script[: self.position]
-        self.script = np.concatenate([played, np.zeros(self.position - len(played), np.int16), samples])
-        return asyncio.get_running_loop().time()
-
-    async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        else:
-            await asyncio.sleep(max(0.0, self._start + self.position / RATE - loop.time()))
-        chunk = self.script[self.position : self.position + FRAME]
-        chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), np.int16)])
-        # Stereo like Chromium's capture: aiortc's encoder would mix mono up at -3 dB.
-        frame = av.AudioFrame.from_ndarray(np.repeat(chunk, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate, frame.time_base, frame.pts = RATE, fractions.Fraction(1, RATE), self.position
-        self.position += FRAME
-        return frame
-
-
-@dataclass
-class Peer:
-    """A browser stand-in: an aiortc peer with a data channel, a microphone track and a recorder."""
-
-    url: str
-    call_id: str
-    mode: str = "send-receive"
-    pc: RTCPeerConnection = field(default_factory=lambda: RTCPeerConnection(RTCConfiguration(iceServers=[])))
-    microphone: SpeechTrack = field(default_factory=lambda: SpeechTrack(np.zeros(0, np.int16)))
-    messages: list[tuple[float, Any]] = field(default_factory=list)
-    heard: list[tuple[float, np.ndarray]] = field(default_factory=list)  # (arrival time, 48 kHz mono)
-    tracks: int = 0
-    _recorders: list[asyncio.Task[None]] = field(default_factory=list)
-    _waiters: list[tuple[Callable[[Any], bool], asyncio.Future[None]]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.channel = self.pc.createDataChannel("text")
-        self.channel.on("message", self._on_message)
-        self.pc.on("track", self._on_track)
-        if self.mode == "receive":
-            self.pc.addTransceiver("audio", direction="recvonly")
-        else:
-            self.pc.addTrack(self.microphone)
-
-    @property
-    def logs(self) -> list[str]:
-        return [data for _, message in self.messages if message["type"] == "log" for data in [message["data"]]]
-
-    @property
-    def reply(self) -> np.ndarray:
-        return self.heard_between(0.0, float("inf"))
-
-    def heard_between(self, start: float, end: float) -> np.ndarray:
-        frames = [samples for t, samples in self.heard if start <= t < end]
-        return np.concatenate(frames) if frames else np.zeros(0, np.int16)
-
-    def log_time(self, data: str) -> float:
-        return next(t for t, message in self.messages if message == {"type": "log", "data": data})
-
-    def _on_message(self, raw: str) -> None:
-        message = json.loads(raw)
-        self.messages.append((asyncio.get_running_loop().time(), message))
-        for predicate, future in self._waiters:
-            if not future.done() and predicate(message):
-                future.set_result(None)
-
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        self.tracks += 1
-
-        async def record() -> None:
-            to_mono = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-            while True:
-                try:
-                    frame = await track.recv()
-                except MediaStreamError:
-                    return
-                now = asyncio.get_running_loop().time()
-                self.heard.extend((now, f.to_ndarray().reshape(-1)) for f in to_mono.resample(frame))
-
-        self._recorders.append(asyncio.ensure_future(record()))
-
-    async def offer_body(self) -> dict[str, Any]:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        return {"sdp": self.pc.localDescription.sdp, "type": "offer", "webrtc_id": self.call_id}
-
-    async def connect(self, **body: Any) -> None:
-        """Offer, apply the answer, and wait until the connection is up."""
-        async with httpx.AsyncClient() as http:
-            response = await http.post(f"{self.url}/webrtc/offer", json={**await self.offer_body(), **body})
-        assert response.status_code == 200, response.text
-        await self.pc.setRemoteDescription(RTCSessionDescription(**response.json()))
-        await self.wait_connected()
-
-    async def wait_connected(self, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while self.pc.connectionState != "connected" or self.channel.readyState != "open":
-                await asyncio.sleep(0.02)
-
-    async def wait_for_log(self, data: str, *, count: int = 1, timeout: float = 20.0) -> None:
-        if self.logs.count(data) >= count:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((lambda m: m == {"type": "log", "data": data} and self.logs.count(data) >= count, future))
-        await asyncio.wait_for(future, timeout)
-
-    async def close(self) -> None:
-        await self.pc.close()
-
-
-async def post_offer(url: str, body: Any, query: str = "") -> httpx.Response:
-    async with httpx.AsyncClient() as http:
-        return await http.post(f"{url}/webrtc/offer{query}", json=body)
 
 
 def at_8k(samples: np.ndarray) -> np.ndarray:
