@@ -72,7 +72,7 @@ def v5_call(self: Any, x: Any, state: tuple[Any, Any], sr: int) -> tuple[Any, tu
     return best, (rnn, context)
 
 
-def build_app() -> Any:
+def build_app(concurrency_limit: int | None = None) -> Any:
     from fastapi import FastAPI
     from fastrtc import ReplyOnPause, Stream
     from fastrtc.pause_detection import silero
@@ -83,7 +83,9 @@ def build_app() -> Any:
     def echo(audio: tuple[int, Any]) -> Any:
         yield audio
 
-    stream = Stream(ReplyOnPause(echo), modality="audio", mode="send-receive")
+    # concurrency_limit None keeps FastRTC's default ('default': one call at a time).
+    limit = {} if concurrency_limit is None else {"concurrency_limit": concurrency_limit}
+    stream = Stream(ReplyOnPause(echo), modality="audio", mode="send-receive", **limit)
     app = FastAPI()
     stream.mount(app)
 
@@ -98,10 +100,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
+    parser.add_argument("--concurrency-limit", type=int, help="calls at once (FastRTC's default is one)")
     args = parser.parse_args()
     import uvicorn
 
-    uvicorn.run(build_app(), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(build_app(args.concurrency_limit), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """WebRTC calls on aiortc: Opus audio both ways, the client messages on a data channel, and video
 (callbridge.edge.video) in video and audio-video calls.
 
-aiortc decodes the browser's Opus to 48 kHz frames; they reach the Call as mono int16 at 48 kHz. The
-bot's audio leaves through `CallAudioTrack`, whose `recv()` aiortc calls once per 20 ms frame: that is
-where the Call's outbox is drained, so a barge-in flush takes effect at the very next frame. The client's
+The caller's Opus is decoded as it leaves aiortc's jitter buffer, in the event loop, to mono 48 kHz for the
+Call (`CallerVoice`, edge/opus.py). The bot's audio leaves through `CallAudioTrack`, whose `recv()`
+aiortc calls once per 20 ms frame: that is where the Call's outbox is drained and the frame encoded
+(`VoiceEncoder`), so a barge-in flush takes effect at the very next frame. The client's
 data channel (any label) carries the Call's client messages, queued until it opens; what the client
 sends on it is not part of the contract and is ignored. A peer that never connects, a connection that
 fails or closes, a bot that hangs up, the optional time limit and shutdown all end the call the same way.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fractions
 import logging
 from collections import deque
 from collections.abc import Coroutine
@@ -33,22 +33,40 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
-from callbridge.codec import FRAME_MS
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, FrameOut, Hangup, Outbound, PlaybackMark
+from callbridge.edge.opus import FRAME_SAMPLES, RATE, CallerVoice, VoiceEncoder
 from callbridge.edge.video import VideoLink
 from callbridge.services import Services
 from callbridge.transports.webrtc import Modality, Mode, OfferError
 
 logger = logging.getLogger("callbridge.webrtc")
 
-#: aiortc's Opus decoder yields 48 kHz; the bot's audio goes back at the same rate.
-RATE = 48000
-FRAME_SAMPLES = RATE * FRAME_MS // 1000
-TIME_BASE = fractions.Fraction(1, RATE)
+
+class AudioJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer, but an audio packet leaves it as soon as it is next in sequence.
+
+    An Opus packet is a whole frame, yet aiortc's buffer lets a frame go only once a packet with the next
+    timestamp has arrived, and for audio only after four more (its `prefetch`): 100 ms before every frame
+    reaches the turn detector, so every end of speech is noticed that late. Packets swapped in transit are
+    still put in order, and a lost one is skipped as aiortc skips it (once `capacity` packets wait behind it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        packet = self._packets[self._origin % self.capacity] if self._origin is not None else None
+        if packet is None:
+            return None
+        self.remove(1)
+        return JitterFrame(data=packet._data, timestamp=packet.timestamp)
+
+
 #: Client messages kept for a data channel that has not opened yet; the oldest go first.
 PENDING_MESSAGES = 256
 #: When the bot hangs up, its last frames are still in flight and in the caller's jitter buffer.
@@ -74,10 +92,11 @@ def parse_candidate(candidate: Any) -> RTCIceCandidate | None:
 
 
 class CallAudioTrack(MediaStreamTrack):
-    """The bot's voice: aiortc pulls one 20 ms frame per `recv()`, paced here in real time.
+    """The bot's voice: aiortc pulls one 20 ms Opus packet per `recv()`, paced here in real time.
 
     Each frame comes from `PeerCall.next_audio()`, which drains the Call's outbox up to the next audio
-    frame; silence goes out when nothing is queued, so the RTP stream keeps its clock.
+    frame; silence goes out when nothing is queued, so the RTP stream keeps its clock. The packets are
+    encoded here (`VoiceEncoder`: mono, silence shared), so aiortc only packetises them.
     """
 
     kind = "audio"
@@ -85,10 +104,11 @@ class CallAudioTrack(MediaStreamTrack):
     def __init__(self, peer: PeerCall) -> None:
         super().__init__()
         self._peer = peer
+        self._encoder = VoiceEncoder()
         self._start: float | None = None
         self._pts = 0
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -98,18 +118,9 @@ class CallAudioTrack(MediaStreamTrack):
             delay = self._start + self._pts / RATE - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-        samples = self._peer.next_audio()
-        if samples is None:
-            samples = np.zeros(FRAME_SAMPLES, np.int16)
-        elif len(samples) < FRAME_SAMPLES:  # a reply's last, short frame
-            samples = np.concatenate([samples, np.zeros(FRAME_SAMPLES - len(samples), np.int16)])
-        # Stereo, both channels the same: aiortc's Opus encoder takes stereo as it is, but mixes mono up at -3 dB.
-        frame = av.AudioFrame.from_ndarray(np.repeat(samples, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate = RATE
-        frame.time_base = TIME_BASE
-        frame.pts = self._pts
-        self._pts += frame.samples
-        return frame
+        packet = self._encoder.packet(self._peer.next_audio(), self._pts)
+        self._pts += FRAME_SAMPLES
+        return packet
 
 
 class PeerCall:
@@ -158,6 +169,10 @@ class PeerCall:
 
     def _answer_audio(self) -> None:
         audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
+        for transceiver in audio:  # aiortc has no settings for these: the receiver's private parts are replaced
+            receiver = transceiver.receiver
+            receiver._RTCRtpReceiver__jitter_buffer = AudioJitterBuffer()
+            receiver._RTCRtpReceiver__decoder_queue = CallerVoice(self._on_caller_audio)
         if not audio:
             raise OfferError("the offer has no audio: add a microphone track or a recvonly audio transceiver")
         if self.mode == "send":
@@ -183,24 +198,14 @@ class PeerCall:
 
     # -- inbound -----------------------------------------------------------------------------------
 
-    def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "audio" and self.has_audio and self.mode != "receive":
-            self._spawn(self._listen(track))
-        elif track.kind == "video" and self.video is not None:
-            self.video.on_track(track)
+    def _on_caller_audio(self, pcm: np.ndarray) -> None:
+        """Caller audio, mono int16 at RATE, as `CallerVoice` decodes it."""
+        if self.mode != "receive" and self._ending is None and not self.call.push_audio(pcm):
+            self.end("caller audio arrives faster than real time (INBOUND_BACKLOG_SECONDS)")  # as media sockets do
 
-    async def _listen(self, track: MediaStreamTrack) -> None:
-        """Caller audio: whatever aiortc decodes (48 kHz s16 stereo from Opus) as mono int16 at 48 kHz."""
-        to_mono = av.AudioResampler(format="s16", layout="mono", rate=RATE)
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            for mono in to_mono.resample(frame):
-                if not self.call.push_audio(mono.to_ndarray().reshape(-1)):  # as the media sockets close
-                    self.end("caller audio arrives faster than real time (INBOUND_BACKLOG_SECONDS)")
-                    return
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "video" and self.video is not None:
+            self.video.on_track(track)
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if self.channel is not None:
