@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
+import aiortc
 import av
 import numpy as np
 from aiortc import (
@@ -69,6 +70,8 @@ class AudioJitterBuffer(JitterBuffer):
 
 #: Client messages kept for a data channel that has not opened yet; the oldest go first.
 PENDING_MESSAGES = 256
+#: The RTCRtpReceiver attributes `_answer_audio` replaces (aiortc 1.16's jitter buffer and decoder queue).
+RECEIVER_PARTS = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue")
 #: When the bot hangs up, its last frames are still in flight and in the caller's jitter buffer.
 HANGUP_DELAY_SECONDS = 0.3
 
@@ -171,6 +174,9 @@ class PeerCall:
         audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
         for transceiver in audio:  # aiortc has no settings for these: the receiver's private parts are replaced
             receiver = transceiver.receiver
+            if not all(hasattr(receiver, name) for name in RECEIVER_PARTS):
+                raise RuntimeError(f"aiortc {aiortc.__version__}'s receiver lacks {', '.join(RECEIVER_PARTS)}: "
+                                   "callbridge is tested with aiortc 1.16 (pyproject.toml)")
             receiver._RTCRtpReceiver__jitter_buffer = AudioJitterBuffer()
             receiver._RTCRtpReceiver__decoder_queue = CallerVoice(self._on_caller_audio)
         if not audio:
