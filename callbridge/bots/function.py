@@ -36,12 +36,12 @@ async def iterate_in_thread(iterator: Iterator[Any]) -> AsyncIterator[Any]:
             await asyncio.to_thread(close)
 
 
-def declares_inputs(fn: Callable[..., Any]) -> bool:
-    """Whether `fn` names a parameter beyond the audio: then each turn asks for additional inputs. A bare
-    `*inputs` does not count, so FastRTC's `def handler(audio, *inputs)` never waits for inputs it was not
-    promised (on the phone none can ever come)."""
+def declares_inputs(fn: Callable[..., Any], media: int = 1) -> bool:
+    """Whether `fn` names a parameter beyond its `media` ones (the audio; none for a video generator in receive
+    mode): then each turn asks for additional inputs. A bare `*inputs` does not count, so FastRTC's
+    `def handler(audio, *inputs)` never waits for inputs it was not promised (on the phone none can ever come)."""
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return sum(p.kind in positional for p in inspect.signature(fn).parameters.values()) > 1
+    return sum(p.kind in positional for p in inspect.signature(fn).parameters.values()) > media
 
 
 class FunctionBot(Bot):

@@ -14,7 +14,9 @@ bot (`reply`, with `turn.frame`), while its `transform` keeps changing the live 
 whichever picture came last, a transformed frame or a `Frame` the reply yielded.
 
 `video_handler(fn)` makes a VideoBot class of a plain `fn(frame, *inputs)` (receive mode: `fn(*inputs)`, a
-generator), so `BOT=module:attr` loads it through the loader's Bot-subclass path.
+generator), so `BOT=module:attr` loads it through the loader's Bot-subclass path. As with audio handlers, a
+parameter named beyond the frame (any, in receive mode) asks the client for additional inputs (`send_input`):
+until they are set the camera is shown as it is (receive mode: nothing is shown), then frames get the latest.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from callbridge.bots.base import AdditionalOutputs, Bot
+from callbridge.bots.base import AdditionalOutputs, Bot, CallInfo
 from callbridge.bots.function import declares_inputs
 
 VideoResult = np.ndarray | tuple[np.ndarray | None, AdditionalOutputs] | AdditionalOutputs | None
@@ -70,7 +72,10 @@ def video_handler(fn: Callable[..., Any], *, modalities: frozenset[str] = frozen
     """A VideoBot class running `fn(frame, *inputs)` per frame, and `fn(*inputs)` in receive mode."""
 
     class FunctionVideoBot(VideoBot):
-        wants_inputs = declares_inputs(fn)
+        def __init__(self, call: CallInfo) -> None:
+            super().__init__(call)
+            # In receive mode `fn` gets no frame: any parameter it names is an input.
+            self.wants_inputs = declares_inputs(fn, media=0 if call.parameters.get("mode") == "receive" else 1)
 
         def transform(self, frame: np.ndarray, *inputs: Any) -> Any:
             return fn(frame, *inputs)
