@@ -10,9 +10,9 @@ that plays a spoken sentence once. On the page it clicks Call, sets the bot's in
 records what the page and the server saw. Then video: a second server runs the shipped mirror bot
 (BOT=mirror), Chromium's fake camera plays a Y4M file of four grey bands, and for each of the video and
 audio-video modalities the page calls, and the session reads pixels of the remote <video> and of the local
-preview through a canvas, counts decoded frames, and saves a screenshot. A video offer to the audio-only bot
-records the refusal the page shows. test_softphone.py runs this and asserts on RESULTS.json; nothing here
-decides pass or fail.
+preview through a canvas, counts decoded frames, and saves a screenshot. A video offer to the audio-only bot,
+and a video call whose camera the browser denies, record what the page shows. test_softphone.py runs this and
+asserts on RESULTS.json; nothing here decides pass or fail.
 """
 
 from __future__ import annotations
@@ -228,9 +228,10 @@ def run_video_call(playwright: Playwright, server: Server, wav: Path, y4m: Path,
         browser.close()
 
 
-def run_refused_video_call(playwright: Playwright, server: Server, wav: Path, y4m: Path) -> dict[str, Any]:
-    """A video call to a bot that handles audio only: what the page tells the caller."""
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=chromium_flags(wav, y4m))
+def run_refused_video_call(playwright: Playwright, server: Server, flags: list[str]) -> dict[str, Any]:
+    """A video call the bot (audio only) or the browser (`--use-fake-ui-for-media-stream=deny`) refuses: what the
+    page tells the caller."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
     try:
         page = browser.new_page()
         page.goto(f"{server.url}/?transport=webrtc&modality=video")
@@ -271,7 +272,9 @@ def main(results_path: Path) -> None:
             with sync_playwright() as playwright:
                 calls = {transport: run_call(playwright, server, wav, transport)
                          for transport in ("webrtc", "websocket")}
-                refused = run_refused_video_call(playwright, server, wav, y4m)
+                refused = run_refused_video_call(playwright, server, chromium_flags(wav, y4m))
+                denied = run_refused_video_call(playwright, server, [
+                    *chromium_flags(wav, y4m), "--use-fake-ui-for-media-stream=deny"])
                 video_server = Server({"PYTHONPATH": str(loopback_ice), "BOT": VIDEO_BOT},
                                       Path(work) / "video-server.log")
                 video_calls = {modality: run_video_call(playwright, video_server, wav, y4m, modality)
@@ -286,6 +289,7 @@ def main(results_path: Path) -> None:
             if video_server is not None:
                 video_server.stop()
         results_path.write_text(json.dumps({"calls": calls, "videoCalls": video_calls, "refusedVideo": refused,
+                                            "deniedCamera": denied,
                                             "serverLog": server.logs()}))
 
 

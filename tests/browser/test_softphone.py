@@ -166,3 +166,10 @@ def test_a_refused_modality_is_shown(session):
     assert "this bot handles audio calls, not video" in refused["status"]
     assert any("BOT=mirror handles video" in error for error in refused["errors"])
     assert refused["callEnabled"]
+
+
+def test_a_refused_camera_is_shown(session):
+    """The browser refuses the camera: the page says what to do, and no call is offered."""
+    denied = session["deniedCamera"]
+    assert "permission for the camera was refused: allow it in the browser's site settings" in denied["status"]
+    assert denied["callEnabled"]

@@ -41,7 +41,7 @@ function refusalText(body, status) {
 
 /** Why getUserMedia failed, in words a caller can act on. */
 function mediaRefusalText(error, wanted) {
-  if (error.name === "NotAllowedError") return `the ${wanted} was refused: allow it in the browser's site settings, or call with audio only`;
+  if (error.name === "NotAllowedError") return `permission for the ${wanted} was refused: allow it in the browser's site settings, or call with audio only`;
   if (error.name === "NotFoundError" || error.name === "OverconstrainedError") return `no ${wanted} found on this device`;
   if (error.name === "NotReadableError") return `the ${wanted} is in use by another program`;
   return `cannot open the ${wanted}: ${error.message}`;
