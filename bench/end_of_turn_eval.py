@@ -46,6 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SILENCE_POINTS = (150, 200, 250)
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
 UPPER_BOUNDS = (512, 1000)
+# `model S+E/T/U`: asked at S ms of silence, then again every E ms of the same pause until U.
+REASK_POINTS = ((150, 100), (150, 150), (200, 100), (200, 150))
+REASK_THRESHOLDS = (0.5, 0.7, 0.8)
+REASK_BOUNDS = (512, 800, 1000)
 SILENCE_RULES = (200, 512)
 SPOKEN = ("finished", "comma", "hesitation", "list", "backchannel", "interruption")
 MID_SENTENCE = ("comma", "hesitation", "list")
@@ -80,9 +84,11 @@ def silence_rule(windows: list[tuple[np.ndarray, float]], config: TurnConfig) ->
 
 
 def model_rule(windows: list[tuple[np.ndarray, float]], config: TurnConfig, silence_ms: int, threshold: float,
-               ask: Callable[[int, int], float]) -> list[Decision]:
-    """The turns `model S/T/U` ends (U = config.pause_ms); `ask(turn_start, now)` gives the probability."""
+               ask: Callable[[int, int], float], every_ms: int | None = None) -> list[Decision]:
+    """The turns `model S/T/U` (or `model S+E/T/U`: asked again every E ms of the same pause) ends
+    (U = config.pause_ms); `ask(turn_start, now)` gives the probability."""
     query_windows = max(1, config.windows(silence_ms) - HANGOVER_WINDOWS[config.sample_rate])
+    every_windows = config.windows(every_ms) if every_ms else 0
     preroll = config.windows(config.preroll_ms) * config.window_samples
     detector, base, speaking, silence, turn_start, decisions = TurnDetector(config), 0, False, 0, 0, []
     for i, (window, p) in enumerate(windows):
@@ -95,7 +101,9 @@ def model_rule(windows: list[tuple[np.ndarray, float]], config: TurnConfig, sile
             decisions.append(Decision(now, False))
         elif speaking:
             silence = 0 if p >= config.exit_threshold else silence + 1
-            if silence == query_windows and ask(turn_start, now) >= threshold:
+            asking = silence == query_windows or (
+                every_windows and silence > query_windows and (silence - query_windows) % every_windows == 0)
+            if asking and ask(turn_start, now) >= threshold:
                 decisions.append(Decision(now, True))
                 detector, base, speaking = TurnDetector(config), now, False  # a fresh turn, as after any end
     return decisions
@@ -117,10 +125,19 @@ class Asker:
         return ask
 
 
+def counting(ask: Callable[[int, int], float], tally: list[int]) -> Callable[[int, int], float]:
+    """`ask`, counting its calls in tally[0]."""
+    def counted(start: int, now: int) -> float:
+        tally[0] += 1
+        return ask(start, now)
+    return counted
+
+
 @dataclass
 class Outcome:
     latencies: list[float]  # ms from the end of speech to the turn's end, for utterances whose turn ended
     splits: int  # turns ended before the end of speech
+    splits_by_model: int  # of which the model ended (the rest: the silence bound)
     split_utterances: int
     unanswered: int  # utterances whose turn never ended (too short to count as speech)
     false_turns: int  # turns ended on noise
@@ -129,13 +146,14 @@ class Outcome:
 
 
 def outcome(corpus: list[Utterance], decisions: list[list[Decision]], inference_ms: float) -> Outcome:
-    result = Outcome([], 0, 0, 0, 0, 0, len(corpus))
+    result = Outcome([], 0, 0, 0, 0, 0, 0, len(corpus))
     for u, ends in zip(corpus, decisions, strict=True):
         if u.category == "noise":
             result.false_turns += len(ends)
             continue
         early = [d for d in ends if d.at < u.speech_end]
         result.splits += len(early)
+        result.splits_by_model += sum(d.by_model for d in early)
         result.split_utterances += bool(early)
         final = next((d for d in ends if d.at >= u.speech_end), None)
         if final is None:
@@ -220,6 +238,23 @@ def main() -> None:
         same = [silence_rule(w, TurnConfig(u.rate, pause_ms=upper)) for u, w in zip(corpus, windows, strict=True)]
         assert never == same, "the model rule's silence counting differs from TurnDetector's"
 
+    questions: dict[str, int] = {}  # per model rule: questions asked over the spoken utterances
+    for upper in REASK_BOUNDS:
+        for silence, every in REASK_POINTS:
+            for threshold in REASK_THRESHOLDS:
+                rule, tally = f"model {silence}+{every}/{threshold}/{upper}", [0]
+                rules[rule] = [model_rule(w, TurnConfig(u.rate, pause_ms=upper), silence, threshold,
+                                          counting(ask, tally) if u.category in SPOKEN else ask, every)
+                               for u, w, ask in zip(corpus, windows, asks, strict=True)]
+                questions[rule] = tally[0]
+    for silence in SILENCE_POINTS:  # the one-question rules' counts, for the same table
+        for upper in UPPER_BOUNDS:
+            tally = [0]
+            for u, w, ask in zip(corpus, windows, asks, strict=True):
+                if u.category in SPOKEN:
+                    model_rule(w, TurnConfig(u.rate, pause_ms=upper), silence, 0.5, counting(ask, tally))
+            questions[f"model {silence}/0.5/{upper}"] = tally[0]
+
     def select(rule: str, rate: int | None, categories: Iterable[str], group: str | None = None) -> Outcome:
         picked = [(u, d) for u, d in zip(corpus, rules[rule], strict=True)
                   if (rate is None or u.rate == rate) and u.category in categories
@@ -242,6 +277,7 @@ def main() -> None:
     groups = ["espeak-ng"] + (["piper"] if args.piper_model else [])
     lines = report_header(args, corpus, started, inference_ms, times)
     lines += main_table(select, groups)
+    lines += reask_table(select, groups, questions, corpus, inference_ms)
     lines += sweep_table(select, groups)
     lines += probability_table(probabilities_at, groups)
     lines += capacity(corpus, windows, times)
@@ -331,6 +367,43 @@ def main_table(select: Callable[..., Outcome], groups: list[str]) -> list[str]:
                     f"{fmt(percentile(inter.latencies, 50))} / {fmt(percentile(inter.latencies, 95))} | "
                     f"{fmt(percentile(back.latencies, 50))} / {fmt(percentile(back.latencies, 95))} "
                     f"({back.unanswered}) | {noise.false_turns} |")
+        lines.append("")
+    return lines
+
+
+def reask_table(select: Callable[..., Outcome], groups: list[str], questions: dict[str, int],
+                corpus: list[Utterance], inference_ms: float) -> list[str]:
+    """The re-asking rules beside the one-question rules and the silence rule, in the same run."""
+    speech_seconds = sum((u.speech_end - u.speech_start) / u.rate for u in corpus if u.category in SPOKEN)
+    lines = ["## Asking again as the silence grows", "",
+             "`model S+E/T/U`: asked at S ms of silence, then every E ms (rounded up to whole 32 ms windows: 100 -> "
+             "128, 150 -> 160) until U. Latency ms p50 / p95; splits: mid-sentence turns ended early (utterances); "
+             "questions: per second of caller speech over every spoken utterance, both rates; CPU: the model's ms "
+             f"per call-second with callers speaking half the call, at {inference_ms:.0f} ms per question.", ""]
+    one = [f"model {s}/0.5/{u}" for s in (150, 200) for u in UPPER_BOUNDS]
+    reask = [f"model {s}+{e}/{t}/{u}" for u in REASK_BOUNDS for s, e in REASK_POINTS for t in REASK_THRESHOLDS]
+    for group in groups:
+        lines += [f"### {group}", "",
+                  "| rule | 8 kHz finished: latency | by model | splits | 8 kHz mid-sentence: splits | "
+                  "16 kHz finished: latency | by model | splits | 16 kHz mid-sentence: splits | "
+                  "splits, both rates, comma / hesitation / list (by the model + by the bound) | "
+                  "backchannel unanswered | noise false turns | questions / s | CPU ms per call-second |",
+                  "|---|---|---:|---:|---|---|---:|---:|---|---|---:|---:|---:|---:|"]
+        for rule in ["silence 512", *one, *reask]:
+            row = f"| {rule} |"
+            for rate in RATES:
+                fin = select(rule, rate, ["finished"], group)
+                mid = select(rule, rate, MID_SENTENCE, group)
+                row += (f" {fmt(percentile(fin.latencies, 50))} / {fmt(percentile(fin.latencies, 95))} | "
+                        f"{fin.by_model}/{fin.utterances} | {fin.splits} | {mid.splits} ({mid.split_utterances}) |")
+            kinds = [select(rule, None, [c], group) for c in MID_SENTENCE]
+            row += " " + " / ".join(f"{k.splits_by_model}+{k.splits - k.splits_by_model}" for k in kinds) + " |"
+            back = select(rule, None, ["backchannel"], group)
+            noise = select(rule, None, ["noise"], group)
+            per_second = questions.get(rule, 0) / speech_seconds
+            row += (f" {back.unanswered} | {noise.false_turns} | {per_second:.2f} | "
+                    f"{per_second * inference_ms / 2:.1f} |")
+            lines.append(row)
         lines.append("")
     return lines
 

@@ -1,10 +1,10 @@
 """End of turn over the phone path: END_OF_TURN=model against the silence rules, with real servers and callers.
 
-Three callbridge servers with the echo bot run side by side: `model` (END_OF_TURN=model, ask at 200 ms, threshold
-0.5, PAUSE_MS=512 as the bound), `silence 512` (the default) and `silence 200` (what Pipecat does). Every
-utterance of bench/turn_corpus.py's chosen categories (espeak-ng voices, 8 kHz, through µ-law) is said by the
-simulated Twilio caller (callbridge.simulator) to the three servers at once, in real time, a few utterances at
-a time. Per server:
+callbridge servers with the echo bot run side by side, one per rule of RULES chosen (`--rules`; by default
+`model 200/0.5/512`: END_OF_TURN=model, ask at 200 ms, threshold 0.5, PAUSE_MS=512 as the bound; `silence 512`,
+the default; `silence 200`, what Pipecat does). Every utterance of bench/turn_corpus.py's chosen categories
+(espeak-ng voices, 8 kHz, through µ-law) is said by the simulated Twilio caller (callbridge.simulator) to every
+server at once, in real time, a few utterances at a time. Per server:
 
 - latency: end of speech (the simulator's: the last loud 20 ms frame sent) -> the first reply audio that starts
   after it, p50 / p95;
@@ -13,7 +13,7 @@ a time. Per server:
 - how the final turn ended (the log's reasons), and the server's CPU per call-second over the run (all the
   calls' audio, speech and silence, /proc), the model's own CPU from its /metrics counter.
 
-    .venv/bin/python bench/turn_phone.py [--categories finished comma hesitation list] [--parallel 2]
+    .venv/bin/python bench/turn_phone.py [--categories finished comma hesitation list] [--parallel 2] [--rules ...]
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ TAIL_SECONDS = 1.2  # of its 2 s after: past the slowest rule's PAUSE_MS and the
 RULES = {
     "model 200/0.5/512": {"END_OF_TURN": "model", "END_OF_TURN_ASK_MS": "200", "END_OF_TURN_THRESHOLD": "0.5",
                           "PAUSE_MS": "512"},
+    # Asked again every 150 ms of the pause (END_OF_TURN_ASK_EVERY_MS), a stricter threshold, a longer bound.
+    "model 200+150/0.8/800": {"END_OF_TURN": "model", "END_OF_TURN_ASK_MS": "200", "END_OF_TURN_ASK_EVERY_MS": "150",
+                              "END_OF_TURN_THRESHOLD": "0.8", "PAUSE_MS": "800"},
+    "model 200+150/0.7/800": {"END_OF_TURN": "model", "END_OF_TURN_ASK_MS": "200", "END_OF_TURN_ASK_EVERY_MS": "150",
+                              "END_OF_TURN_THRESHOLD": "0.7", "PAUSE_MS": "800"},
     "silence 512": {"END_OF_TURN": "silence", "PAUSE_MS": "512"},
     "silence 200": {"END_OF_TURN": "silence", "PAUSE_MS": "200"},
 }
@@ -99,6 +104,12 @@ def metric(server: Server, name: str) -> float:
     return sum(float(m[1]) for m in re.finditer(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+def model_wall(server: Server) -> tuple[float, float]:
+    """The model's inferences so far: (wall seconds, count), from its /metrics histogram."""
+    return (metric(server, "callbridge_end_of_turn_inference_seconds_sum"),
+            metric(server, "callbridge_end_of_turn_inference_seconds_count"))
+
+
 async def run(corpus: list[Utterance], servers: list[Server], parallel: int) -> dict[str, list]:
     """Every utterance to every server at once, `parallel` utterances at a time: (sid, latency) per server."""
     results: dict[str, list] = {s.spec.name: [None] * len(corpus) for s in servers}
@@ -140,24 +151,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--categories", nargs="+", default=["finished", "comma", "hesitation", "list"])
     parser.add_argument("--voices", nargs="+", default=list(ESPEAK_VOICES))
-    parser.add_argument("--parallel", type=int, default=2, help="utterances said at the same time (each to all "
-                        "three servers)")
+    parser.add_argument("--parallel", type=int, default=2, help="utterances said at the same time (each to every "
+                        "server)")
+    parser.add_argument("--rules", nargs="+", default=["model 200/0.5/512", "silence 512", "silence 200"],
+                        choices=list(RULES), help="the servers to run side by side")
     parser.add_argument("--logs", type=Path, default=ROOT / "bench" / "work" / "turn_phone")
     args = parser.parse_args()
     started = time.time()
     corpus = build(args.voices, (RATE,), args.categories)
     servers = [Server(spec(name, env), args.logs / f"{name.replace(' ', '_').replace('/', '-')}.log")
-               for name, env in RULES.items()]
+               for name, env in ((name, RULES[name]) for name in args.rules)]
     try:
+        models = [s for s in servers if RULES[s.spec.name]["END_OF_TURN"] == "model"]
         cpu_before = [cpu_seconds(*s.pids) for s in servers]
-        model_cpu_before = metric(servers[0], "callbridge_end_of_turn_cpu_seconds_total")
+        model_cpu_before = [metric(s, "callbridge_end_of_turn_cpu_seconds_total") for s in models]
+        model_wall_before = [model_wall(s) for s in models]
         wall = time.monotonic()
         results = asyncio.run(run(corpus, servers, args.parallel))
         wall = time.monotonic() - wall
         cpu = [cpu_seconds(*s.pids) - before for s, before in zip(servers, cpu_before, strict=True)]
-        model_cpu = metric(servers[0], "callbridge_end_of_turn_cpu_seconds_total") - model_cpu_before
-        questions = {answer: metric(servers[0], f'callbridge_end_of_turn_questions_total{{answer="{answer}"}}')
-                     for answer in ("complete", "incomplete", "stale")}
+        model_cpu = [metric(s, "callbridge_end_of_turn_cpu_seconds_total") - before
+                     for s, before in zip(models, model_cpu_before, strict=True)]
+        wall_each = [(seconds - before[0]) / max(1.0, count - before[1])
+                     for (seconds, count), before in zip(map(model_wall, models), model_wall_before, strict=True)]
+        questions = [{answer: metric(s, f'callbridge_end_of_turn_questions_total{{answer="{answer}"}}')
+                      for answer in ("complete", "incomplete", "stale")} for s in models]
     finally:
         for s in servers:
             s.stop()
@@ -168,7 +186,7 @@ def main() -> None:
     said = ", ".join(f"{n} {c}" for c, n in counts.items())
     print(f"Run {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC at {commit.strip()}; {platform.machine()}, "
           f"Python {platform.python_version()}; {len(corpus)} utterances ({said}), voices {', '.join(args.voices)}, "
-          f"8 kHz through µ-law; {args.parallel} utterances at a time, each to the three servers at once; "
+          f"8 kHz through µ-law; {args.parallel} utterances at a time, each to the {len(servers)} servers at once; "
           f"{wall:.0f} s.\n")
     print("| rule | finished: latency p50 / p95 ms | finished: splits (utterances) | finished: ended by | "
           "mid-sentence: splits (utterances) of " f"{sum(counts.get(c, 0) for c in mid)} | mid-sentence: latency "
@@ -184,11 +202,14 @@ def main() -> None:
               f"{1000 * used / call_seconds:.1f} |")
         if done.unanswered or middle.unanswered:
             print(f"|  (unanswered: {done.unanswered} finished, {middle.unanswered} mid-sentence) |||||||")
-    asked = sum(questions.values())
-    print(f"\nModel server: {asked:.0f} questions ({', '.join(f'{k} {v:.0f}' for k, v in questions.items())}), "
-          f"{1000 * model_cpu / max(asked, 1):.0f} ms CPU each, {1000 * model_cpu / call_seconds:.1f} ms CPU per "
-          f"call-second (callbridge_end_of_turn_cpu_seconds); {call_seconds:.0f} call-seconds per server; run took "
-          f"{time.time() - started:.0f} s.")
+    print()
+    for s, used_by_model, answers, wall_s in zip(models, model_cpu, questions, wall_each, strict=True):
+        asked = sum(answers.values())
+        print(f"{s.spec.name}: {asked:.0f} questions ({', '.join(f'{k} {v:.0f}' for k, v in answers.items())}), "
+              f"{1000 * used_by_model / max(asked, 1):.0f} ms CPU and {1000 * wall_s:.0f} ms wall per inference, "
+              f"{1000 * used_by_model / call_seconds:.1f} ms CPU per call-second "
+              "(callbridge_end_of_turn_cpu_seconds, callbridge_end_of_turn_inference_seconds).")
+    print(f"{call_seconds:.0f} call-seconds per server; run took {time.time() - started:.0f} s.")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ class Services:
             max_turn_seconds=s.max_turn_seconds,
             ask_ms=s.end_of_turn_ask_ms,  # bots see the pause (on_pause) whatever decides the turn's end
             model_threshold=s.end_of_turn_threshold,
+            ask_every_ms=s.end_of_turn_ask_every_ms,
         )
         if s.twilio_rest_configured:
             self.twilio_rest = TwilioRest(s.twilio_account_sid, s.twilio_auth_token, s.twilio_api_url,

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     end_of_turn: Literal["silence", "model"] = "silence"
     end_of_turn_ask_ms: int = Field(150, ge=64, le=2000)
     end_of_turn_threshold: float = Field(0.5, gt=0, lt=1)
+    # With END_OF_TURN=model: 0 asks the model once per pause; else it is asked again every this many ms of the
+    # same pause until PAUSE_MS (it hears the silence grow: bench/results/end_of_turn.md, "Asking again").
+    end_of_turn_ask_every_ms: int = Field(0, ge=0, le=2000)
     barge_in: bool = True
     # A barge-in holds the reply: a backchannel or a noise lets it resume where the caller stopped hearing it
     # (false: it is cancelled at once).
@@ -254,6 +257,9 @@ class Settings(BaseSettings):
         if self.end_of_turn == "model" and self.end_of_turn_ask_ms >= self.pause_ms:
             raise ValueError("END_OF_TURN_ASK_MS must be below PAUSE_MS: the pause would end the turn before the "
                              "model is asked")
+        if 0 < self.end_of_turn_ask_every_ms < 64:
+            raise ValueError(f"END_OF_TURN_ASK_EVERY_MS={self.end_of_turn_ask_every_ms} must be 0 (ask once per "
+                             "pause) or at least 64: the model takes ~50 ms of CPU per question")
         return self
 
     def public_base(self, scheme: str, host: str) -> str:

@@ -229,8 +229,10 @@ class Call:
         # Only a bot that overrides on_pause is shown pauses (the turn's audio is resampled for it each time), and
         # pauses are asked about only for a model to answer or such a bot: else each would copy the turn for nobody.
         self._bot_previews = type(bot).on_pause is not Bot.on_pause
+        # A pause is asked about again only for the model: the bot is shown its first question's turn alone.
         ask_ms = turn_config.ask_ms if end_of_turn is not None or self._bot_previews else None
-        self.detector = TurnDetector(replace(turn_config.at(self.vad_rate), ask_ms=ask_ms))
+        ask_every_ms = turn_config.ask_every_ms if end_of_turn is not None else 0
+        self.detector = TurnDetector(replace(turn_config.at(self.vad_rate), ask_ms=ask_ms, ask_every_ms=ask_every_ms))
         self._windows = Rechunker(self.vad_rate, VAD_WINDOW_MS)
         self._vad = vad.stream(self.vad_rate, self._on_window)
         self._inbound_resampler = Resampler(inbound_rate, self.vad_rate) if inbound_rate != self.vad_rate else None
@@ -424,8 +426,9 @@ class Call:
 
     def _ask(self, question: EndOfTurnQuestion) -> None:
         """The caller has paused ASK_MS: show the bot the turn it gets if the turn ends here (`on_pause`), and
-        have the end-of-turn model (END_OF_TURN=model) judge it, off the event loop."""
-        if self._bot_previews:
+        have the end-of-turn model (END_OF_TURN=model) judge it, off the event loop. The pause's later questions
+        (END_OF_TURN_ASK_EVERY_MS) go to the model alone: the turn the bot would get has not changed."""
+        if self._bot_previews and question.in_pause == 1:
             heard = question.audio[: len(question.audio) - (question.at - question.speech_end)]
             self._call_bot_hook("on_pause", self._bot_turn(heard))
         if self._end_of_turn is not None:

@@ -14,9 +14,11 @@ toward the pause: the turn ends after `pause_ms` less `HANGOVER_WINDOWS` of wind
 With `ask_ms` set, a pause of `ask_ms` (counted the same way) also raises an EndOfTurnQuestion: the bot
 may start on the turn then (Bot.on_pause), and with END_OF_TURN=model the caller answers it with the
 end-of-turn model's probability (`answer`); a probability of at least `model_threshold` ends the turn
-there (reason "model"); otherwise the pause goes on to `pause_ms`. Each pause asks once; speech resuming,
-or the turn ending, makes its question stale. The detector does no inference itself, so its decisions stay
-a function of the probabilities fed in.
+there (reason "model"); otherwise the pause goes on to `pause_ms`. With `ask_every_ms`, the same pause asks
+again every `ask_every_ms` until `pause_ms` (the model hears the silence grow: a finished sentence it scores
+incomplete at 150 ms may score complete at 300, so `pause_ms` can be long enough to keep commas in one turn);
+else each pause asks once. A newer question, speech resuming, or the turn ending makes a question stale. The
+detector does no inference itself, so its decisions stay a function of the probabilities fed in.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class TurnConfig:
     preroll_ms: int = 200
     max_turn_seconds: float = 30.0
     ask_ms: int | None = None  # None: the silence rule alone (END_OF_TURN=silence)
+    ask_every_ms: int = 0  # 0: one question per pause; else asked again every ask_every_ms until pause_ms
     model_threshold: float = 0.5
 
     def at(self, sample_rate: int) -> TurnConfig:
@@ -81,10 +84,12 @@ class TurnEnded:
 class EndOfTurnQuestion:
     """The caller has been silent `ask_ms`: is the turn complete? `audio` runs from the turn's pre-roll to
     now, the pause so far included (as the model was evaluated and as Pipecat feeds it: the silence after the
-    last word is part of what it hears); `number` tells this pause's question from later ones."""
+    last word is part of what it hears); `number` tells it from every other question of the call, and
+    `in_pause` counts this pause's questions (1: its first, when the bot is shown the turn)."""
 
     audio: np.ndarray
     number: int
+    in_pause: int
     speech_end: int
     at: int
 
@@ -104,6 +109,7 @@ class TurnDetector:
         ask_windows = 0 if config.ask_ms is None else max(1, config.windows(config.ask_ms) - HANGOVER_WINDOWS[
             config.sample_rate])
         self._ask_windows = ask_windows if ask_windows < self._pause_windows else 0
+        self._ask_every_windows = config.windows(config.ask_every_ms) if config.ask_every_ms else 0
         self._questions = 0  # questions asked so far; the last one is open while `_open_question` is set
         self._open_question = False
         self._position = 0  # samples of audio stepped through so far
@@ -160,12 +166,23 @@ class TurnDetector:
             return self._end("pause")
         if self._turn_windows >= self._max_windows:
             return self._end("max_length")
-        if self._ask_windows and self._silence == self._ask_windows:
+        if in_pause := self._question_in_pause():
             self._questions += 1
             self._open_question = True
-            return EndOfTurnQuestion(audio=np.concatenate(self._turn), number=self._questions,
+            return EndOfTurnQuestion(audio=np.concatenate(self._turn), number=self._questions, in_pause=in_pause,
                                      speech_end=self._speech_end(), at=self._position)
         return None
+
+    def _question_in_pause(self) -> int:
+        """Which of the pause's questions is due at this window (1, 2, ...), or 0 for none."""
+        since_first = self._silence - self._ask_windows
+        if not self._ask_windows or since_first < 0:
+            return 0
+        if since_first == 0:
+            return 1
+        if self._ask_every_windows and since_first % self._ask_every_windows == 0:
+            return 1 + since_first // self._ask_every_windows
+        return 0
 
     def answer(self, question: EndOfTurnQuestion, probability: float) -> TurnEnded | None:
         """The model's probability that the turn `question` asked about is complete. It ends the turn now if it

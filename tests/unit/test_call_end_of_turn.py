@@ -15,7 +15,7 @@ from callbridge.bots.echo import EchoBot
 from callbridge.core.call import Call
 from callbridge.core.end_of_turn import EndOfTurnAsker, EndOfTurnModel
 from callbridge.core.messages import AudioOut
-from callbridge.core.turns import TurnConfig
+from callbridge.core.turns import EndOfTurnQuestion, TurnConfig, TurnEvent
 from callbridge.core.vad import VadBatcher
 from callbridge.metrics import Metrics
 from callbridge.sessions.registry import MemoryRegistry
@@ -168,23 +168,35 @@ class PausesSeen(EchoBot):
         return super().reply(turn)
 
 
-@pytest.mark.parametrize("end_of_turn", ["silence", "model"])
+@pytest.mark.parametrize(("end_of_turn", "ask_every_ms"), [("silence", 0), ("model", 0), ("model", 100)])
 async def test_the_bot_is_shown_each_pause_and_a_turn_ending_there_is_the_turn_it_was_shown(
-        fast_vad, metrics_and_asker, end_of_turn):
+        fast_vad, metrics_and_asker, end_of_turn, ask_every_ms):
     metrics, asker = metrics_and_asker
     bot = PausesSeen(CallInfo(call_id="c1", transport="test"))
     call = Call(MemoryRegistry(10).open_here("c1", "test"), bot, fast_vad, inbound_rate=RATE, outbound_rate=RATE,
-                turn_config=TurnConfig(sample_rate=RATE, ask_ms=200), observer=metrics,
+                turn_config=TurnConfig(sample_rate=RATE, ask_ms=200, ask_every_ms=ask_every_ms), observer=metrics,
                 end_of_turn=asker if end_of_turn == "model" else None)
+    asked: list[int] = []  # every question's place in its pause, as the detector raised them
+    step = call.detector.step
+
+    def recording_step(window: np.ndarray, p: float) -> TurnEvent | None:
+        event = step(window, p)
+        if isinstance(event, EndOfTurnQuestion):
+            asked.append(event.in_pause)
+        return event
+
+    call.detector.step = recording_step
     call.start()
     before, after = split_at_longest_pause(speech(HESITATING, RATE))
     await push(call, np.concatenate([silence(0.4, RATE), before, silence(ASKED, RATE), after, silence(0.8, RATE)]))
     await settle()
     # Shown at the comma and the hesitation (the caller then spoke on) and at the end, each time more of the
-    # turn; the turn is the last one shown, at the bot's rate, sample for sample (the assistant reuses the
-    # transcription it began there).
+    # turn, once per pause however often the model was asked; the turn is the last one shown, at the bot's
+    # rate, sample for sample (the assistant reuses the transcription it began there).
     lengths = [len(t.audio) for t in bot.paused]
     assert len(lengths) >= 2 and lengths == sorted(set(lengths)) and len(bot.replied) == 1, lengths
+    assert asked.count(1) == len(lengths)
+    assert (max(asked) > 1) == (ask_every_ms > 0), asked  # the final pause was asked again only when set
     assert bot.paused[-1].sample_rate == bot.replied[0].sample_rate
     assert np.array_equal(bot.paused[-1].audio, bot.replied[0].audio)
     await call.close()

@@ -27,6 +27,7 @@ def test_defaults_are_safe_for_a_first_run(monkeypatch, tmp_path):
     ("PORT", "not-a-port"), ("PORT", "70000"), ("PAUSE_MS", "-5"), ("VAD_BACKEND", "tensorflow"),
     ("PUBLIC_URL", "ftp://example.com"), ("LOG_FORMAT", "xml"), ("BARGE_IN", "maybe"), ("END_OF_TURN", "llm"),
     ("END_OF_TURN_ASK_MS", "10"), ("END_OF_TURN_THRESHOLD", "1.5"), ("TELNYX_PUBLIC_KEY", "not-a-key"),
+    ("END_OF_TURN_ASK_EVERY_MS", "10"), ("END_OF_TURN_ASK_EVERY_MS", "-1"),
 ])
 def test_an_invalid_value_names_its_variable(monkeypatch, tmp_path, variable, value):
     monkeypatch.chdir(tmp_path)

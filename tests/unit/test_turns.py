@@ -318,3 +318,43 @@ def test_no_questions_without_the_model_or_when_the_pause_ends_first(overrides):
     det.feed(*[SPEECH] * 10, *[QUIET] * PAUSE_AT)
     assert det.questions() == []
     assert [type(e) for e in det.events] == [SpeechStarted, TurnEnded]
+
+
+EVERY = 4  # ask_every_ms=128: 4 windows
+
+
+def test_with_ask_every_ms_the_pause_asks_again_until_it_ends_and_the_newest_question_decides():
+    det = Scripted(ask_every_ms=128)
+    det.feed(*[SPEECH] * 10, *[QUIET] * PAUSE_AT)
+    asked = det.questions()
+    # At ASK_AT, then every EVERY windows of the same pause while it is short of PAUSE_AT.
+    assert [q.at for q in asked] == [(10 + n) * WINDOW for n in range(ASK_AT, PAUSE_AT, EVERY)]
+    assert [q.in_pause for q in asked] == [1, 2, 3]
+    assert [q.number for q in asked] == [1, 2, 3]
+    assert all(q.speech_end == 10 * WINDOW and len(q.audio) == q.at for q in asked)  # the silence grows
+    assert [e.reason for e in det.events if isinstance(e, TurnEnded)] == ["pause"]
+
+
+def test_a_later_question_of_the_pause_can_end_the_turn_and_makes_the_earlier_stale():
+    det = Scripted(ask_every_ms=128)
+    det.feed(*[SPEECH] * 10, *[QUIET] * ASK_AT)
+    first = det.questions()[0]
+    assert det.machine.answer(first, 0.2) is None  # incomplete: the pause goes on and asks again
+    det.feed(*[QUIET] * EVERY)
+    second = det.questions()[1]
+    assert not det.machine.is_open(first) and det.machine.answer(first, 0.99) is None
+    ended = det.machine.answer(second, 0.9)
+    assert ended is not None and ended.reason == "model" and ended.speech_end == 10 * WINDOW
+    assert ended.at == (10 + ASK_AT + EVERY) * WINDOW
+    # A new turn's pause starts counting its questions from one again.
+    det.feed(*[SPEECH] * 10, *[QUIET] * ASK_AT)
+    assert det.questions()[-1].in_pause == 1 and det.questions()[-1].number == 3
+
+
+def test_an_unanswered_question_is_superseded_by_the_next_one():
+    det = Scripted(ask_every_ms=128)
+    det.feed(*[SPEECH] * 10, *[QUIET] * (ASK_AT + EVERY))
+    first, second = det.questions()
+    assert not det.machine.is_open(first) and det.machine.is_open(second)
+    det.feed(SPEECH)  # and the caller speaking again makes the newest stale too
+    assert not det.machine.is_open(second)
