@@ -1,4 +1,5 @@
-"""The softphone page in a real headless Chromium, over WebRTC and the µ-law WebSocket.
+"""The softphone page in a real headless Chromium, over WebRTC and the µ-law WebSocket, and with the camera
+(video and audio-video calls to the mirror bot).
 
 The calls run in softphone_session.py inside `unshare -n` (a network namespace with only loopback), so
 neither WebRTC nor anything else can reach a real network. Outside CI the tests skip when Chromium,
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 from callbridge.codec import ulaw_encode
-from tests.browser.softphone_session import CHROMIUM, LABEL
+from tests.browser.softphone_session import CAMERA_BANDS, CHROMIUM, LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
 TURN_ORDER = ["caller", "listening", "bot", "listening"]
@@ -42,8 +43,8 @@ def missing_requirement() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def calls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    """One softphone call per transport, made once for all the tests below."""
+def session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One softphone call per transport and per video modality, made once for all the tests below."""
     problem = missing_requirement()
     if problem:
         if os.environ.get("CI"):
@@ -55,7 +56,12 @@ def calls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
     assert run.returncode == 0, f"browser session failed:\n{run.stdout[-5000:]}\n{run.stderr[-8000:]}"
-    return json.loads(results.read_text())["calls"]
+    return json.loads(results.read_text())
+
+
+@pytest.fixture(scope="module")
+def calls(session: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return session["calls"]
 
 
 def assert_turn_states_in_order(states: list[str]) -> None:
@@ -109,3 +115,61 @@ def test_page_ulaw_matches_the_codec(calls):
     page = np.frombuffer(base64.b64decode(calls["websocket"]["ulaw"]), np.uint8)
     reference = np.frombuffer(ulaw_encode(np.arange(-32768, 32768, dtype=np.int16)), np.uint8)
     assert np.array_equal(page, reference)
+
+
+#: Codec and colour-space conversion move a grey level by a few steps; the bands are 60 apart.
+GREY_TOLERANCE = 25
+
+
+def close_to(seen: list[float], expected: list[float] | tuple[int, ...]) -> bool:
+    return all(abs(a - b) < GREY_TOLERANCE for a, b in zip(seen, expected, strict=True))
+
+
+@pytest.mark.parametrize("modality", ["video", "audio-video"])
+def test_video_call_shows_the_camera_mirrored(session, modality):
+    call = session["videoCalls"][modality]
+    assert call["console"] == [], "the page logged errors"
+    assert call["status"] == f"in a call over WebRTC ({modality})"
+    assert call["videoShown"]
+    # The local preview shows the fake camera's bands, dark to bright, left to right.
+    local, remote = call["local"], call["remote"]
+    assert close_to(local["bands"], CAMERA_BANDS), local
+    # The bot's video is the camera's picture mirrored, at the camera's size...
+    assert (remote["width"], remote["height"]) == (640, 480)
+    mirrored = local["bands"][::-1]
+    assert close_to(remote["bands"], mirrored), remote
+    # ... with the clock's black box in the top-left corner, where the mirrored camera is brightest.
+    assert remote["corner"] < CAMERA_BANDS[0] < remote["bands"][0] - 100
+    # Frames keep arriving (decoded over a second of the call), not one still picture.
+    before, after = call["framesDecoded"]
+    assert after > before
+    assert call["serverEnded"], "the server did not end the call"
+
+
+def test_audio_video_call_also_echoes_the_turn(session):
+    call = session["videoCalls"]["audio-video"]
+    logs = [m["data"] for m in call["messages"] if m["type"] == "log"]
+    assert logs == ["started_talking", "pause_detected", "response_starting", "playback_finished"], logs
+    assert call["peakMicDb"] > -30 and call["peakBotDb"] > -30
+    assert_turn_states_in_order(call["states"])
+
+
+def test_video_only_call_has_no_audio(session):
+    call = session["videoCalls"]["video"]
+    assert call["peakMicDb"] == float("-inf"), "no microphone is opened for a video call"
+    assert [m for m in call["messages"] if m["type"] == "log"] == []
+
+
+def test_a_refused_modality_is_shown(session):
+    """A video call to the audio-only bot: the page shows the server's reason and is ready to call again."""
+    refused = session["refusedVideo"]
+    assert "this bot handles audio calls, not video" in refused["status"]
+    assert any("BOT=mirror handles video" in error for error in refused["errors"])
+    assert refused["callEnabled"]
+
+
+def test_a_refused_camera_is_shown(session):
+    """The browser refuses the camera: the page says what to do, and no call is offered."""
+    denied = session["deniedCamera"]
+    assert "permission for the camera was refused: allow it in the browser's site settings" in denied["status"]
+    assert denied["callEnabled"]

@@ -1,5 +1,6 @@
-// The callbridge softphone: call the bot from a browser over WebRTC (Opus) or the µ-law WebSocket
-// (8 kHz, phone quality), see the turn state, levels, messages and additional outputs.
+// The callbridge softphone: call the bot from a browser over WebRTC (Opus, and the camera for video bots) or
+// the µ-law WebSocket (8 kHz, phone quality), see the turn state, levels, messages, additional outputs and the
+// bot's video.
 // Plain ES modules served by the app; nothing to build. `window.softphone` is the live object.
 
 import { Downsampler, base64ToBytes, bytesToBase64, ulawDecode, ulawEncode } from "./g711.js";
@@ -38,6 +39,14 @@ function refusalText(body, status) {
   return describe ? describe(meta) : `Call refused (${meta.error || `HTTP ${status}`}).`;
 }
 
+/** Why getUserMedia failed, in words a caller can act on. */
+function mediaRefusalText(error, wanted) {
+  if (error.name === "NotAllowedError") return `permission for the ${wanted} was refused: allow it in the browser's site settings, or call with audio only`;
+  if (error.name === "NotFoundError" || error.name === "OverconstrainedError") return `no ${wanted} found on this device`;
+  if (error.name === "NotReadableError") return `the ${wanted} is in use by another program`;
+  return `cannot open the ${wanted}: ${error.message}`;
+}
+
 function newCallId() {
   return crypto.randomUUID ? crypto.randomUUID() : `call-${Date.now()}-${Math.random().toString(16).slice(2)}`;
 }
@@ -65,10 +74,12 @@ class Softphone {
 
   // -- the call ------------------------------------------------------------------------------------
 
-  async call(transport, mode) {
+  async call(transport, mode, modality = "audio") {
     this.reset();
     this.active = true;
     this.transport = transport;
+    // The µ-law WebSocket carries audio only.
+    this.modality = transport === "webrtc" ? modality : "audio";
     this.id = newCallId();
     this.startedAt = performance.now();
     this.ui.callId.textContent = this.id;
@@ -77,7 +88,8 @@ class Softphone {
     try {
       this.audio = new AudioContext();
       await this.audio.resume();
-      if (transport === "websocket" || mode !== "receive") await this.openMicrophone();
+      const sending = transport === "websocket" || mode !== "receive";
+      if (sending) await this.openMedia(this.modality !== "video", this.modality !== "audio");
       this.botAnalyser = this.audio.createAnalyser();
       this.botAnalyser.fftSize = 1024;
       this.startMeters();
@@ -89,7 +101,8 @@ class Softphone {
     }
   }
 
-  async openMicrophone() {
+  /** The microphone and/or the camera, as the modality needs; the microphone feeds the input meter. */
+  async openMedia(audio, video) {
     if (!window.isSecureContext || !navigator.mediaDevices) {
       throw new Error(
         `this browser allows the microphone only on https:// or on localhost, not on ${location.origin}: ` +
@@ -97,15 +110,24 @@ class Softphone {
           `ssh -L ${location.port || 80}:localhost:${location.port || 80} server), or serve callbridge over https`,
       );
     }
-    this.status("asking for the microphone…");
-    this.mic = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
-    });
-    this.micSource = this.audio.createMediaStreamSource(this.mic);
-    this.micAnalyser = this.audio.createAnalyser();
-    this.micAnalyser.fftSize = 1024;
-    this.micSource.connect(this.micAnalyser);
-    this.note("microphone on");
+    const wanted = [audio && "microphone", video && "camera"].filter(Boolean).join(" and ");
+    this.status(`asking for the ${wanted}…`);
+    try {
+      this.mic = await navigator.mediaDevices.getUserMedia({
+        audio: audio && { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+        video: video && { width: { ideal: 640 }, height: { ideal: 480 } },
+      });
+    } catch (error) {
+      throw new Error(mediaRefusalText(error, wanted));
+    }
+    if (video) this.ui.showLocalVideo(this.mic);
+    if (audio) {
+      this.micSource = this.audio.createMediaStreamSource(this.mic);
+      this.micAnalyser = this.audio.createAnalyser();
+      this.micAnalyser.fftSize = 1024;
+      this.micSource.connect(this.micAnalyser);
+    }
+    this.note(`${wanted} on`);
   }
 
   hangUp(reason = "hung up") {
@@ -123,6 +145,7 @@ class Softphone {
     if (this.mic) this.mic.getTracks().forEach((track) => track.stop());
     if (this.audio) this.audio.close();
     this.ui.remoteAudio.srcObject = null;
+    this.ui.clearVideo();
     this.ui.clearMeter(this.ui.micMeter);
     this.ui.clearMeter(this.ui.botMeter);
     this.setTurnState("idle");
@@ -132,7 +155,9 @@ class Softphone {
   }
 
   reset() {
-    Object.assign(this, { pc: null, ws: null, mic: null, audio: null, scheduled: new Set(), playAt: 0 });
+    Object.assign(this, {
+      pc: null, ws: null, mic: null, micAnalyser: null, audio: null, scheduled: new Set(), playAt: 0,
+    });
     this.stateHistory = [];
     this.messages = [];
     this.outputs = [];
@@ -150,11 +175,16 @@ class Softphone {
     const pc = (this.pc = new RTCPeerConnection({ iceServers: config.iceServers }));
     const channel = pc.createDataChannel("text");
     channel.onmessage = (event) => this.onMessage(JSON.parse(event.data));
-    if (mode === "receive") pc.addTransceiver("audio", { direction: "recvonly" });
-    else this.mic.getAudioTracks().forEach((track) => pc.addTrack(track, this.mic));
+    const kinds = { audio: ["audio"], video: ["video"], "audio-video": ["audio", "video"] }[this.modality];
+    if (mode === "receive") kinds.forEach((kind) => pc.addTransceiver(kind, { direction: "recvonly" }));
+    else this.mic.getTracks().forEach((track) => pc.addTrack(track, this.mic));
 
     pc.ontrack = (event) => {
-      const stream = event.streams[0] || new MediaStream([event.track]);
+      if (event.track.kind === "video") {
+        this.ui.showRemoteVideo(new MediaStream([event.track]));
+        return;
+      }
+      const stream = new MediaStream([event.track]);
       // Chromium only decodes a remote stream that plays somewhere: the <audio> element plays it, the
       // analyser (through a muted gain, so it is pulled) measures it.
       this.ui.remoteAudio.srcObject = stream;
@@ -181,7 +211,7 @@ class Softphone {
     const response = await fetch(`/webrtc/offer?mode=${encodeURIComponent(mode)}`, {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", webrtc_id: this.id }),
+      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", webrtc_id: this.id, modality: this.modality }),
     });
     const body = await response.json().catch(() => ({}));
     if (!response.ok || body.status === "failed") throw new Error(refusalText(body, response.status));
@@ -278,7 +308,8 @@ class Softphone {
   // -- messages and state --------------------------------------------------------------------------
 
   onConnected() {
-    this.status(`in a call over ${this.transport === "webrtc" ? "WebRTC" : "the µ-law WebSocket"}`);
+    const media = this.modality === "audio" ? "" : ` (${this.modality})`;
+    this.status(`in a call over ${this.transport === "webrtc" ? "WebRTC" : "the µ-law WebSocket"}${media}`);
     this.note("connected");
     this.setTurnState("listening");
   }
@@ -344,6 +375,9 @@ const ui = {
   micMeter: $("mic-meter"),
   botMeter: $("bot-meter"),
   remoteAudio: $("remote-audio"),
+  remoteVideo: $("remote-video"),
+  localVideo: $("local-video"),
+  videoCard: $("video-card"),
   log: $("log"),
   outputs: $("outputs"),
   chat: $("chat"),
@@ -363,6 +397,20 @@ const ui = {
     const fraction = Number.isFinite(db) ? Math.max(0, Math.min(1, (db - METER_FLOOR_DB) / -METER_FLOOR_DB)) : 0;
     meter.querySelector(".fill").style.width = `${(fraction * 100).toFixed(1)}%`;
     meter.dataset.db = Number.isFinite(db) ? db.toFixed(1) : "-inf";
+  },
+  showRemoteVideo(stream) {
+    this.videoCard.hidden = false;
+    this.remoteVideo.srcObject = stream;
+    this.remoteVideo.play().catch(() => {});
+  },
+  showLocalVideo(stream) {
+    this.videoCard.hidden = false;
+    this.localVideo.srcObject = new MediaStream(stream.getVideoTracks());
+    this.localVideo.play().catch(() => {});
+  },
+  clearVideo() {
+    this.remoteVideo.srcObject = null;
+    this.localVideo.srcObject = null;
   },
   clearMeter(meter) {
     delete meter.dataset.shown;
@@ -409,18 +457,19 @@ function chosenTransport() {
 }
 
 function syncMode() {
-  // The µ-law WebSocket always carries both directions; modes are a WebRTC feature.
-  $("mode").disabled = chosenTransport() !== "webrtc";
+  // The µ-law WebSocket always carries both directions of audio only; modes and video are WebRTC features.
+  $("mode").disabled = $("modality").disabled = chosenTransport() !== "webrtc";
 }
 
 const params = new URLSearchParams(location.search);
 if (params.get("transport")) document.querySelector(`input[name=transport][value="${params.get("transport")}"]`).checked = true;
 if (params.get("mode")) $("mode").value = params.get("mode");
+if (params.get("modality")) $("modality").value = params.get("modality");
 syncMode();
 document.querySelectorAll("input[name=transport]").forEach((input) => input.addEventListener("change", syncMode));
 
 const softphone = new Softphone(ui);
 window.softphone = softphone;
-ui.callButton.addEventListener("click", () => softphone.call(chosenTransport(), $("mode").value));
+ui.callButton.addEventListener("click", () => softphone.call(chosenTransport(), $("mode").value, $("modality").value));
 ui.hangUpButton.addEventListener("click", () => softphone.hangUp("you hung up"));
 window.addEventListener("pagehide", () => softphone.hangUp("page closed"));
