@@ -10,6 +10,7 @@ sockets and reads time only through the injected clock, so tests drive it with s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -97,6 +98,15 @@ class Outbox:
             timer.cancel()
             self._pause = None
         return self.drops != drops
+
+    async def wait(self, until: float) -> None:
+        """Until an item is queued or loop time `until`, whichever comes first (a transport idle between replies)."""
+        if self._items:
+            return
+        self._ready.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(until):
+                await self._ready.wait()
 
     def peek(self) -> Outbound | None:
         return self._items[0] if self._items else None

@@ -8,9 +8,10 @@ pays for one mono encode per frame of speech and nothing per frame of silence:
 
 - voice at `BITRATE` (mono 32 kbps is transparent for speech) and `COMPLEXITY` 5 (about half of complexity
   10's CPU; the difference is not audible on speech at this bitrate);
-- between replies, one encoded silence packet is sent again and again. The encoder first codes
+- between replies, one encoded silence packet, made once for every call. The encoder first codes
   `SETTLE_FRAMES` of real silence after a reply, so its state (and the caller's decoder's) has settled on
   silence before the shared packet takes over, and the next reply starts from the same state on both sides.
+  The track sends that packet only now and then (`CallAudioTrack`, edge/webrtc.py).
 """
 
 from __future__ import annotations
@@ -75,6 +76,11 @@ class VoiceEncoder:
         self._settle = 0  # real silence frames still to encode before the shared packet
         if VoiceEncoder._silence is None:
             VoiceEncoder._silence = _silence_packet()
+
+    @property
+    def idle(self) -> bool:
+        """Settled on silence: the next silent frame would be the shared packet."""
+        return self._settle == 0
 
     def packet(self, samples: np.ndarray | None, pts: int) -> av.Packet:
         """The packet for the frame at `pts` (48 kHz samples); `samples` is int16 mono, at most one frame."""

@@ -3,7 +3,7 @@
 
 The caller's Opus is decoded as it leaves aiortc's jitter buffer, in the event loop, to mono 48 kHz for the
 Call (`CallerVoice`, edge/opus.py). The bot's audio leaves through `CallAudioTrack`, whose `recv()`
-aiortc calls once per 20 ms frame: that is where the Call's outbox is drained and the frame encoded
+aiortc calls for each packet: that is where the Call's outbox is drained and the frame encoded
 (`VoiceEncoder`), so a barge-in flush takes effect at the very next frame. The client's
 data channel (any label) carries the Call's client messages, queued until it opens; what the client
 sends on it is not part of the contract and is ignored. A peer that never connects, a connection that
@@ -72,6 +72,8 @@ class AudioJitterBuffer(JitterBuffer):
 PENDING_MESSAGES = 256
 #: The RTCRtpReceiver attributes `_answer_audio` replaces (aiortc 1.16's jitter buffer and decoder queue).
 RECEIVER_PARTS = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue")
+#: Between replies the bot's audio track sends one silence packet this often (Chrome's Opus DTX: 400 ms).
+IDLE_PACKET_SECONDS = 0.4
 #: When the bot hangs up, its last frames are still in flight and in the caller's jitter buffer.
 HANGUP_DELAY_SECONDS = 0.3
 
@@ -95,11 +97,15 @@ def parse_candidate(candidate: Any) -> RTCIceCandidate | None:
 
 
 class CallAudioTrack(MediaStreamTrack):
-    """The bot's voice: aiortc pulls one 20 ms Opus packet per `recv()`, paced here in real time.
+    """The bot's voice: aiortc pulls one Opus packet per `recv()`, paced here in real time.
 
     Each frame comes from `PeerCall.next_audio()`, which drains the Call's outbox up to the next audio
-    frame; silence goes out when nothing is queued, so the RTP stream keeps its clock. The packets are
-    encoded here (`VoiceEncoder`: mono, silence shared), so aiortc only packetises them.
+    frame. The packets are encoded here (`VoiceEncoder`: mono, silence shared), so aiortc only packetises
+    them. A reply goes out one packet per 20 ms. Between replies, once the encoder has settled on silence,
+    the track sends one silence packet every `IDLE_PACKET_SECONDS`, as Chrome's Opus DTX does, and the RTP
+    timestamps skip the frames not sent (so the caller's jitter buffer sees a gap in time, not a loss): no
+    packet, timer or task switch every 20 ms per idle call, and the next reply's first frame goes out the
+    moment the bot queues it instead of at the next 20 ms tick.
     """
 
     kind = "audio"
@@ -109,7 +115,7 @@ class CallAudioTrack(MediaStreamTrack):
         self._peer = peer
         self._encoder = VoiceEncoder()
         self._start: float | None = None
-        self._pts = 0
+        self._pts = 0  # the next packet's slot on the RTP clock (48 kHz samples since `_start`)
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
@@ -117,13 +123,34 @@ class CallAudioTrack(MediaStreamTrack):
         loop = asyncio.get_running_loop()
         if self._start is None:
             self._start = loop.time()
+            samples = self._peer.next_audio()
+        elif self._encoder.idle:
+            samples = await self._after_silence(loop)
         else:
-            delay = self._start + self._pts / RATE - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        packet = self._encoder.packet(self._peer.next_audio(), self._pts)
+            await self._until_slot(loop)
+            samples = self._peer.next_audio()
+        packet = self._encoder.packet(samples, self._pts)
         self._pts += FRAME_SAMPLES
         return packet
+
+    async def _after_silence(self, loop: asyncio.AbstractEventLoop) -> np.ndarray | None:
+        """Wait for the bot's next audio or the next idle packet; the RTP clock skips the frames not sent."""
+        assert self._start is not None
+        until = self._start + self._pts / RATE - FRAME_SAMPLES / RATE + IDLE_PACKET_SECONDS
+        while (samples := self._peer.next_audio()) is None and loop.time() < until:
+            await self._peer.call.outbox.wait(until)
+        begun = int((loop.time() - self._start) * RATE) // FRAME_SAMPLES * FRAME_SAMPLES  # the latest slot begun
+        if begun >= self._pts:
+            self._pts = begun
+        else:  # the bot spoke within 20 ms of the last packet: its slot has not begun yet
+            await self._until_slot(loop)
+        return samples
+
+    async def _until_slot(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._start is not None
+        delay = self._start + self._pts / RATE - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
 
 class PeerCall:

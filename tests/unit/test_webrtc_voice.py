@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from types import SimpleNamespace
 
 import av
 import numpy as np
+import pytest
 from aiortc.codecs import PCMU_CODEC, get_encoder
 from aiortc.codecs.opus import OpusDecoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
+from callbridge.core.call import Outbox
+from callbridge.core.messages import AudioOut, ClientMessage, Outbound, PlaybackMark
 from callbridge.edge.opus import FRAME_SAMPLES, RATE, SETTLE_FRAMES, CallerVoice, VoiceEncoder
-from callbridge.edge.webrtc import AudioJitterBuffer
+from callbridge.edge.webrtc import IDLE_PACKET_SECONDS, AudioJitterBuffer, CallAudioTrack, PeerCall
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
 
@@ -140,3 +145,92 @@ def test_audio_jitter_buffer_skips_a_lost_packet() -> None:
     out = [buffer.add(rtp(n))[1] for n in range(2, 2 + buffer.capacity)]
     assert all(frame is None for frame in out[:-1])
     assert out[-1] is not None and out[-1].data == bytes([2])
+
+
+class TrackPeer:
+    """What `CallAudioTrack` pulls from: a real Outbox drained by `PeerCall.next_audio`, other items recorded."""
+
+    next_audio = PeerCall.next_audio
+
+    def __init__(self) -> None:
+        self.call = SimpleNamespace(outbox=Outbox())
+        self.handled: list[Outbound] = []
+
+    def _handle(self, item: Outbound) -> None:
+        self.handled.append(item)
+
+
+async def pull(track: CallAudioTrack, until: float) -> list[tuple[float, int, bytes]]:
+    """(loop time sent, pts, payload) of each packet the track yields until loop time `until`."""
+    loop = asyncio.get_running_loop()
+    sent = []
+    while loop.time() < until:
+        packet = await track.recv()
+        sent.append((loop.time(), packet.pts, bytes(packet)))
+    return sent
+
+
+async def test_an_idle_track_sends_a_packet_every_idle_period_and_the_clock_skips_the_rest() -> None:
+    peer = TrackPeer()
+    track = CallAudioTrack(peer)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    sent = await pull(track, start + 1.3)
+    gaps = np.diff([at for at, _, _ in sent])
+    assert len(sent) == 5, sent  # at 0, 0.4, 0.8, 1.2 and 1.6 s: not 65 packets of 20 ms
+    assert np.all(np.abs(gaps - IDLE_PACKET_SECONDS) < 0.03), gaps
+    # The RTP clock keeps wall time: each packet's slot is the 20 ms frame that had begun when it went.
+    for at, pts, _ in sent:
+        assert 0 <= at - start - pts / RATE < FRAME_SAMPLES / RATE + 0.01
+    assert len({payload for _, _, payload in sent}) == 1  # the shared silence packet
+
+
+async def test_a_reply_goes_out_at_once_then_every_20_ms_then_settles_and_idles() -> None:
+    peer = TrackPeer()
+    track = CallAudioTrack(peer)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    await track.recv()  # the first (silence) packet
+    await asyncio.sleep(0.11)  # idle, mid-way between two 20 ms ticks
+    queued = loop.time()
+    reply = tone(0.2)
+    for i in range(0, len(reply), FRAME_SAMPLES):
+        peer.call.outbox.put(AudioOut(reply[i : i + FRAME_SAMPLES]))
+    mark = PlaybackMark("reply")
+    peer.call.outbox.put(mark)
+    # The first frame goes out without waiting at all (recv completes in one step), in the slot that has
+    # begun: not at the next 20 ms tick.
+    pulling = track.recv()
+    with pytest.raises(StopIteration) as completed:
+        pulling.send(None)
+    first = completed.value.value
+    assert 0 <= queued - track._start - first.pts / RATE < FRAME_SAMPLES / RATE  # type: ignore[operator]
+    sent = [(queued, first.pts, bytes(first)), *await pull(track, queued + 0.6)]
+    speech = sent[:10]
+    assert [pts for _, pts, _ in speech] == [first.pts + i * FRAME_SAMPLES for i in range(10)]
+    gaps = np.diff([at for at, _, _ in speech])
+    assert gaps[0] <= 0.02 + 0.01 and np.all(np.abs(gaps[1:] - 0.02) < 0.01), gaps  # then on the 20 ms grid
+    # Then SETTLE_FRAMES of real silence at 20 ms (the mark is reached with the frame after the reply's
+    # last), then nothing until the next idle packet.
+    settling = sent[10 : 10 + SETTLE_FRAMES]
+    assert [pts for _, pts, _ in settling] == [speech[-1][1] + (i + 1) * FRAME_SAMPLES for i in range(SETTLE_FRAMES)]
+    assert peer.handled == [mark]
+    after = sent[10 + SETTLE_FRAMES :]
+    assert after and after[0][0] - settling[-1][0] > IDLE_PACKET_SECONDS - 0.03
+    decoded = decode_all([av.Packet(payload) for _, _, payload in speech])
+    assert peak_hz(decoded, RATE) == pytest.approx(440, abs=10)
+
+
+async def test_messages_queued_while_idle_are_handled_at_once() -> None:
+    peer = TrackPeer()
+    track = CallAudioTrack(peer)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    await track.recv()
+    pulling = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.05)
+    message = ClientMessage("log", "pause_detected")
+    peer.call.outbox.put(message)
+    await asyncio.sleep(0.005)
+    assert peer.handled == [message] and not pulling.done()  # handled, and no packet for it
+    started = loop.time()
+    await pulling
+    assert loop.time() - started > 0.25  # the idle packet still waits for its time
