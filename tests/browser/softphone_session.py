@@ -5,12 +5,14 @@
 Brings up `lo`, starts `python -m callbridge` on 127.0.0.1 with a FastRTC-style bot that echoes the caller's
 turn and publishes an additional output, and for each transport launches Chromium with a fake microphone
 that plays a spoken sentence once. On the page it clicks Call, sets the bot's input through
-`/input_hook`, waits for the echo to be played, saves a screenshot while the bot speaks
-(tests/browser/artifacts/), then ends the call (WebRTC: by closing the page; WebSocket: Hang up) and
-records what the page and the server saw. Then video: a second server runs the shipped mirror bot
-(BOT=mirror), Chromium's fake camera plays a Y4M file of four grey bands, and for each of the video and
-audio-video modalities the page calls, and the session reads pixels of the remote <video> and of the local
-preview through a canvas, counts decoded frames, and saves a screenshot. A video offer to the audio-only bot,
+`/input_hook`, waits for the echo to be played, saves a screenshot while the bot speaks and one after the reply
+with the page's reply time (tests/browser/artifacts/), then ends the call (WebRTC: by closing the page;
+WebSocket: Hang up) and records what the page and the server saw. The page's reply timer is also fed made-up
+level windows (a reply, one that overlaps the speech, the bot's echo, a barge-in) to record what it counts.
+Then video: a second server runs the shipped mirror bot (BOT=mirror), Chromium's fake camera plays a Y4M file
+of four grey bands, and for each of the video and audio-video modalities the page calls, and the session reads
+pixels of the remote <video> and of the local preview through a canvas, counts decoded frames, and saves a
+screenshot. A video offer to the audio-only bot,
 and a video call whose camera the browser denies, record what the page shows. test_softphone.py runs this and
 asserts on RESULTS.json; nothing here decides pass or fail.
 """
@@ -43,6 +45,8 @@ WAV_RATE = 48000
 #: Fake capture starts with getUserMedia, before the call is up: lead with silence so no word is lost.
 LEAD_SILENCE = 1.5
 CALL_TIMEOUT_MS = 30_000
+#: The server's PAUSE_MS, set here so that the reply times the page shows can be judged against it.
+PAUSE_MS = 512
 VIDEO_BOT = "mirror"
 #: The fake camera: vertical bands of these lumas, left to right (grey: no chroma).
 CAMERA_BANDS = (40, 100, 160, 220)
@@ -84,6 +88,30 @@ def sample_inbound_level(page: Page) -> float:
     }""")
 
 
+#: The page's ReplyTimer fed 10 ms level windows (-20 dBFS: sound, -90: quiet) by the millisecond ranges each
+#: side is loud in: what it returns at each window, and the replies it times.
+REPLY_TIMER_CASES = """async () => {
+    const { ReplyTimer } = await import('/static/reply-timer.js');
+    const inside = (ms, ranges) => ranges.some(([from, to]) => from <= ms && ms < to);
+    const run = (mic, bot) => {
+        const timer = new ReplyTimer();
+        const events = [];
+        for (let ms = 0; ms < 4000; ms += 10) {
+            const event = timer.step(ms / 1000, inside(ms, mic) ? -20 : -90, inside(ms, bot) ? -20 : -90);
+            if (event) events.push({ ms, ...event });
+        }
+        return { events, latenciesMs: timer.latenciesMs, medianMs: timer.medianMs() };
+    };
+    return {
+        answered: run([[0, 1000], [2000, 2500]], [[1600, 1900], [3100, 3500]]),
+        overlapped: run([[0, 1000]], [[500, 1500]]),
+        inSpeechGap: run([[0, 1000], [1100, 1500]], [[1050, 1400]]),
+        echo: run([[0, 1060]], [[0, 1000], [1300, 1600]]),
+        bargeIn: run([[500, 2000]], [[0, 1000], [2700, 3000]]),
+    };
+}"""
+
+
 def run_call(playwright: Playwright, server: Server, wav: Path, transport: str) -> dict[str, Any]:
     browser = playwright.chromium.launch(executable_path=CHROMIUM, args=chromium_flags(wav))
     try:
@@ -117,7 +145,15 @@ def run_call(playwright: Playwright, server: Server, wav: Path, transport: str) 
             timeout=CALL_TIMEOUT_MS,
         )
         page.wait_for_timeout(300)
+        latency_screenshot = ARTIFACTS / f"softphone-{transport}-latency.png"
+        page.screenshot(path=str(latency_screenshot), full_page=True)
         seen = page.evaluate("""() => ({
+            replyLatencyText: document.getElementById('reply-latency').textContent,
+            replyLatencyExplained: document.querySelector('.reply-latency').title,
+            replyLatencyHint: document.querySelector('.reply-latency small').textContent,
+            replyLatencyLog: [...document.querySelectorAll('#log li span')].map((s) => s.textContent)
+                .filter((text) => text.startsWith('reply after') || text.includes('not timed')),
+            replyLatenciesMs: window.softphone.replyTimer.latenciesMs,
             states: window.softphone.stateHistory,
             messages: window.softphone.messages,
             peakBotDb: window.softphone.peakBotDb,
@@ -131,6 +167,7 @@ def run_call(playwright: Playwright, server: Server, wav: Path, transport: str) 
             const all = Int16Array.from({ length: 65536 }, (_, i) => i - 32768);
             return g711.bytesToBase64(g711.ulawEncode(all));
         }""")
+        timer_cases = page.evaluate(REPLY_TIMER_CASES) if transport == "websocket" else None
         status = None
         hung_up_at = time.monotonic()
         if transport == "webrtc":
@@ -141,6 +178,7 @@ def run_call(playwright: Playwright, server: Server, wav: Path, transport: str) 
         ended = wait_for_log(server, f"call {call_id} ended", timeout=15)
         return {
             "title": title, **seen, "inboundLevels": inbound_levels, "screenshot": str(screenshot),
+            "latencyScreenshot": str(latency_screenshot), "replyTimerCases": timer_cases,
             "callId": call_id, "inputHookStatus": input_status, "serverEnded": ended,
             "secondsToEnd": time.monotonic() - hung_up_at, "statusAfterHangUp": status, "ulaw": ulaw,
             "console": console,
@@ -266,7 +304,8 @@ def main(results_path: Path) -> None:
         y4m = Path(work) / "camera.y4m"
         write_y4m(y4m)
         loopback_ice = ROOT / "tests" / "integration" / "loopback_ice"
-        server = Server({"PYTHONPATH": str(loopback_ice), "BOT": BOT}, Path(work) / "server.log")
+        server = Server({"PYTHONPATH": str(loopback_ice), "BOT": BOT, "PAUSE_MS": str(PAUSE_MS)},
+                        Path(work) / "server.log")
         video_server = None
         try:
             with sync_playwright() as playwright:

@@ -13,6 +13,7 @@ import base64
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import numpy as np
 import pytest
 
 from callbridge.codec import ulaw_encode
-from tests.browser.softphone_session import CAMERA_BANDS, CHROMIUM, LABEL
+from tests.browser.softphone_session import CAMERA_BANDS, CHROMIUM, LABEL, PAUSE_MS
 
 ROOT = Path(__file__).resolve().parents[2]
 TURN_ORDER = ["caller", "listening", "bot", "listening"]
@@ -95,9 +96,42 @@ def assert_common(call: dict[str, Any]) -> None:
     assert call["serverEnded"], "the server did not end the call"
 
 
+#: What #reply-latency shows once a reply has been timed.
+REPLY_SHOWN = re.compile(r"Reply after (\d+) ms · median (\d+) ms over (\d+) turns?")
+
+
+def assert_reply_timed(call: dict[str, Any]) -> int:
+    """The page timed the echo from its own audio (end of the fake microphone's sentence → the echo heard), and
+    shows and logs the same number, with what it measures. Returns the reply time shown (ms).
+
+    Bounds: the server ends the turn only after PAUSE_MS of silence (counted in 32 ms VAD windows, Silero's
+    one or two lingering windows included, so at least PAUSE_MS - 64 ms), and the echo then opens with the
+    turn's 200 ms pre-roll, digital silence here; so the first bot audio the page can hear comes more than
+    PAUSE_MS after the speech ended. Above: the pause and the pre-roll (~0.7 s) leave 800 ms for 20 ms
+    packets, the jitter buffer (WebRTC) or the 60 ms playback lead (WebSocket), and a shared, loaded machine;
+    slower is a reply held somewhere, or a page timing from the wrong moment (its speech's start is ~2.5 s
+    earlier; the server's pause_detected ~0.2 s before the audio).
+    """
+    shown = REPLY_SHOWN.fullmatch(call["replyLatencyText"])
+    assert shown, call["replyLatencyText"]
+    latency, median, turns = (int(group) for group in shown.groups())
+    # One sentence, one reply: the median of one turn is that turn.
+    assert turns == 1 and median == latency
+    assert [round(ms) for ms in call["replyLatenciesMs"]] == [latency]
+    assert PAUSE_MS < latency < PAUSE_MS + 1000, latency
+    # The message log has the same number, and no reply it could not time.
+    assert call["replyLatencyLog"] == [f"reply after {latency} ms (end of your speech → first bot audio)"]
+    assert call["replyLatencyHint"] == ("end of your speech → first bot audio, measured in this page; includes "
+                                        "the network and the browser's jitter buffer")
+    assert "not your sound card's own delay" in call["replyLatencyExplained"]
+    assert Path(call["latencyScreenshot"]).stat().st_size > 10_000
+    return latency
+
+
 def test_webrtc_call(calls):
     call = calls["webrtc"]
     assert_common(call)
+    assert_reply_timed(call)
     # WebRTC's own statistics see the reply on the remote track while the bot speaks.
     assert max(call["inboundLevels"]) > 0.1
     # Closing the page ended the call on the server at once (no waiting for ICE consent to expire).
@@ -107,7 +141,26 @@ def test_webrtc_call(calls):
 def test_websocket_call(calls):
     call = calls["websocket"]
     assert_common(call)
+    assert_reply_timed(call)
     assert call["statusAfterHangUp"] == "call ended: you hung up"
+
+
+def test_reply_timer_times_only_replies_to_finished_speech(calls):
+    """The page's reply timer on made-up 10 ms level windows: from the last loud microphone window to the bot's
+    first audible one; a reply that begins while the caller speaks (or within a gap between their words) is
+    not timed, never negative; the bot's voice coming back through the microphone is not a turn; speech
+    over the bot that goes on once the bot stops (a barge-in) is."""
+    cases = calls["websocket"]["replyTimerCases"]
+    # Speech to 1000 ms (last loud window 990) and the reply at 1600; again 2000-2500 and 3100.
+    answered = cases["answered"]
+    assert [event["ms"] for event in answered["events"]] == [1600, 3100]
+    assert answered["latenciesMs"] == pytest.approx([610, 610]) and answered["medianMs"] == pytest.approx(610)
+    assert cases["overlapped"]["events"] == [{"ms": 500, "overlapped": True}]
+    assert cases["inSpeechGap"]["events"] == [{"ms": 1050, "overlapped": True}]
+    for name in ("overlapped", "inSpeechGap"):
+        assert cases[name]["latenciesMs"] == [] and cases[name]["medianMs"] is None
+    assert cases["echo"]["events"] == []
+    assert cases["bargeIn"]["latenciesMs"] == pytest.approx([710])
 
 
 def test_page_ulaw_matches_the_codec(calls):

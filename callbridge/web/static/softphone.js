@@ -1,9 +1,10 @@
 // The callbridge softphone: call the bot from a browser over WebRTC (Opus, and the camera for video bots) or
-// the µ-law WebSocket (8 kHz, phone quality), see the turn state, levels, messages, additional outputs and the
-// bot's video.
+// the µ-law WebSocket (8 kHz, phone quality), see the turn state, levels, how long each reply took, messages,
+// additional outputs and the bot's video.
 // Plain ES modules served by the app; nothing to build. `window.softphone` is the live object.
 
 import { Downsampler, base64ToBytes, bytesToBase64, ulawDecode, ulawEncode } from "./g711.js";
+import { ReplyTimer } from "./reply-timer.js";
 
 const PHONE_RATE = 8000;
 const PHONE_FRAME = 160; // 20 ms at 8 kHz, as Twilio and the server frame it
@@ -70,6 +71,7 @@ class Softphone {
     this.outputs = [];
     this.peakMicDb = -Infinity;
     this.peakBotDb = -Infinity;
+    this.replyTimer = new ReplyTimer();
   }
 
   // -- the call ------------------------------------------------------------------------------------
@@ -93,6 +95,7 @@ class Softphone {
       this.botAnalyser = this.audio.createAnalyser();
       this.botAnalyser.fftSize = 1024;
       this.startMeters();
+      await this.startReplyTimer();
       if (transport === "webrtc") await this.callOverWebRTC(mode);
       else await this.callOverWebSocket();
     } catch (error) {
@@ -162,6 +165,8 @@ class Softphone {
     this.messages = [];
     this.outputs = [];
     this.peakMicDb = this.peakBotDb = -Infinity;
+    this.replyTimer = new ReplyTimer();
+    this.ui.showReplyLatency(null);
     this.ui.clearLists();
   }
 
@@ -352,6 +357,38 @@ class Softphone {
     }, 50);
   }
 
+  /**
+   * Times each reply as the caller hears it, from this page's own audio: an AudioWorklet (level-worklet.js)
+   * taps the microphone and the bot's audio after the analyser, in ~10 ms windows on the audio clock, for
+   * both transports (WebRTC's remote track, or the WebSocket's scheduled chunks, playback lead included). So
+   * it includes the network, the server, and the browser's jitter buffer, not the sound card's own input and
+   * output delay. Resolution: one window at each end (4 render quanta of 128 frames: 10.7 ms at 48 kHz,
+   * 11.6 ms at 44.1 kHz), whatever the tab's timers do. The server's log messages are not used: they say what the server saw, not what was heard.
+   */
+  async startReplyTimer() {
+    await this.audio.audioWorklet.addModule("/static/level-worklet.js");
+    const levels = new AudioWorkletNode(this.audio, "levels", { numberOfInputs: 2 });
+    if (this.micSource) this.micSource.connect(levels, 0, 0);
+    this.botAnalyser.connect(levels, 0, 1);
+    const silent = this.audio.createGain();
+    silent.gain.value = 0;
+    levels.connect(silent).connect(this.audio.destination);
+    levels.port.onmessage = ({ data }) => this.onLevels(data);
+  }
+
+  onLevels({ time, mic, bot }) {
+    if (!this.active) return;
+    const reply = this.replyTimer.step(time, mic, bot);
+    if (!reply) return;
+    if (reply.overlapped) {
+      this.note("the bot began while you were still speaking: this reply is not timed");
+      return;
+    }
+    const latencyMs = Math.round(reply.latencyMs);
+    this.ui.showReplyLatency(latencyMs, Math.round(this.replyTimer.medianMs()), this.replyTimer.latenciesMs.length);
+    this.note(`reply after ${latencyMs} ms (end of your speech → first bot audio)`);
+  }
+
   status(text) {
     this.ui.status.textContent = text;
   }
@@ -372,6 +409,7 @@ const ui = {
   status: $("status"),
   callId: $("call-id"),
   turnState: $("turn-state"),
+  replyLatency: $("reply-latency"),
   micMeter: $("mic-meter"),
   botMeter: $("bot-meter"),
   remoteAudio: $("remote-audio"),
@@ -411,6 +449,11 @@ const ui = {
   clearVideo() {
     this.remoteVideo.srcObject = null;
     this.localVideo.srcObject = null;
+  },
+  showReplyLatency(latencyMs, medianMs, turns) {
+    this.replyLatency.textContent = latencyMs === null
+      ? "No reply timed yet"
+      : `Reply after ${latencyMs} ms · median ${medianMs} ms over ${turns} turn${turns === 1 ? "" : "s"}`;
   },
   clearMeter(meter) {
     delete meter.dataset.shown;
