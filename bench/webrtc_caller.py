@@ -9,13 +9,17 @@ What the caller hears is timed where a phone caller's is (bench/caller.py stamps
 arrives): the caller's jitter buffer hands each packet on as it arrives in sequence (bench/webrtc_load.py
 gives the callers callbridge's `AudioJitterBuffer`), not after aiortc's default 100 ms that would add the
 same constant to both servers. The microphone has a faint noise floor, as a real one does, so the reply's
-first audio is audible even where it echoes the moment before the caller spoke (`AUDIBLE_RMS`), as a phone
-caller counts the first media message. A reply frame is speech above `LOUD_RMS`; replies are runs of loud
-frames with less than `REPLY_GAP` of quiet inside.
+first frame carries sound even where it echoes the moment before the caller spoke. The turn latency counts
+the reply's first frame that is not the digital silence both servers send between replies (`SOUND_RMS`), as
+a phone caller counts the first media message; the audible latency counts its first frame at `AUDIBLE_RMS`,
+which Opus reaches only on the 2nd or 3rd frame of a sound as faint as the noise floor (it ramps a new sound
+in), and at once for speech. A reply frame is speech above `LOUD_RMS`; replies are runs of loud frames with
+less than `REPLY_GAP` of quiet inside.
 
 Measured per call (`WebRTCResult`): turn latency (the frame that carried the end of the caller's speech left
--> first loud reply frame), the old reply still heard after the barge-in's onset, stalls (a reply's frames
-arriving more than `STALL_GAP` apart), and failures (no answer to the offer, no connection, turn unanswered).
+-> first reply frame) and audible latency, the old reply still heard after the barge-in's onset, stalls (a
+reply's frames arriving more than `STALL_GAP` apart), and failures (no answer to the offer, no connection,
+turn unanswered).
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ TIME_BASE = fractions.Fraction(1, RATE)
 SPEECH_LEVEL = 300  # |sample| at or above: the caller is speaking (espeak-ng peaks are ~10,000)
 LOUD_RMS = 200.0  # a reply frame at or above this RMS is speech
 NOISE_RMS = 20.0  # the microphone's noise floor (-64 dBFS), always on, as a real one's
-AUDIBLE_RMS = 8.0  # a reply frame at or above this RMS carries sound: the echo of the noise floor at least
+SOUND_RMS = 1.0  # a reply frame at or above this RMS is not the digital silence sent between replies (< 0.2)
+AUDIBLE_RMS = 8.0  # a reply frame at or above this RMS is audible: the echo of the noise floor at least
 REPLY_GAP = 0.6  # seconds of quiet that end a reply
 SPLIT_GAP = 0.25  # seconds of quiet before the reply to a turn whose first reply began while the caller spoke
 STALL_GAP = 0.06  # seconds between two frames of a reply past which the caller's player ran dry
@@ -113,6 +118,7 @@ class WebRTCResult:
     index: int
     failure: str | None = None
     turn_latency: list[float | None] = field(default_factory=list)  # seconds, per turn
+    audible_latency: list[float | None] = field(default_factory=list)  # seconds, per turn
     split_replies: int = 0
     speech_ends: list[float] = field(default_factory=list)  # time.monotonic(), per turn (for --stages)
     old_reply_after_onset: float | None = None
@@ -240,6 +246,23 @@ class WebRTCCaller:
                 task.cancel()
             await pc.close()
 
+    @staticmethod
+    def _reply_starts(ends: dict[str, float], sound_at: np.ndarray, loud_at: np.ndarray) -> dict[str, float | None]:
+        """Per turn, end of speech -> its reply's first frame among `sound_at` (None: unanswered).
+
+        A reply to a turn begins after the turn's speech ended: its first frame with sound after silence (the
+        echo of the turn's first audio, the noise floor before the speech), or, where a reply began while the
+        caller spoke (FastRTC splits a turn at a hesitation) and its rest runs into the answer to the turn, its
+        first speech after a moment of quiet."""
+        starts = sorted(start for start, _ in runs(sound_at, SPLIT_GAP) + runs(loud_at, SPLIT_GAP))
+        latency: dict[str, float | None] = {}
+        for name in TURNS:
+            # The interrupt's own reply cannot begin within 0.3 s of its end: loud frames until then are the old reply.
+            since = ends[name] + (0.3 if name == "interrupt" else 0.0)
+            first = next((start for start in starts if start > since), None)
+            latency[name] = None if first is None else first - ends[name]
+        return latency
+
     def analyse(self, index: int) -> WebRTCResult:
         result = WebRTCResult(index=index, failure=self.failure, call_seconds=max(0.0, self.ended - self.started))
         if self.failure or len(self.marks) < 6:
@@ -248,23 +271,15 @@ class WebRTCCaller:
         arrivals = np.array(self.arrivals)
         loudness = np.array(self.loudness)
         loud_at = arrivals[loudness >= LOUD_RMS]
-        audible_at = arrivals[loudness >= AUDIBLE_RMS]
         ends = {name: self.mic.time_of(self.marks[name + "_end"]) for name in TURNS}
-        replies = runs(loud_at, REPLY_GAP)
-        # A reply to a turn begins after the turn's speech ended: its first audible frame after silence (the
-        # echo of the turn's first audio, the noise floor before the speech, as a phone caller's first media
-        # message), or, where a reply began while the caller spoke (FastRTC splits a turn at a hesitation)
-        # and its rest runs into the answer to the turn, its first speech after a moment of quiet.
-        starts = sorted(start for start, _ in runs(audible_at, SPLIT_GAP) + runs(loud_at, SPLIT_GAP))
         onsets = {name: self.mic.time_of(self.marks[name + "_onset"]) for name in TURNS}
+        replies = runs(loud_at, REPLY_GAP)
+        heard = {rms: self._reply_starts(ends, arrivals[loudness >= rms], loud_at) for rms in (SOUND_RMS, AUDIBLE_RMS)}
         for name in TURNS:
-            end = ends[name]
-            # The interrupt's own reply cannot begin within 0.3 s of its end: loud frames until then are the old reply.
-            since = end + (0.3 if name == "interrupt" else 0.0)
-            first = next((start for start in starts if start > since), None)
-            result.turn_latency.append(None if first is None else first - end)
-            result.speech_ends.append(end)
-            result.split_replies += sum(1 for start, _ in replies if onsets[name] < start < end)
+            result.turn_latency.append(heard[SOUND_RMS][name])
+            result.audible_latency.append(heard[AUDIBLE_RMS][name])
+            result.speech_ends.append(ends[name])
+            result.split_replies += sum(1 for start, _ in replies if onsets[name] < start < ends[name])
         onset = onsets["interrupt"]
         answer = ends["interrupt"] + result.turn_latency[-1] if result.turn_latency[-1] is not None else math.inf
         old = [stop for start, stop in runs(loud_at[loud_at < answer], REPLY_GAP) if start < onset <= stop + REPLY_GAP]

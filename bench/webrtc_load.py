@@ -192,6 +192,7 @@ def summarise(results: list[WebRTCResult]) -> dict[str, Any]:
         "turn_p50_ms": ms(percentile(latencies, 50)),
         "turn_p95_ms": ms(percentile(latencies, 95)),
         "turn_max_ms": ms(max(latencies) if latencies else None),
+        "audible_p50_ms": ms(percentile([x for r in results for x in r.audible_latency if x is not None], 50)),
         "turn_latencies_ms": [round(x * 1000, 1) for x in latencies],
         "first_turn_ms": [ms(r.turn_latency[0]) for r in results if r.turn_latency and r.turn_latency[0] is not None],
         "split_replies": sum(r.split_replies for r in results),

@@ -15,6 +15,7 @@ from typing import Any
 
 COLUMNS = [
     ("answered", "answered"), ("turns", "turns_answered_pct"), ("p50 ms", "turn_p50_ms"), ("p95 ms", "turn_p95_ms"),
+    ("audible p50 ms", "audible_p50_ms"),
     ("split replies", "split_replies"), ("old reply heard p50 ms", "old_reply_p50_ms"), ("stalls %", "stall_pct"),
     ("server CPU ms/call-s", "server_cpu_ms_per_call_second"),
     ("callers' CPU ms/call-s", "caller_cpu_ms_per_call_second"),

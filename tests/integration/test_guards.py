@@ -92,13 +92,21 @@ async def test_a_frozen_client_is_dropped_and_its_call_ended(guarded, transport)
     assert_whole(await healthy, said)
 
 
-def flood_without_reading(sock: socket.socket, limit: int = 16 << 20) -> bool:
+def flood_without_reading(sock: socket.socket, seconds: float = 20.0) -> bool:
     """Send WebSocket pings (each owed a 127-byte pong) and read nothing; True once the server cuts the
-    connection, False after `limit` bytes (far more than the server's buffers and ours hold)."""
+    connection, False if it has not within `seconds`, or if our sends block (the socket's 5 s timeout) with
+    the server neither reading nor cutting.
+
+    Bounded by time, not bytes: how much a connection's buffers hold depends on the machine (net.ipv4.tcp_rmem
+    lets the server's receive buffer grow to 32 MB on some), so a flood of any fixed size can end before the
+    server has seen its pongs back up for MEDIA_SEND_TIMEOUT_SECONDS."""
     pings = frame(0x9, b"x" * 125) * 1000
-    for _ in range(limit // len(pings)):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         try:
             sock.sendall(pings)
+        except TimeoutError:
+            return False
         except OSError:
             return True
         time.sleep(0.01)

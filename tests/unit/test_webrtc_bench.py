@@ -51,3 +51,16 @@ def test_an_unanswered_turn_and_an_unfinished_script() -> None:
     assert caller.analyse(0).turn_latency[1:] == [None, None]
     caller.marks.pop("interrupt_end")
     assert caller.analyse(1).failure == "the script did not finish"
+
+
+def test_the_turn_latency_counts_the_first_frame_with_sound_the_audible_one_the_first_audible() -> None:
+    caller = caller_with(
+        heard=[(2.5, 2.54, 0.1),  # the silence packet between replies: not a reply
+               (2.54, 2.58, 3.0), (2.58, 2.7, 15.0), (2.7, 3.0, 1000.0),  # Opus ramping the noise floor in
+               (6.5, 7.0, 1000.0), (9.4, 10.0, 1000.0)],
+        gaps=[],
+    )
+    result = caller.analyse(0)
+    assert result.turn_latency[0] == pytest.approx(0.54, abs=0.011)
+    assert result.audible_latency[0] == pytest.approx(0.58, abs=0.011)
+    assert result.turn_latency[1:] == result.audible_latency[1:] == pytest.approx([0.5, 0.4], abs=0.011)
