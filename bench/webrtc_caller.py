@@ -1,14 +1,19 @@
 """One benchmark WebRTC call: an aiortc peer that speaks the load script and times what it hears.
 
 The script and the audio are bench/load.py's (hello, a story with a hesitation, a barge-in one second into
-the story's reply), upsampled once to 48 kHz and sent as 20 ms stereo frames in real time, as Chromium sends
-its microphone. The call signals with the FastRTC contract both servers speak: `POST /webrtc/offer` with
+the story's reply), upsampled once to 48 kHz and sent in real time as 20 ms Opus packets, mono at 32 kbps as
+Chromium sends its microphone by default. The caller's own Opus work is done the way callbridge does it, in
+the event loop (callbridge.edge.opus: `VoiceEncoder` codes the microphone, `CallerVoice` decodes what it
+hears), not in aiortc's encoder and decoder threads: the callers share the machine's two cores with the
+server, and every millisecond they spend is one the server does not get.
+
+The call signals with the FastRTC contract both servers speak: `POST /webrtc/offer` with
 `{sdp, type, webrtc_id}` and a data channel named "text".
 
 What the caller hears is timed where a phone caller's is (bench/caller.py stamps each media message as it
-arrives): the caller's jitter buffer hands each packet on as it arrives in sequence (bench/webrtc_load.py
-gives the callers callbridge's `AudioJitterBuffer`), not after aiortc's default 100 ms that would add the
-same constant to both servers. The microphone has a faint noise floor, as a real one does, so the reply's
+arrives): the caller's jitter buffer (callbridge's `AudioJitterBuffer`) hands each packet on as it arrives
+in sequence, not after aiortc's default 100 ms that would add the same constant to both servers.
+The microphone has a faint noise floor, as a real one does, so the reply's
 first frame carries sound even where it echoes the moment before the caller spoke. The turn latency counts
 the reply's first frame that is not the digital silence both servers send between replies (`SOUND_RMS`), as
 a phone caller counts the first media message; the audible latency counts its first frame at `AUDIBLE_RMS`,
@@ -25,7 +30,6 @@ turn unanswered).
 from __future__ import annotations
 
 import asyncio
-import fractions
 import json
 import math
 import uuid
@@ -38,9 +42,11 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from callbridge.edge.opus import CallerVoice, VoiceEncoder
+from callbridge.edge.webrtc import AudioJitterBuffer
+
 RATE = 48000
 FRAME = RATE // 50
-TIME_BASE = fractions.Fraction(1, RATE)
 SPEECH_LEVEL = 300  # |sample| at or above: the caller is speaking (espeak-ng peaks are ~10,000)
 LOUD_RMS = 200.0  # a reply frame at or above this RMS is speech
 NOISE_RMS = 20.0  # the microphone's noise floor (-64 dBFS), always on, as a real one's
@@ -70,7 +76,7 @@ def speech_span(samples: np.ndarray) -> tuple[int, int]:
 
 
 class Microphone(MediaStreamTrack):
-    """The caller's voice: whatever `say` queued, then silence, in 20 ms frames paced in real time.
+    """The caller's voice: whatever `say` queued, then silence, in 20 ms Opus packets paced in real time.
 
     Records when each frame left, so a sample's position gives the time it was sent."""
 
@@ -78,6 +84,7 @@ class Microphone(MediaStreamTrack):
 
     def __init__(self) -> None:
         super().__init__()
+        self.encoder = VoiceEncoder()
         self.noise = np.random.default_rng().normal(0.0, NOISE_RMS, 10 * RATE).astype(np.int32)
         self.script = np.zeros(0, np.int16)
         self.position = 0
@@ -90,7 +97,7 @@ class Microphone(MediaStreamTrack):
         self.script = np.concatenate([self.script, np.zeros(at - len(self.script), np.int16), samples])
         return at
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -103,11 +110,10 @@ class Microphone(MediaStreamTrack):
             chunk = np.concatenate([chunk, np.zeros(FRAME - len(chunk), np.int16)])
         at = self.position % (len(self.noise) - FRAME)
         chunk = np.clip(chunk + self.noise[at : at + FRAME], -32768, 32767).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(np.repeat(chunk, 2).reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate, frame.time_base, frame.pts = RATE, TIME_BASE, self.position
+        packet = self.encoder.packet(chunk, self.position)
         self.position += FRAME
         self.sent.append(loop.time())
-        return frame
+        return packet
 
     def time_of(self, position: int) -> float:
         return self.sent[position // FRAME]
@@ -169,16 +175,18 @@ class WebRTCCaller:
                 return t
         return 0.0
 
-    async def _listen(self, track: MediaStreamTrack) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            samples = frame.to_ndarray().astype(np.float32)
-            self.arrivals.append(loop.time())
-            self.loudness.append(float(np.sqrt(np.mean(samples * samples))))
+    def _hear(self, samples: np.ndarray) -> None:
+        """Each frame the caller hears, decoded (`CallerVoice`) the moment its packet is next in sequence."""
+        self.arrivals.append(asyncio.get_running_loop().time())
+        pcm = samples.astype(np.float32)
+        self.loudness.append(float(np.sqrt(np.mean(pcm * pcm))))
+
+    def _listen_on(self, pc: RTCPeerConnection) -> None:
+        """callbridge's receiver parts on the caller's audio receiver (edge/webrtc.py's `PeerCall` does the same)."""
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "audio":
+                transceiver.receiver._RTCRtpReceiver__jitter_buffer = AudioJitterBuffer()
+                transceiver.receiver._RTCRtpReceiver__decoder_queue = CallerVoice(self._hear)
 
     async def _say(self, name: str, samples: np.ndarray) -> float:
         """Speak; returns when the frame with the last speech sample has left, and that time."""
@@ -200,11 +208,6 @@ class WebRTCCaller:
     async def run(self, session: aiohttp.ClientSession) -> None:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         connected = asyncio.Event()
-        tasks: list[asyncio.Task[None]] = []
-
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            tasks.append(asyncio.ensure_future(self._listen(track)))
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -213,6 +216,7 @@ class WebRTCCaller:
 
         try:
             pc.addTrack(self.mic)
+            self._listen_on(pc)
             pc.createDataChannel("text")
             await pc.setLocalDescription(await pc.createOffer())
             body = {"sdp": pc.localDescription.sdp, "type": "offer", "webrtc_id": uuid.uuid4().hex}
@@ -242,8 +246,6 @@ class WebRTCCaller:
         except Exception as exc:  # a benchmark call never raises: the failure is its result
             self.failure = f"{type(exc).__name__}: {exc}"[:200]
         finally:
-            for task in tasks:
-                task.cancel()
             await pc.close()
 
     @staticmethod

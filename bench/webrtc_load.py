@@ -86,18 +86,10 @@ def _cpu_seconds() -> float:
 
 
 def _loopback_peers() -> None:
-    """The callers offer 127.0.0.1 only, and time a reply packet as it arrives (callbridge's audio jitter buffer)."""
+    """The callers offer 127.0.0.1 only."""
     import aioice.ice
-    import aiortc.rtcrtpreceiver
-    from aiortc.jitterbuffer import JitterBuffer
-
-    from callbridge.edge.webrtc import AudioJitterBuffer
-
-    def jitter_buffer(capacity: int, prefetch: int = 0, is_video: bool = False) -> JitterBuffer:
-        return JitterBuffer(capacity, prefetch, is_video) if is_video else AudioJitterBuffer()
 
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
-    aiortc.rtcrtpreceiver.JitterBuffer = jitter_buffer  # type: ignore[misc,assignment]
 
 
 async def _run_calls(url: str, script: Script48, plan: list[tuple[int, float]], start_at: float
@@ -323,10 +315,10 @@ def main() -> int:
                         help="callbridge servers log per-stage times (bench/webrtc_stages); use at N=1")
     parser.add_argument("--out", type=Path, default=WORK / "webrtc")
     args = parser.parse_args()
-    in_namespace()
     servers = args.servers or [contender("callbridge"), contender("fastrtc")]
-    if any(s.spec.name == "fastrtc" for s in servers):
-        ensure_fastrtc()
+    if any(s.spec.name == "fastrtc" for s in servers) and not os.environ.get(IN_NAMESPACE):
+        ensure_fastrtc()  # from the package registry, before the namespace cuts the network off
+    in_namespace()
     script = script48()
     levels: list[dict[str, Any]] = []
     for _ in range(args.repeat):
