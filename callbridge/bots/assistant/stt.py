@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 WHISPER_RATE = 16000
 #: The beam a prompted (short) turn is decoded with: greedy heard en-gb "Sure." as "So, uh..." even with the
-#: prompt, a 5-wide beam as "Sure." (bench/results/backchannel.md); a short turn's beam costs ~0.1 s of CPU.
+#: prompt, a 5-wide beam as "Sure." (bench/results/backchannel.md). On short turns it costs about what greedy
+#: does (the encoder dominates): 554-582 ms of CPU per turn (p50) against 529-701, on a loaded machine.
 PROMPTED_BEAM = 5
 #: What a CTranslate2 Whisper folder must hold; faster-whisper fetches a missing tokenizer from the hub.
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
