@@ -2,8 +2,9 @@
 the third? (BACKCHANNEL_RESUME, BACKCHANNEL_MAX_MS)
 
 Each 8 kHz utterance of bench/turn_corpus.py (backchannel, noise, interruption; espeak-ng voices, through
-µ-law), and one-word interruptions the corpus lacks (`SHORT_INTERRUPTIONS`: as short as a backchannel, so
-only the words can tell them apart), is spoken over a 30 s reply, driven through a real Call (the real VAD,
+µ-law), one-word interruptions the corpus lacks (`SHORT_INTERRUPTIONS`: as short as a backchannel, so
+only the words can tell them apart), and other backchannels and short interruptions held out from any tuning
+(`OTHER_BACKCHANNELS`, `OTHER_INTERRUPTIONS`), is spoken over a 30 s reply, driven through a real Call (the real VAD,
 no sockets): the reply starts, the caller has heard its first second (its marks confirmed, as a transport
 would), then the utterance (its 0.5 s of lead silence, the sound, 2 s of silence) arrives, one VAD window at
 a time. Two verdicts on a short turn: `base`, the Bot default (every short sound is a backchannel: the bound
@@ -56,7 +57,13 @@ RATE = 8000
 FRAME = 160
 HEARD_FRAMES = 2 * RESUME_POINT_FRAMES  # the caller has heard the reply's first second
 SHORT_INTERRUPTIONS = ("No.", "Wait.", "Stop.", "What?", "Hold on.", "Sorry?")
-CATEGORIES = ("backchannel", "noise", "interruption", "short interruption")
+#: Held out: short turns no tuning looked at (the assistant's decoding prompt names the corpus's words), to see
+#: whether what helps the corpus helps other backchannels and interruptions too.
+OTHER_BACKCHANNELS = ("Got it.", "Yep.", "Alright.", "Exactly.", "Oh, okay.", "Yes.", "Mhm.", "Cool.")
+OTHER_INTERRUPTIONS = ("Hang on.", "Excuse me?", "Pardon?", "Nope.", "Actually.", "Listen.", "Why?", "Hey.")
+EXTRA = {"short interruption": SHORT_INTERRUPTIONS, "other backchannel": OTHER_BACKCHANNELS,
+         "other short interruption": OTHER_INTERRUPTIONS}
+CATEGORIES = ("backchannel", "noise", "interruption", *EXTRA)
 OUTCOMES = ("resumed", "kept", "cancelled (bound)", "cancelled (verdict)")
 SWEEP_MS = (500, 600, 700, 800, 900, 1000, 1200)
 
@@ -209,8 +216,8 @@ def main() -> None:
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.UTC)
     corpus = build(rates=(RATE,), categories=CATEGORIES) + [
-        utterance("short interruption", text, spoken(text, (), voice, RATE), voice, RATE)
-        for voice in ESPEAK_VOICES for text in SHORT_INTERRUPTIONS]
+        utterance(category, text, spoken(text, (), voice, RATE), voice, RATE)
+        for category, texts in EXTRA.items() for voice in ESPEAK_VOICES for text in texts]
     lengths = speech_lengths(corpus)
     results = asyncio.run(run_all(corpus, args.max_ms))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

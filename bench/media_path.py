@@ -6,13 +6,16 @@
     .venv/bin/python bench/media_path.py --answers                          # how long VAD answers take
     .venv/bin/python bench/media_path.py --vad-on-loop                      # inference on the event loop
     .venv/bin/python bench/media_path.py --end-of-turn model                # with the end-of-turn model
+    .venv/bin/python bench/media_path.py --end-of-turn model --ask-every-ms 150   # asked again every 150 ms
 
 N Twilio media streams are opened on the edge's `Connection` with a transport that only counts bytes; then
 every 20 ms each stream gets one masked WebSocket frame holding a `media` message (a quarter of the streams
 every 5 ms, as from bench/load.py's pacer), in real time: the caller's phrases from bench/load.py and
 silence, so turns end and the echo bot answers through the paced writer. It reports what one worker process
 spends per inbound message on its event loop's thread (frame reading, JSON, µ-law, turn detection, replies)
-and per window in the VAD's inference thread. Without the kernel's TCP work and the load generator it shows
+and per window in the VAD's inference thread; whether the calls are held: each turn's latency (end of the
+caller's speech to the bot's first audio, `callbridge_turn_latency_seconds`) and how late the pacer's 5 ms
+steps ran (a stalled event loop makes them late). Without the kernel's TCP work and the load generator it shows
 changes to the per-message path that a load run hides; still alternate trees (A B A B) and repeat: this
 machine's speed swings by up to 2x from minute to minute without any steal (bench/README.md).
 """
@@ -146,7 +149,8 @@ def ms_percentiles(values: list[float]) -> str:
     return f"{1000 * p50:.1f} / {1000 * p95:.1f}"
 
 
-def build_edge(calls: int, vad_on_loop: bool, end_of_turn: str) -> tuple[Any, Any, Callable[[str], str], Any]:
+def build_edge(calls: int, vad_on_loop: bool, end_of_turn: str,
+               ask_every_ms: int = 0) -> tuple[Any, Any, Callable[[str], str], Any]:
     """(edge, services, the webhook's token for a CallSid, Connection class) of the tree on sys.path: this layout
     (callbridge/) or the one before it (app/, codec/, bots/), so trees from either side of the move compare."""
     try:
@@ -162,7 +166,8 @@ def build_edge(calls: int, vad_on_loop: bool, end_of_turn: str) -> tuple[Any, An
     # Its streams answer no pings: the longest ping timeout keeps them from being dropped in a long run. A tree
     # from before END_OF_TURN is only given it when asked for.
     settings = Settings(bot="echo", concurrency_limit=calls + 10, media_ping_timeout_seconds=300,
-                        **({"end_of_turn": end_of_turn} if end_of_turn != "silence" else {}))
+                        **({"end_of_turn": end_of_turn} if end_of_turn != "silence" else {}),
+                        **({"end_of_turn_ask_every_ms": ask_every_ms} if ask_every_ms else {}))
     services = make_services(settings)
     if end_of_turn != "silence":
         services.load_end_of_turn()
@@ -204,10 +209,27 @@ def encode_ulaw(samples: np.ndarray) -> bytes:
     return audioop.lin2ulaw(samples.astype(np.int16).tobytes(), 2)
 
 
+def recorded_turn_latencies(state: Any) -> list[float]:
+    """Every turn latency the services observe from now on (end of speech -> first audio, s); none in a tree
+    without the metric."""
+    latencies: list[float] = []
+    histogram = getattr(getattr(state, "metrics", None), "turn_latency", None)
+    if histogram is not None:
+        observe = histogram.observe
+
+        def recording(value: float, *args: Any, **kwargs: Any) -> None:
+            latencies.append(value)
+            observe(value, *args, **kwargs)
+
+        histogram.observe = recording
+    return latencies
+
+
 async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_loop: bool,
-              end_of_turn: str) -> dict[str, Any]:
+              end_of_turn: str, ask_every_ms: int = 0) -> dict[str, Any]:
     waits = time_vad_answers() if answers else None
-    edge, state, make_token, Connection = build_edge(calls, vad_on_loop, end_of_turn)
+    edge, state, make_token, Connection = build_edge(calls, vad_on_loop, end_of_turn, ask_every_ms)
+    latencies = recorded_turn_latencies(state)
     audio = call_audio(seconds)
     payloads = [base64.b64encode(encode_ulaw(audio[i : i + FRAME])).decode() for i in range(0, len(audio), FRAME)]
     streams = []
@@ -234,8 +256,10 @@ async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_l
     if profiler is not None:
         profiler.enable()
     slots = [list(zip(streams[slot::SLOTS], frames[slot::SLOTS], strict=True)) for slot in range(SLOTS)]
+    late: list[float] = []  # per pacer step: how long after its time it ran
     for k in range(len(payloads)):
         for slot, group in enumerate(slots):
+            late.append(time.perf_counter() - (started + (k + slot / SLOTS) * 0.02))
             for (connection, _), messages in group:
                 connection.data_received(messages[k])
             await asyncio.sleep(max(0.0, started + (k + (slot + 1) / SLOTS) * 0.02 - time.perf_counter()))
@@ -255,6 +279,8 @@ async def run(calls: int, seconds: float, profile: bool, answers: bool, vad_on_l
         "vad_us_per_window": None if vad_on_loop else round(1e6 * vad_cpu / max(1, state.vad.windows), 1),
         "vad_windows_per_batch": round(state.vad.windows / max(1, state.vad.batches), 1),
         "turns_answered": replies, "reply_bytes": sum(c.transport.written for c, _ in streams),
+        "turn_latency_ms_p50_p95": ms_percentiles(latencies), "turn_latencies": len(latencies),
+        "pacer_late_ms_p50_p99_max": "{:.1f} / {:.1f} / {:.1f}".format(*(1000 * np.percentile(late, [50, 99, 100]))),
     }
     if end_of_turn != "silence":
         questions = {answer: model_seconds(state, "callbridge_end_of_turn_questions_total", {"answer": answer})
@@ -286,6 +312,8 @@ def main() -> int:
                         "(VAD_THREAD=loop) instead of in its thread")
     parser.add_argument("--end-of-turn", choices=["silence", "model"], default="silence",
                         help="END_OF_TURN (model: Smart Turn asked at 200 ms of silence, on its own thread)")
+    parser.add_argument("--ask-every-ms", type=int, default=0, help="END_OF_TURN_ASK_EVERY_MS (with --end-of-turn "
+                        "model: ask again every so many ms of the same pause; 0: once)")
     parser.add_argument("--answers", action="store_true", help="also time each window from submission to its "
                         "answer, for windows that started speech or ended a turn and for the rest (costs CPU)")
     args = parser.parse_args()
@@ -293,8 +321,9 @@ def main() -> int:
     import uvloop
 
     result = uvloop.run(run(args.calls, args.seconds, args.profile, args.answers, args.vad_on_loop,
-                            args.end_of_turn))
-    print(json.dumps({"tree": str(args.tree), **result}))
+                            args.end_of_turn, args.ask_every_ms))
+    print(json.dumps({"tree": str(args.tree), "end_of_turn": args.end_of_turn, "ask_every_ms": args.ask_every_ms,
+                      **result}))
     return 0
 
 

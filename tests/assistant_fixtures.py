@@ -174,7 +174,8 @@ class FakeOpenAI:
         assert isinstance(upload, web.FileField)
         audio = upload.file.read()
         self.received.append(Received(request.path, dict(request.headers),
-                                      {"model": form.get("model"), "filename": upload.filename, "file": audio}))
+                                      {"model": form.get("model"), "filename": upload.filename, "file": audio,
+                                       "prompt": form.get("prompt")}))
         answer = self.transcripts.popleft() if self.transcripts else ""
         if isinstance(answer, int):
             return error_response(answer)

@@ -413,8 +413,10 @@ class Call:
             self._hold.onset = event.onset  # the caller speaks again while the reply is held
         elif self.barge_in and self.bot_talking:
             # A reply the call hangs up or transfers after is not held: talking over its last words hangs up or
-            # transfers now, as ever.
-            if self.backchannel_resume and self._hangup_after is None and self._transfer_after is None:
+            # transfers now, as ever. Nor is one that ran further ahead of the caller than the tape keeps: it could
+            # only resume past audio they never heard.
+            if (self.backchannel_resume and self._hangup_after is None and self._transfer_after is None
+                    and self._tape.can_resume):
                 self._hold_reply(event.onset)
             else:
                 self.interrupt()

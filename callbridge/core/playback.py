@@ -49,12 +49,15 @@ class Tape:
         self._names = itertools.count(1)
         self._frames_since_checkpoint = 0
         self.held = False
+        #: Unheard entries dropped at MAX_UNHEARD_FRAMES (the reply ran more than that ahead of the caller): a
+        #: replay would skip them, so the reply cannot resume where the caller stopped hearing it.
+        self._lost = False
 
     def play(self, frame: AudioOut, reply_id: str) -> None:
         if self.resumable:
             if self._frames_since_checkpoint >= RESUME_POINT_FRAMES:
                 self.checkpoint(Checkpoint("resume_point", reply_id))
-            self._unheard.append(frame)
+            self._keep(frame)
         self._frames_since_checkpoint += 1
         if not self.held:
             self._put(frame)
@@ -63,9 +66,18 @@ class Tape:
         """A playback mark after the audio played so far."""
         self._frames_since_checkpoint = 0
         if self.resumable:
-            self._unheard.append(checkpoint)
+            self._keep(checkpoint)
         if not self.held:
             self._mark(checkpoint, first=True)
+
+    def _keep(self, entry: AudioOut | Checkpoint) -> None:
+        self._lost |= len(self._unheard) == self._unheard.maxlen
+        self._unheard.append(entry)
+
+    @property
+    def can_resume(self) -> bool:
+        """Whether a replay now would start where the caller stopped hearing (nothing unheard was dropped)."""
+        return self.resumable and not self._lost
 
     def heard(self, name: str) -> Checkpoint | None:
         """The checkpoint the transport reports heard (None: not one on the wire now); what came before it is
@@ -74,6 +86,7 @@ class Tape:
         if checkpoint is not None and checkpoint in self._unheard:  # found near the front: marks come in order
             while self._unheard.popleft() is not checkpoint:
                 pass
+            self._lost = False  # what follows the point heard is all kept
         return checkpoint
 
     def hold(self) -> None:
@@ -96,6 +109,7 @@ class Tape:
         self._unheard.clear()
         self._on_wire.clear()
         self._frames_since_checkpoint = 0
+        self._lost = False
 
     def _mark(self, checkpoint: Checkpoint, *, first: bool) -> None:
         # A reply's end keeps its id as its name the first time; checkpoints inside a reply hold a "/"

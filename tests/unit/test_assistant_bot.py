@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from callbridge.bots.assistant import AssistantConfig, AssistantFactory, Stages, assistant_factory
-from callbridge.bots.assistant.bot import APOLOGY, IDLE_GOODBYE, IDLE_PROMPT, AssistantBot
+from callbridge.bots.assistant.bot import APOLOGY, IDLE_GOODBYE, IDLE_PROMPT, OVER_REPLY_PROMPT, AssistantBot
 from callbridge.bots.assistant.brain import INTERRUPTED
 from callbridge.bots.assistant.script import SHIPPED_SCRIPT, ScriptBrain
 from callbridge.bots.assistant.stt import LocalWhisper
@@ -266,14 +266,19 @@ async def test_a_turn_reports_its_stage_timings_once_its_first_audio_is_out(offl
     assert outputs.index(timings[0]) == first_audio + 1
 
 
-@pytest.mark.parametrize(("text", "backchannel"), [
-    ("Uh-huh.", True), ("Okay.", True), ("Yeah.", True), ("I see.", True), ("Right.", True),
-    ("No.", False), ("Wait.", False), ("Stop.", False), ("What?", False),
+@pytest.mark.parametrize(("text", "voice", "backchannel"), [
+    ("Uh-huh.", "en-us", True), ("Okay.", "en-us", True), ("Yeah.", "en-us", True), ("I see.", "en-us", True),
+    ("Right.", "en-us", True), ("No.", "en-us", False), ("Wait.", "en-us", False), ("Stop.", "en-us", False),
+    ("What?", "en-us", False),
+    # Heard without OVER_REPLY_PROMPT as "And then the..." and "So what?" (bench/results/backchannel.md).
+    ("Mm-hmm.", "en-gb", True), ("Sure.", "en-gb", True),
+    ("Stop.", "en-gb", False), ("What?", "en-gb", False), ("Hold on.", "en-gb", False), ("Wait.", "en-gb", False),
 ])
-async def test_a_short_turn_over_the_reply_is_a_backchannel_by_its_words(offline: Stages, text: str,
+async def test_a_short_turn_over_the_reply_is_a_backchannel_by_its_words(offline: Stages, text: str, voice: str,
                                                                          backchannel: bool) -> None:
     bot = AssistantBot(CALL, offline)
-    assert await bot.is_backchannel(Turn(audio=phone_speech(text), sample_rate=16000)) is backchannel
+    turn = np.concatenate([np.zeros(16000 // 5, np.int16), phone_speech(text, voice)])  # the turn's preroll
+    assert await bot.is_backchannel(Turn(audio=turn, sample_rate=16000)) is backchannel
 
 
 async def test_a_noise_without_words_is_a_backchannel(offline: Stages) -> None:
@@ -284,9 +289,11 @@ async def test_a_noise_without_words_is_a_backchannel(offline: Stages) -> None:
 def test_backchannel_words_and_whisper_notes_are_backchannels_and_other_words_not() -> None:
     from callbridge.bots.assistant.bot import is_backchannel_text
 
-    for text in ("", "Uh-huh.", "Mm-hmm, okay.", "Yeah, yeah, got it.", "All right.", "[BLANK_AUDIO]", "(coughing)"):
+    for text in ("", "Uh-huh.", "Mm-hmm, okay.", "Yeah, yeah, got it.", "All right.", "[BLANK_AUDIO]", "(coughing)",
+                 "And Mm-hmm."):  # Whisper's made-up "and" before a hum
         assert is_backchannel_text(text), text
-    for text in ("No.", "Wait, stop.", "Okay, but what time?", "Sorry, I meant Thursday.", "you"):
+    for text in ("No.", "Wait, stop.", "Okay, but what time?", "Sorry, I meant Thursday.", "you", "And then the...",
+                 "Okay and then?", "Yeah, and?"):
         assert not is_backchannel_text(text), text
 
 
@@ -371,3 +378,13 @@ async def test_an_interruption_judged_by_its_words_is_answered_without_transcrib
     outputs = await collect(bot.reply(Turn(wait, 16000)))
     assert said(outputs, "user") == ["Wait, when do you close?"]
     assert len(transcriptions(server)) == 1
+    prompts = [r.body["prompt"] for r in server.received if r.path == "/v1/audio/transcriptions"]
+    assert prompts == [OVER_REPLY_PROMPT]  # a short turn over the reply is decoded knowing what such turns are
+
+
+async def test_a_turn_not_over_a_reply_is_transcribed_without_the_over_reply_prompt(
+        server: FakeOpenAI, online: Online) -> None:
+    bot = online()(CALL)
+    server.transcripts.extend(["What time do you open?"])
+    await collect(bot.reply(Turn(phone_speech("What time do you open?"), 16000)))
+    assert [r.body["prompt"] for r in server.received if r.path == "/v1/audio/transcriptions"] == [None]

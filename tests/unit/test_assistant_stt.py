@@ -109,8 +109,8 @@ async def test_a_turn_cancelled_while_queued_is_never_transcribed(monkeypatch) -
     stt.load()
     runs: list[int] = []
     transcribe = stt._transcribe
-    monkeypatch.setattr(stt, "_transcribe",
-                        lambda samples, hotwords: runs.append(len(samples)) or transcribe(samples, hotwords))
+    monkeypatch.setattr(stt, "_transcribe", lambda samples, prompt, hotwords: runs.append(len(samples))
+                        or transcribe(samples, prompt, hotwords))
     first = asyncio.create_task(stt.transcribe(phone_speech("What time do you open tomorrow?"), 16000))
     queued = asyncio.create_task(stt.transcribe(silence(0.7, 16000), 16000))
     await asyncio.sleep(0.05)

@@ -11,6 +11,7 @@ import numpy as np
 from callbridge.bots.base import Audio, Bot, CallInfo, Mark, Turn
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, PlaybackMark
+from callbridge.core.playback import MAX_UNHEARD_FRAMES, Tape
 from callbridge.core.turns import TurnConfig
 from callbridge.sessions.registry import MemoryRegistry
 from tests.speech import silence, speech
@@ -220,3 +221,43 @@ async def test_closing_a_call_whose_reply_is_held_stops_the_verdict_too(batcher)
     assert verdict is not None and not verdict.done(), "the bot is still deciding"
     await call.close()
     assert verdict.cancelled() and call.bot.greeting_closed
+
+
+class Lecturer(CountingTalker):
+    """A greeting of 70 s made at once: more than the tape keeps unheard (MAX_UNHEARD_FRAMES) runs ahead."""
+
+    async def greet(self):
+        for chunk in range(700):
+            self.yielded += 1
+            yield Audio(np.repeat(np.arange(chunk * 5, chunk * 5 + 5) * 10 + 10, FRAME).astype(np.int16), RATE)
+            if chunk % 100 == 99:
+                await asyncio.sleep(0)
+
+
+def test_a_tape_that_dropped_unheard_audio_cannot_resume_until_the_caller_hears_past_the_gap() -> None:
+    tape = Tape(lambda item: None, resumable=True)
+    names = []
+    tape._mark = lambda checkpoint, first: names.append(checkpoint)  # the checkpoints, in order
+    for k in range(MAX_UNHEARD_FRAMES + 200):
+        tape.play(AudioOut(np.full(FRAME, k, np.int16)), "r1")
+    assert not tape.can_resume, "a replay would start past audio the caller never heard"
+    tape._on_wire = {str(n): checkpoint for n, checkpoint in enumerate(names)}
+    assert tape.heard("0") is names[0] and not tape.can_resume, "the first point heard was dropped too"
+    assert tape.heard(str(len(names) - 1)) is names[-1] and tape.can_resume, "from a point kept on, all is kept"
+
+
+async def test_a_reply_further_ahead_than_the_tape_keeps_is_cancelled_by_a_backchannel_not_skipped(batcher):
+    session = MemoryRegistry(10).open_here("c1", "test")
+    call = Call(session, Lecturer(CallInfo(call_id="c1", transport="test")), batcher, inbound_rate=RATE,
+                outbound_rate=RATE, turn_config=TurnConfig(sample_rate=RATE), backchannel_resume=True)
+    call.start()
+    for _ in range(500):
+        await asyncio.sleep(0.01)
+        if call.bot.yielded == 700:
+            break
+    take_all(call)
+    steps = await speak_over(call, np.concatenate([speech("Uh-huh.", RATE), silence(1.2, RATE)]))
+    said = logs(everything(steps))
+    assert "barge_in" in said and "reply_resumed" not in said, said
+    assert call.bot.asked == [] and call.bot.interrupted == 1 and len(call.bot.turns) == 1, "cancelled, as ever"
+    await call.close()

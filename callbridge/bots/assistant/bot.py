@@ -67,7 +67,16 @@ FAREWELL = "Sorry, this line is closing now. Please call again later. Goodbye!"
 BACKCHANNEL_PHRASES = ("uh huh", "mm hmm", "mhm", "hmm", "mm", "uh", "um", "ah", "oh", "okay", "ok", "yeah", "yes",
                        "yep", "yup", "right", "all right", "alright", "sure", "got it", "i see", "cool", "great",
                        "exactly", "i know", "makes sense")
-_BACKCHANNEL = re.compile(rf"(?:(?:{'|'.join(sorted(BACKCHANNEL_PHRASES, key=len, reverse=True))})\b\s*)*")
+#: Whisper tiny.en starts a short turn that opens on a hum or a vowel with a word it did not hear, most often
+#: "and" ("And Mm-hmm." for espeak-ng en-gb "Mm-hmm.", "And now please." for "Exactly."): a leading "and" adds
+#: nothing a caller asks for, so it does not make a backchannel a turn.
+_BACKCHANNEL = re.compile(
+    rf"(?:and\b\s*)?(?:(?:{'|'.join(sorted(BACKCHANNEL_PHRASES, key=len, reverse=True))})\b\s*)*")
+#: Whisper's prompt for a short turn said over a reply: what such turns are, backchannels and interruptions
+#: alike, spelt as Whisper writes them. Without it tiny.en heard espeak-ng's "Mm-hmm." as "And then the..." and
+#: "Sure." as "So what?"; naming interruptions too keeps it from hearing every short turn as a backchannel
+#: (bench/backchannel.py: its held-out short turns, which the prompt does not name, are scored apart).
+OVER_REPLY_PROMPT = "Mm-hmm. Uh-huh. Yeah. Okay. Right. Sure. I see. No. Wait. Stop. What? Hold on. Sorry?"
 #: Whisper's notes on sounds that are not words: "[BLANK_AUDIO]", "(coughing)", "*sighs*".
 _SOUND_NOTE = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*")
 
@@ -215,7 +224,8 @@ class AssistantBot(Bot):
         self._unheard: dict[str, tuple[_Sentence, _Reply]] = {}
         self._mark_numbers = itertools.count(1)
         self._speaking: _Reply | None = None
-        self._early: tuple[np.ndarray, asyncio.Future[str]] | None = None  # a transcription begun early
+        # A transcription begun early: the audio, the prompt it was decoded with, the transcript.
+        self._early: tuple[np.ndarray, str, asyncio.Future[str]] | None = None
 
     @property
     def tools(self) -> tuple[Tool, ...]:
@@ -297,21 +307,29 @@ class AssistantBot(Bot):
         END_OF_TURN_ASK_MS, or the model's verdict) overlaps speech-to-text instead of preceding it. A guess
         from an earlier pause of the same turn is withdrawn (it leaves the local model's queue if waiting)."""
         self._drop_early()
-        self._early = (turn.audio, asyncio.ensure_future(self.stages.stt.transcribe(turn.audio, turn.sample_rate)))
+        prompt = OVER_REPLY_PROMPT if self._reply_out else ""  # a pause in a turn over the reply
+        self._early = (turn.audio, prompt, asyncio.ensure_future(
+            self.stages.stt.transcribe(turn.audio, turn.sample_rate, prompt=prompt)))
 
-    async def _transcript(self, turn: Turn) -> str:
-        """The turn's transcript: the one begun at its pause when the caller said nothing after it."""
+    @property
+    def _reply_out(self) -> bool:
+        """A reply is being made or played and not all of it was heard: the caller's turn is said over it."""
+        return self._speaking is not None or bool(self._unheard)
+
+    async def _transcript(self, turn: Turn, prompt: str = "") -> str:
+        """The turn's transcript: the one begun at its pause when the caller said nothing after it, if decoded
+        with `prompt` (any early one serves a reply: an interruption's was decoded with `OVER_REPLY_PROMPT`)."""
         early, self._early = self._early, None
-        if early is not None and np.array_equal(early[0], turn.audio):
-            return await early[1]
+        if early is not None and np.array_equal(early[0], turn.audio) and (early[1] == prompt or not prompt):
+            return await early[2]
         if early is not None:
             self._early = early
             self._drop_early()
-        return await self.stages.stt.transcribe(turn.audio, turn.sample_rate)
+        return await self.stages.stt.transcribe(turn.audio, turn.sample_rate, prompt=prompt)
 
     def _drop_early(self) -> None:
         if self._early is not None:
-            task = self._early[1]
+            task = self._early[2]
             if not task.cancel() and not task.cancelled():
                 task.exception()  # a failed guess nobody waits for is not an error worth a traceback
             self._early = None
@@ -322,18 +340,19 @@ class AssistantBot(Bot):
             sentence.heard = True
 
     async def is_backchannel(self, turn: Turn) -> bool:
-        """Its words say so (`is_backchannel_text`). An STT failure takes the turn for a real one: it is
-        answered (with the apology) as it would be without the hook. The words come from the transcription
-        begun at the pause when there is one, and an interruption's are kept for the reply to it."""
+        """Its words say so (`is_backchannel_text`), decoded with `OVER_REPLY_PROMPT`. An STT failure takes the
+        turn for a real one: it is answered (with the apology) as it would be without the hook. The words come
+        from the transcription begun at the pause when there is one, and an interruption's are kept for the
+        reply to it."""
         try:
-            text = await self._transcript(turn)
+            text = await self._transcript(turn, OVER_REPLY_PROMPT)
         except StageError as exc:
             self._report(exc)
             return False
         backchannel = is_backchannel_text(text)
         if not backchannel:  # the reply that answers this turn reuses its words
-            self._early = (turn.audio, asyncio.get_running_loop().create_future())
-            self._early[1].set_result(text)
+            self._early = (turn.audio, OVER_REPLY_PROMPT, asyncio.get_running_loop().create_future())
+            self._early[2].set_result(text)
         logger.info("call %s: short turn over the reply, heard as %r: %s", self.call.call_id, text,
                     "a backchannel" if backchannel else "an interruption",
                     extra={"event": "assistant_backchannel", "call_id": self.call.call_id, "backchannel": backchannel})

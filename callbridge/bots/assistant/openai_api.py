@@ -149,10 +149,11 @@ class OpenAITranscription:
         """Close the HTTP connections (at shutdown)."""
         await self._client.close()
 
-    async def transcribe(self, audio: np.ndarray, sample_rate: int) -> str:
+    async def transcribe(self, audio: np.ndarray, sample_rate: int, *, prompt: str = "") -> str:
         try:
             result = await self._client.audio.transcriptions.create(
                 model=self.model, file=("turn.wav", wav_bytes(audio, sample_rate), "audio/wav"),
+                **({"prompt": prompt} if prompt else {}),
             )
         except openai.OpenAIError as exc:
             raise stage_error("stt", self.name, exc) from exc

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
 WHISPER_RATE = 16000
+#: The beam a prompted (short) turn is decoded with: greedy heard en-gb "Sure." as "So, uh..." even with the
+#: prompt, a 5-wide beam as "Sure." (bench/results/backchannel.md). On short turns it costs about what greedy
+#: does (the encoder dominates): 554-582 ms of CPU per turn (p50) against 529-701, on a loaded machine.
+PROMPTED_BEAM = 5
 #: What a CTranslate2 Whisper folder must hold; faster-whisper fetches a missing tokenizer from the hub.
 MODEL_FILES = ("model.bin", "config.json", "tokenizer.json")
 
@@ -31,7 +35,10 @@ class SpeechToText(Protocol):
     #: Names the provider in log lines and errors.
     name: str
 
-    async def transcribe(self, audio: np.ndarray, sample_rate: int) -> str: ...
+    async def transcribe(self, audio: np.ndarray, sample_rate: int, *, prompt: str = "") -> str:
+        """`prompt`: text the turn is likely to resemble (Whisper's prompt), which biases the decoding towards
+        its words and spellings; empty: none."""
+        ...
 
 
 def shipped_whisper_model() -> Path:
@@ -92,8 +99,9 @@ class LocalWhisper:
         """Load the model now (at start-up), so the first caller does not wait for it."""
         load_whisper(self.model_dir)
 
-    async def transcribe(self, audio: np.ndarray, sample_rate: int, *, hotwords: str = "") -> str:
-        """`hotwords`: words the decoder is nudged towards (faster-whisper's prompt of them).
+    async def transcribe(self, audio: np.ndarray, sample_rate: int, *, prompt: str = "", hotwords: str = "") -> str:
+        """`hotwords`: words the decoder is nudged towards (faster-whisper's prompt of them). `prompt`: Whisper's
+        initial prompt, for short turns whose likely words are known (decoded with a `PROMPTED_BEAM` beam).
 
         The timeout counts from when this turn's transcription starts, not from when it joined the queue:
         with more calls than cores, turns wait their turn instead of getting the apology (bench: 9 of 40
@@ -104,7 +112,7 @@ class LocalWhisper:
 
         def run() -> str:
             loop.call_soon_threadsafe(started.set)
-            return self._transcribe(samples, hotwords)
+            return self._transcribe(samples, prompt, hotwords)
 
         transcription = loop.run_in_executor(_executor, run)
         try:
@@ -116,9 +124,10 @@ class LocalWhisper:
         finally:
             transcription.cancel()  # leaves the queue if still in it; a running transcription ends on its own
 
-    def _transcribe(self, samples: np.ndarray, hotwords: str) -> str:
+    def _transcribe(self, samples: np.ndarray, prompt: str, hotwords: str) -> str:
         segments, _ = load_whisper(self.model_dir).transcribe(
-            samples, language="en", beam_size=1, vad_filter=False, condition_on_previous_text=False,
-            without_timestamps=True, hotwords=hotwords or None,
+            samples, language="en", beam_size=PROMPTED_BEAM if prompt else 1, vad_filter=False,
+            condition_on_previous_text=False, without_timestamps=True, initial_prompt=prompt or None,
+            hotwords=hotwords or None,
         )
         return " ".join(segment.text.strip() for segment in segments).strip()
