@@ -176,12 +176,23 @@ def run_call(playwright: Playwright, server: Server, wav: Path, transport: str) 
             page.click("#hang-up")
             status = page.text_content("#status")
         ended = wait_for_log(server, f"call {call_id} ended", timeout=15)
+        next_call = None
+        if transport == "websocket":  # the same page calls again, without the microphone this time
+            next_call = page.evaluate("""async () => {
+                await window.softphone.call('webrtc', 'receive');
+                return { active: window.softphone.active,
+                         errors: [...document.querySelectorAll('#log li span')].map((s) => s.textContent)
+                             .filter((text) => text.startsWith('error')) };
+            }""")
+            if next_call["active"]:
+                page.wait_for_function("window.softphone.pc.connectionState === 'connected'", timeout=CALL_TIMEOUT_MS)
+                page.click("#hang-up")
         return {
             "title": title, **seen, "inboundLevels": inbound_levels, "screenshot": str(screenshot),
             "latencyScreenshot": str(latency_screenshot), "replyTimerCases": timer_cases,
             "callId": call_id, "inputHookStatus": input_status, "serverEnded": ended,
             "secondsToEnd": time.monotonic() - hung_up_at, "statusAfterHangUp": status, "ulaw": ulaw,
-            "console": console,
+            "console": console, "nextCall": next_call,
         }
     finally:
         browser.close()

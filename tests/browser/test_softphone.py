@@ -145,6 +145,11 @@ def test_websocket_call(calls):
     assert call["statusAfterHangUp"] == "call ended: you hung up"
 
 
+def test_a_listen_only_call_after_a_call_with_the_microphone(calls):
+    """The same page calls again in listen-only mode (no microphone): nothing of the last call's audio is reused."""
+    assert calls["websocket"]["nextCall"] == {"active": True, "errors": []}
+
+
 def test_reply_timer_times_only_replies_to_finished_speech(calls):
     """The page's reply timer on made-up 10 ms level windows: from the last loud microphone window to the bot's
     first audible one; a reply that begins while the caller speaks (or within a gap between their words) is

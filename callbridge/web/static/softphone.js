@@ -159,7 +159,7 @@ class Softphone {
 
   reset() {
     Object.assign(this, {
-      pc: null, ws: null, mic: null, micAnalyser: null, audio: null, scheduled: new Set(), playAt: 0,
+      pc: null, ws: null, mic: null, micSource: null, micAnalyser: null, audio: null, scheduled: new Set(), playAt: 0,
     });
     this.stateHistory = [];
     this.messages = [];
