@@ -136,7 +136,7 @@ class CallAudioTrack(MediaStreamTrack):
     async def _after_silence(self, loop: asyncio.AbstractEventLoop) -> np.ndarray | None:
         """Wait for the bot's next audio or the next idle packet; the RTP clock skips the frames not sent."""
         assert self._start is not None
-        until = self._start + self._pts / RATE - FRAME_SAMPLES / RATE + IDLE_PACKET_SECONDS
+        until = self._start + (self._pts - FRAME_SAMPLES) / RATE + IDLE_PACKET_SECONDS  # the last packet's + idle
         while (samples := self._peer.next_audio()) is None and loop.time() < until:
             await self._peer.call.outbox.wait(until)
         begun = int((loop.time() - self._start) * RATE) // FRAME_SAMPLES * FRAME_SAMPLES  # the latest slot begun
