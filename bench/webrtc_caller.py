@@ -84,7 +84,7 @@ class Microphone(MediaStreamTrack):
 
     def __init__(self) -> None:
         super().__init__()
-        self.encoder = VoiceEncoder()
+        self.encoder = VoiceEncoder(RATE)  # a browser's microphone: 48 kHz
         self.noise = np.random.default_rng().normal(0.0, NOISE_RMS, 10 * RATE).astype(np.int32)
         self.script = np.zeros(0, np.int16)
         self.position = 0
@@ -186,7 +186,7 @@ class WebRTCCaller:
         for transceiver in pc.getTransceivers():
             if transceiver.kind == "audio":
                 transceiver.receiver._RTCRtpReceiver__jitter_buffer = AudioJitterBuffer()
-                transceiver.receiver._RTCRtpReceiver__decoder_queue = CallerVoice(self._hear)
+                transceiver.receiver._RTCRtpReceiver__decoder_queue = CallerVoice(self._hear, RATE)
 
     async def _say(self, name: str, samples: np.ndarray) -> float:
         """Speak; returns when the frame with the last speech sample has left, and that time."""

@@ -17,9 +17,8 @@ from bench.hotspots import IDLE
 
 #: (part, substrings of a frame), matched from the innermost frame outwards.
 PARTS: list[tuple[str, tuple[str, ...]]] = [
-    ("Opus encode (libopus via PyAV)", ("encode (aiortc/codecs/opus.py", "VoiceEncoder",
-                                        "_frame (callbridge/edge/opus.py")),
-    ("Opus decode (libopus via PyAV)", ("decode (aiortc/codecs/opus.py", "CallerVoice")),
+    ("Opus encode", ("encode (aiortc/codecs/opus.py", "VoiceEncoder", "_Encoder")),
+    ("Opus decode", ("decode (aiortc/codecs/opus.py", "CallerVoice")),
     ("VAD", ("callbridge/core/vad.py",)),
     ("Call: resample, turns, outbox", ("callbridge/core/", "callbridge/codec/")),
     ("callbridge WebRTC edge (tracks, mono)", ("callbridge/edge/webrtc.py",)),

@@ -1,13 +1,14 @@
 """WebRTC calls on aiortc: Opus audio both ways, the client messages on a data channel, and video
 (callbridge.edge.video) in video and audio-video calls.
 
-The caller's Opus is decoded as it leaves aiortc's jitter buffer, in the event loop, to mono 48 kHz for the
-Call (`CallerVoice`, edge/opus.py). The bot's audio leaves through `CallAudioTrack`, whose `recv()`
-aiortc calls for each packet: that is where the Call's outbox is drained and the frame encoded
-(`VoiceEncoder`), so a barge-in flush takes effect at the very next frame. The client's
-data channel (any label) carries the Call's client messages, queued until it opens; what the client
-sends on it is not part of the contract and is ignored. A peer that never connects, a connection that
-fails or closes, a bot that hangs up, the optional time limit and shutdown all end the call the same way.
+The caller's Opus is decoded as it leaves aiortc's jitter buffer, in the event loop, to mono at the Call's
+VAD rate (`CallerVoice`, edge/opus.py, VOICE_RATE), and the bot's voice is encoded from that rate. The bot's
+audio leaves through `CallAudioTrack`, whose `recv()` aiortc calls for each packet: that is where the
+Call's outbox is drained and the frame encoded (`VoiceEncoder`), so a barge-in flush takes effect at the very
+next frame. The client's data channel (any label) carries the Call's client messages, queued until it opens;
+what the client sends on it is not part of the contract and is ignored. A peer that never connects, a
+connection that fails or closes, a bot that hangs up, the optional time limit and shutdown all end the call
+the same way.
 
 aiortc and PyAV are imported with this module, which the signalling route loads at the first offer: a
 service that never takes a WebRTC call never pays for them.
@@ -40,7 +41,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, FrameOut, Hangup, Outbound, PlaybackMark
-from callbridge.edge.opus import FRAME_SAMPLES, RATE, CallerVoice, VoiceEncoder
+from callbridge.edge.opus import RTP_FRAME, RTP_RATE, CallerVoice, VoiceEncoder
 from callbridge.edge.video import VideoLink
 from callbridge.services import Services
 from callbridge.transports.webrtc import Modality, Mode, OfferError
@@ -115,7 +116,7 @@ class CallAudioTrack(MediaStreamTrack):
         self._peer = peer
         self._encoder = VoiceEncoder()
         self._start: float | None = None
-        self._pts = 0  # the next packet's slot on the RTP clock (48 kHz samples since `_start`)
+        self._pts = 0  # the next packet's slot on the RTP clock (RTP_RATE samples since `_start`)
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
@@ -130,16 +131,16 @@ class CallAudioTrack(MediaStreamTrack):
             await self._until_slot(loop)
             samples = self._peer.next_audio()
         packet = self._encoder.packet(samples, self._pts)
-        self._pts += FRAME_SAMPLES
+        self._pts += RTP_FRAME
         return packet
 
     async def _after_silence(self, loop: asyncio.AbstractEventLoop) -> np.ndarray | None:
         """Wait for the bot's next audio or the next idle packet; the RTP clock skips the frames not sent."""
         assert self._start is not None
-        until = self._start + (self._pts - FRAME_SAMPLES) / RATE + IDLE_PACKET_SECONDS  # the last packet's + idle
+        until = self._start + (self._pts - RTP_FRAME) / RTP_RATE + IDLE_PACKET_SECONDS  # the last packet's + idle
         while (samples := self._peer.next_audio()) is None and loop.time() < until:
             await self._peer.call.outbox.wait(until)
-        begun = int((loop.time() - self._start) * RATE) // FRAME_SAMPLES * FRAME_SAMPLES  # the latest slot begun
+        begun = int((loop.time() - self._start) * RTP_RATE) // RTP_FRAME * RTP_FRAME  # the latest slot begun
         if begun >= self._pts:
             self._pts = begun
         else:  # the bot spoke within 20 ms of the last packet: its slot has not begun yet
@@ -148,7 +149,7 @@ class CallAudioTrack(MediaStreamTrack):
 
     async def _until_slot(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._start is not None
-        delay = self._start + self._pts / RATE - loop.time()
+        delay = self._start + self._pts / RTP_RATE - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -232,7 +233,7 @@ class PeerCall:
     # -- inbound -----------------------------------------------------------------------------------
 
     def _on_caller_audio(self, pcm: np.ndarray) -> None:
-        """Caller audio, mono int16 at RATE, as `CallerVoice` decodes it."""
+        """Caller audio, mono int16 at VOICE_RATE, as `CallerVoice` decodes it."""
         if self.mode != "receive" and self._ending is None and not self.call.push_audio(pcm):
             self.end("caller audio arrives faster than real time (INBOUND_BACKLOG_SECONDS)")  # as media sockets do
 

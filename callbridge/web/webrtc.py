@@ -75,14 +75,20 @@ def webrtc(services: Services) -> Blueprint:
             return failure(exc.status, str(exc))
 
     async def answer(offer: Offer) -> tuple[dict[str, Any], int]:
-        from callbridge.edge.webrtc import RATE, PeerCall
+        from callbridge.edge.opus import VOICE_RATE, OpusError, libopus
+        from callbridge.edge.webrtc import PeerCall
 
+        try:
+            libopus()
+        except OpusError as exc:  # the service's set-up, not the offer: said on every offer until installed
+            logger.error("webrtc offer %s refused: %s", offer.call_id, exc)
+            raise OfferError(str(exc), 503) from None
         handled = getattr(services.bot_factory, "modalities", Bot.modalities)
         if offer.modality not in handled:
             raise OfferError(f"this bot handles {', '.join(sorted(handled))} calls, not {offer.modality}: offer one "
                              "of those modalities or run a bot that handles it (BOT=mirror handles video)")
         try:
-            call = await services.open_call(offer.call_id, "webrtc", inbound_rate=RATE, outbound_rate=RATE,
+            call = await services.open_call(offer.call_id, "webrtc", inbound_rate=VOICE_RATE, outbound_rate=VOICE_RATE,
                                             parameters={"mode": offer.mode, "modality": offer.modality})
         except RegistryError as exc:
             logger.warning("webrtc offer %s refused: %s", offer.call_id, exc)

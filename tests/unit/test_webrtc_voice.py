@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes.util
 import threading
 from types import SimpleNamespace
 
@@ -17,15 +18,33 @@ from aiortc.rtp import RtpPacket
 
 from callbridge.core.call import Outbox
 from callbridge.core.messages import AudioOut, ClientMessage, Outbound, PlaybackMark
-from callbridge.edge.opus import FRAME_SAMPLES, RATE, SETTLE_FRAMES, CallerVoice, VoiceEncoder
+from callbridge.edge.opus import (
+    RTP_FRAME,
+    RTP_RATE,
+    SETTLE_FRAMES,
+    VOICE_RATE,
+    CallerVoice,
+    OpusError,
+    VoiceEncoder,
+    libopus,
+)
 from callbridge.edge.webrtc import IDLE_PACKET_SECONDS, AudioJitterBuffer, CallAudioTrack, PeerCall
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
+VOICE_FRAME = VOICE_RATE // 50  # 20 ms of the Call's audio
+HEARD_RATE = 48000  # what a browser's decoder (aiortc's, here) plays
 
 
-def tone(seconds: float, hz: float = 440.0, level: float = 8000.0) -> np.ndarray:
-    t = np.arange(round(seconds * RATE)) / RATE
+def tone(seconds: float, hz: float = 440.0, level: float = 8000.0, rate: int = VOICE_RATE) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
     return (level * np.sin(2 * np.pi * hz * t)).astype(np.int16)
+
+
+def encode_all(encoder: VoiceEncoder, voice: np.ndarray, first: int = 0) -> list[av.Packet]:
+    """A 20 ms packet per frame of `voice`, stamped on the RTP clock from frame `first`."""
+    step = encoder.frame_samples
+    return [encoder.packet(voice[k : k + step], (first + n) * RTP_FRAME)
+            for n, k in enumerate(range(0, len(voice), step))]
 
 
 def decode_all(packets: list[av.Packet]) -> np.ndarray:
@@ -44,40 +63,37 @@ def peak_hz(samples: np.ndarray, rate: int) -> float:
 def test_speech_goes_through_and_silence_is_one_shared_packet() -> None:
     encoder = VoiceEncoder()
     voice = tone(0.4)
-    packets = [encoder.packet(voice[k : k + FRAME_SAMPLES], k) for k in range(0, len(voice), FRAME_SAMPLES)]
-    pts = len(voice)
+    packets = encode_all(encoder, voice)
+    pts = len(packets) * RTP_FRAME
     silence = []
     for _ in range(SETTLE_FRAMES + 4):
         silence.append(encoder.packet(None, pts))
-        pts += FRAME_SAMPLES
+        pts += RTP_FRAME
     shared = {bytes(p) for p in silence[SETTLE_FRAMES:]}
     assert len(shared) == 1  # after the settling frames, every silent frame is the same packet
-    assert [p.pts for p in packets + silence] == list(range(0, pts, FRAME_SAMPLES))
+    assert [p.pts for p in packets + silence] == list(range(0, pts, RTP_FRAME))  # the RTP clock, 48 kHz
     heard = decode_all(packets + silence)
-    spoken = heard[: len(voice)]
+    spoken = heard[: len(packets) * RTP_FRAME]
     # Opus keeps the tone: same pitch and about the same level (its look-ahead delays it by a few ms).
-    spectrum = np.abs(np.fft.rfft(spoken[FRAME_SAMPLES:].astype(np.float64)))
-    assert abs(np.argmax(spectrum) * RATE / (2 * (len(spectrum) - 1)) - 440) < 10
-    assert 0.7 < np.sqrt(np.mean(spoken[FRAME_SAMPLES:].astype(np.float64) ** 2)) / (8000 / np.sqrt(2)) < 1.3
-    assert np.abs(heard[len(voice) + 2 * FRAME_SAMPLES :]).max() < 50  # and the silence after it is silent
+    assert peak_hz(spoken[RTP_FRAME:], HEARD_RATE) == pytest.approx(440, abs=10)
+    assert 0.7 < np.sqrt(np.mean(spoken[RTP_FRAME:].astype(np.float64) ** 2)) / (8000 / np.sqrt(2)) < 1.3
+    assert np.abs(heard[len(spoken) + 2 * RTP_FRAME :]).max() < 50  # and the silence after it is silent
 
 
 def test_the_first_reply_after_shared_silence_is_clean() -> None:
     """A call starts on the shared packet; its first reply must not start with a click or a burst."""
     encoder = VoiceEncoder()
-    packets = [encoder.packet(None, k * FRAME_SAMPLES) for k in range(10)]
-    voice = tone(0.2, 300.0)
-    for k in range(0, len(voice), FRAME_SAMPLES):
-        packets.append(encoder.packet(voice[k : k + FRAME_SAMPLES], 10 * FRAME_SAMPLES + k))
+    packets = [encoder.packet(None, k * RTP_FRAME) for k in range(10)]
+    packets += encode_all(encoder, tone(0.2, 300.0), first=10)
     heard = decode_all(packets)
-    assert np.abs(heard[: 10 * FRAME_SAMPLES]).max() < 50
-    assert np.abs(heard[10 * FRAME_SAMPLES :]).max() < 1.3 * 8000
+    assert np.abs(heard[: 10 * RTP_FRAME]).max() < 50
+    assert np.abs(heard[10 * RTP_FRAME :]).max() < 1.3 * 8000
 
 
 def test_a_short_last_frame_is_padded() -> None:
     encoder = VoiceEncoder()
     packet = encoder.packet(tone(0.005), 0)
-    assert len(decode_all([packet])) == FRAME_SAMPLES
+    assert len(decode_all([packet])) == RTP_FRAME
 
 
 def test_caller_voice_decodes_opus_to_mono() -> None:
@@ -85,12 +101,26 @@ def test_caller_voice_decodes_opus_to_mono() -> None:
     voice = CallerVoice(heard.append)
     encoder = VoiceEncoder()
     sent = tone(0.5, 500.0)
-    for k in range(0, len(sent), FRAME_SAMPLES):
-        voice.put((OPUS, JitterFrame(bytes(encoder.packet(sent[k : k + FRAME_SAMPLES], k)), k)))
-    assert [len(chunk) for chunk in heard] == [RATE // 50] * (len(sent) // FRAME_SAMPLES)
+    for packet in encode_all(encoder, sent):
+        voice.put((OPUS, JitterFrame(bytes(packet), packet.pts)))
+    assert [len(chunk) for chunk in heard] == [VOICE_FRAME] * (len(sent) // VOICE_FRAME)  # at the Call's rate
     audio = np.concatenate(heard)
     assert audio.dtype == np.int16
-    assert abs(peak_hz(audio[RATE // 50 :], RATE) - 500) < 10
+    assert abs(peak_hz(audio[VOICE_FRAME:], VOICE_RATE) - 500) < 10
+
+
+def test_a_browser_s_48_khz_microphone_is_heard_at_the_call_s_rate() -> None:
+    heard: list[np.ndarray] = []
+    voice = CallerVoice(heard.append)
+    microphone = VoiceEncoder(HEARD_RATE)
+    sent = tone(0.5, 2500.0, rate=HEARD_RATE)
+    for packet in encode_all(microphone, sent):
+        voice.put((OPUS, JitterFrame(bytes(packet), packet.pts)))
+    audio = np.concatenate(heard)
+    assert len(audio) == len(sent) * VOICE_RATE // HEARD_RATE
+    assert abs(peak_hz(audio[VOICE_FRAME:], VOICE_RATE) - 2500) < 15
+    level = np.sqrt(np.mean(audio[VOICE_FRAME:].astype(np.float64) ** 2)) / (8000 / np.sqrt(2))
+    assert 0.7 < level < 1.3
 
 
 def test_caller_voice_skips_what_does_not_decode_and_takes_other_codecs() -> None:
@@ -108,8 +138,18 @@ def test_caller_voice_skips_what_does_not_decode_and_takes_other_codecs() -> Non
         payloads, _ = ulaw.encode(frame)
         voice.put((PCMU_CODEC, JitterFrame(payloads[0], 160 * k)))
     audio = np.concatenate(heard)
-    assert 0.18 * RATE < len(audio) <= 0.2 * RATE  # 0.2 s of 8 kHz G.711, resampled to 48 kHz
-    assert abs(peak_hz(audio[-800:], RATE) - 400) < 25
+    assert 0.18 * VOICE_RATE < len(audio) <= 0.2 * VOICE_RATE  # 0.2 s of 8 kHz G.711, at the Call's rate
+    assert abs(peak_hz(audio[-800:], VOICE_RATE) - 400) < 25
+
+
+def test_without_libopus_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    libopus.cache_clear()
+    try:
+        with pytest.raises(OpusError, match="apt-get install libopus0"):
+            VoiceEncoder()
+    finally:
+        libopus.cache_clear()
 
 
 def test_caller_voice_holds_aiortc_s_decoder_thread_until_the_receiver_stops() -> None:
@@ -181,7 +221,7 @@ async def test_an_idle_track_sends_a_packet_every_idle_period_and_the_clock_skip
     assert np.all(np.abs(gaps - IDLE_PACKET_SECONDS) < 0.03), gaps
     # The RTP clock keeps wall time: each packet's slot is the 20 ms frame that had begun when it went.
     for at, pts, _ in sent:
-        assert 0 <= at - start - pts / RATE < FRAME_SAMPLES / RATE + 0.01
+        assert 0 <= at - start - pts / RTP_RATE < RTP_FRAME / RTP_RATE + 0.01
     assert len({payload for _, _, payload in sent}) == 1  # the shared silence packet
 
 
@@ -193,8 +233,8 @@ async def test_a_reply_goes_out_at_once_then_every_20_ms_then_settles_and_idles(
     await asyncio.sleep(0.11)  # idle, mid-way between two 20 ms ticks
     queued = loop.time()
     reply = tone(0.2)
-    for i in range(0, len(reply), FRAME_SAMPLES):
-        peer.call.outbox.put(AudioOut(reply[i : i + FRAME_SAMPLES]))
+    for i in range(0, len(reply), VOICE_FRAME):
+        peer.call.outbox.put(AudioOut(reply[i : i + VOICE_FRAME]))
     mark = PlaybackMark("reply")
     peer.call.outbox.put(mark)
     # The first frame goes out without waiting at all (recv completes in one step), in the slot that has
@@ -203,21 +243,21 @@ async def test_a_reply_goes_out_at_once_then_every_20_ms_then_settles_and_idles(
     with pytest.raises(StopIteration) as completed:
         pulling.send(None)
     first = completed.value.value
-    assert 0 <= queued - track._start - first.pts / RATE < FRAME_SAMPLES / RATE  # type: ignore[operator]
+    assert 0 <= queued - track._start - first.pts / RTP_RATE < RTP_FRAME / RTP_RATE  # type: ignore[operator]
     sent = [(queued, first.pts, bytes(first)), *await pull(track, queued + 0.6)]
     speech = sent[:10]
-    assert [pts for _, pts, _ in speech] == [first.pts + i * FRAME_SAMPLES for i in range(10)]
+    assert [pts for _, pts, _ in speech] == [first.pts + i * RTP_FRAME for i in range(10)]
     gaps = np.diff([at for at, _, _ in speech])
     assert gaps[0] <= 0.02 + 0.01 and np.all(np.abs(gaps[1:] - 0.02) < 0.01), gaps  # then on the 20 ms grid
     # Then SETTLE_FRAMES of real silence at 20 ms (the mark is reached with the frame after the reply's
     # last), then nothing until the next idle packet.
     settling = sent[10 : 10 + SETTLE_FRAMES]
-    assert [pts for _, pts, _ in settling] == [speech[-1][1] + (i + 1) * FRAME_SAMPLES for i in range(SETTLE_FRAMES)]
+    assert [pts for _, pts, _ in settling] == [speech[-1][1] + (i + 1) * RTP_FRAME for i in range(SETTLE_FRAMES)]
     assert peer.handled == [mark]
     after = sent[10 + SETTLE_FRAMES :]
     assert after and after[0][0] - settling[-1][0] > IDLE_PACKET_SECONDS - 0.03
     decoded = decode_all([av.Packet(payload) for _, _, payload in speech])
-    assert peak_hz(decoded, RATE) == pytest.approx(440, abs=10)
+    assert peak_hz(decoded, HEARD_RATE) == pytest.approx(440, abs=10)
 
 
 async def test_messages_queued_while_idle_are_handled_at_once() -> None:
