@@ -21,6 +21,9 @@ from aiortc.mediastreams import MediaStreamError
 
 RATE = 48000
 FRAME = RATE // 50
+#: A server's first offer imports aiortc and PyAV (the signalling route loads them then): ~1 s on this machine, more
+#: than httpx's default 5 s when other work fills both cores.
+OFFER_TIMEOUT = 30.0
 #: Puts this folder's sitecustomize on the server's path: its aioice offers 127.0.0.1 only (test code only).
 LOOPBACK_ICE = {"pythonpath": str(Path(__file__).parent / "loopback_ice")}
 
@@ -202,7 +205,7 @@ class Peer:
 
     async def connect(self, **body: Any) -> None:
         """Offer, apply the answer, and wait until the connection is up."""
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(timeout=OFFER_TIMEOUT) as http:
             response = await http.post(f"{self.url}/webrtc/offer", json={**await self.offer_body(), **body})
         assert response.status_code == 200, response.text
         await self.pc.setRemoteDescription(RTCSessionDescription(**response.json()))
@@ -225,5 +228,5 @@ class Peer:
 
 
 async def post_offer(url: str, body: Any, query: str = "") -> httpx.Response:
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(timeout=OFFER_TIMEOUT) as http:
         return await http.post(f"{url}/webrtc/offer{query}", json=body)
