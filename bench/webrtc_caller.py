@@ -11,7 +11,7 @@ The call signals with the FastRTC contract both servers speak: `POST /webrtc/off
 `{sdp, type, webrtc_id}` and a data channel named "text".
 
 What the caller hears is timed where a phone caller's is (bench/caller.py stamps each media message as it
-arrives): the caller's jitter buffer (callbridge's `AudioJitterBuffer`) hands each packet on as it arrives
+arrives): the caller's way in (callbridge's `CallerAudio`) hands each packet on as it arrives
 in sequence, not after aiortc's default 100 ms that would add the same constant to both servers.
 The microphone has a faint noise floor, as a real one does, so the reply's
 first frame carries sound even where it echoes the moment before the caller spoke. The turn latency counts
@@ -42,8 +42,8 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from callbridge.edge.opus import CallerVoice, VoiceEncoder
-from callbridge.edge.webrtc import AudioJitterBuffer
+from callbridge.edge.inbound import CallerAudio
+from callbridge.edge.opus import VoiceEncoder
 
 RATE = 48000
 FRAME = RATE // 50
@@ -181,12 +181,11 @@ class WebRTCCaller:
         pcm = samples.astype(np.float32)
         self.loudness.append(float(np.sqrt(np.mean(pcm * pcm))))
 
-    def _listen_on(self, pc: RTCPeerConnection) -> None:
-        """callbridge's receiver parts on the caller's audio receiver (edge/webrtc.py's `PeerCall` does the same)."""
-        for transceiver in pc.getTransceivers():
-            if transceiver.kind == "audio":
-                transceiver.receiver._RTCRtpReceiver__jitter_buffer = AudioJitterBuffer()
-                transceiver.receiver._RTCRtpReceiver__decoder_queue = CallerVoice(self._hear, RATE)
+    def _listen_on(self, pc: RTCPeerConnection) -> CallerAudio:
+        """callbridge's way in on the caller's audio receiver (edge/webrtc.py's `PeerCall` does the same)."""
+        inbound = CallerAudio(self._hear, RATE)
+        inbound.install(next(t for t in pc.getTransceivers() if t.kind == "audio").receiver)
+        return inbound
 
     async def _say(self, name: str, samples: np.ndarray) -> float:
         """Speak; returns when the frame with the last speech sample has left, and that time."""
@@ -209,14 +208,18 @@ class WebRTCCaller:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         connected = asyncio.Event()
 
+        inbound: CallerAudio | None = None
+
         @pc.on("connectionstatechange")
         def on_state() -> None:
-            if pc.connectionState == "connected":
+            if pc.connectionState == "connected" and not connected.is_set():
                 connected.set()
+                if inbound is not None:
+                    inbound.shortcut()
 
         try:
             pc.addTrack(self.mic)
-            self._listen_on(pc)
+            inbound = self._listen_on(pc)
             pc.createDataChannel("text")
             await pc.setLocalDescription(await pc.createOffer())
             body = {"sdp": pc.localDescription.sdp, "type": "offer", "webrtc_id": uuid.uuid4().hex}

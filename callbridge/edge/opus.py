@@ -209,6 +209,12 @@ class CallerVoice:
         for frame in frames:
             self._on_audio(frame.to_ndarray().reshape(-1))
 
+    def conceal(self) -> None:
+        """A lost 20 ms frame: libopus's concealment, so the Call's clock does not skip it."""
+        size = self._lib.opus_decode(self._state, None, 0, self._pcm, self.rate * FRAME_MS // 1000, 0)
+        if size > 0:
+            self._on_audio(self._buffer[:size].copy())
+
     def _decode_other(self, codec: Any, encoded: Any) -> list[av.AudioFrame]:
         if codec.name not in self._other:
             self._other[codec.name] = (get_decoder(codec), av.AudioResampler("s16", "mono", self.rate))

@@ -1,8 +1,9 @@
 """WebRTC calls on aiortc: Opus audio both ways, the client messages on a data channel, and video
 (callbridge.edge.video) in video and audio-video calls.
 
-The caller's Opus is decoded as it leaves aiortc's jitter buffer, in the event loop, to mono at the Call's
-VAD rate (`CallerVoice`, edge/opus.py, VOICE_RATE), and the bot's voice is encoded from that rate. The bot's
+The caller's Opus is decoded the moment each packet is next in sequence, in the event loop, to mono at the
+Call's VAD rate (`CallerAudio`, edge/inbound.py: past aiortc's receive path once the stream flows), and the
+bot's voice is encoded from that rate (edge/opus.py, VOICE_RATE). The bot's
 audio leaves through `CallAudioTrack`, whose `recv()` aiortc calls for each packet: that is where the
 Call's outbox is drained and the frame encoded (`VoiceEncoder`), so a barge-in flush takes effect at the very
 next frame. The client's data channel (any label) carries the Call's client messages, queued until it opens;
@@ -23,7 +24,6 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
-import aiortc
 import av
 import numpy as np
 from aiortc import (
@@ -35,13 +35,13 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from callbridge.core.call import Call
 from callbridge.core.messages import AudioOut, ClientMessage, Flush, FrameOut, Hangup, Outbound, PlaybackMark
-from callbridge.edge.opus import RTP_FRAME, RTP_RATE, CallerVoice, VoiceEncoder
+from callbridge.edge.inbound import CallerAudio
+from callbridge.edge.opus import RTP_FRAME, RTP_RATE, VoiceEncoder
 from callbridge.edge.video import VideoLink
 from callbridge.services import Services
 from callbridge.transports.webrtc import Modality, Mode, OfferError
@@ -49,30 +49,8 @@ from callbridge.transports.webrtc import Modality, Mode, OfferError
 logger = logging.getLogger("callbridge.webrtc")
 
 
-class AudioJitterBuffer(JitterBuffer):
-    """aiortc's jitter buffer, but an audio packet leaves it as soon as it is next in sequence.
-
-    An Opus packet is a whole frame, yet aiortc's buffer lets a frame go only once a packet with the next
-    timestamp has arrived, and for audio only after four more (its `prefetch`): 100 ms before every frame
-    reaches the turn detector, so every end of speech is noticed that late. Packets swapped in transit are
-    still put in order, and a lost one is skipped as aiortc skips it (once `capacity` packets wait behind it).
-    """
-
-    def __init__(self) -> None:
-        super().__init__(capacity=16)
-
-    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
-        packet = self._packets[self._origin % self.capacity] if self._origin is not None else None
-        if packet is None:
-            return None
-        self.remove(1)
-        return JitterFrame(data=packet._data, timestamp=packet.timestamp)
-
-
 #: Client messages kept for a data channel that has not opened yet; the oldest go first.
 PENDING_MESSAGES = 256
-#: The RTCRtpReceiver attributes `_answer_audio` replaces (aiortc 1.16's jitter buffer and decoder queue).
-RECEIVER_PARTS = ("_RTCRtpReceiver__jitter_buffer", "_RTCRtpReceiver__decoder_queue")
 #: Between replies the bot's audio track sends one silence packet this often (Chrome's Opus DTX: 400 ms).
 IDLE_PACKET_SECONDS = 0.4
 #: When the bot hangs up, its last frames are still in flight and in the caller's jitter buffer.
@@ -170,6 +148,7 @@ class PeerCall:
         # Always an explicit configuration: aiortc's default adds a public STUN server.
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         self.track: CallAudioTrack | None = None
+        self.inbound: list[CallerAudio] = []
         self.channel: RTCDataChannel | None = None
         self.video = (VideoLink(call, mode, self.settings.video_fps, None if self.has_audio else self.end)
                       if modality != "audio" else None)
@@ -201,12 +180,9 @@ class PeerCall:
     def _answer_audio(self) -> None:
         audio = [t for t in self.pc.getTransceivers() if t.kind == "audio"]
         for transceiver in audio:  # aiortc has no settings for these: the receiver's private parts are replaced
-            receiver = transceiver.receiver
-            if not all(hasattr(receiver, name) for name in RECEIVER_PARTS):
-                raise RuntimeError(f"aiortc {aiortc.__version__}'s receiver lacks {', '.join(RECEIVER_PARTS)}: "
-                                   "callbridge is tested with aiortc 1.16 (pyproject.toml)")
-            receiver._RTCRtpReceiver__jitter_buffer = AudioJitterBuffer()
-            receiver._RTCRtpReceiver__decoder_queue = CallerVoice(self._on_caller_audio)
+            inbound = CallerAudio(self._on_caller_audio)
+            inbound.install(transceiver.receiver)
+            self.inbound.append(inbound)
         if not audio:
             raise OfferError("the offer has no audio: add a microphone track or a recvonly audio transceiver")
         if self.mode == "send":
@@ -301,6 +277,8 @@ class PeerCall:
         logger.info("webrtc %s: connection %s", self.id, state)
         if state == "connected" and not self._connected:
             self._connected = True
+            for inbound in self.inbound:
+                inbound.shortcut()
             self.call.start()
             if self.track is None:
                 self._spawn(self._drain_without_audio())

@@ -18,6 +18,7 @@ from aiortc.rtp import RtpPacket
 
 from callbridge.core.call import Outbox
 from callbridge.core.messages import AudioOut, ClientMessage, Outbound, PlaybackMark
+from callbridge.edge.inbound import AudioJitterBuffer
 from callbridge.edge.opus import (
     RTP_FRAME,
     RTP_RATE,
@@ -28,7 +29,7 @@ from callbridge.edge.opus import (
     VoiceEncoder,
     libopus,
 )
-from callbridge.edge.webrtc import IDLE_PACKET_SECONDS, AudioJitterBuffer, CallAudioTrack, PeerCall
+from callbridge.edge.webrtc import IDLE_PACKET_SECONDS, CallAudioTrack, PeerCall
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
 VOICE_FRAME = VOICE_RATE // 50  # 20 ms of the Call's audio
