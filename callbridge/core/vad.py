@@ -184,6 +184,10 @@ class StateRows:
 #: the inference thread, and inference run back to back is cheaper per window than now and then); a window
 #: waits at most this long for its turn, well inside the pause that ends a turn (bench/results/history.md).
 MIN_BATCH_INTERVAL = 0.016
+#: Even with a thread, a batch of at most this many windows runs on the event loop: it takes ~0.2-0.6 ms (1-8
+#: windows at 16 kHz, less at 8 kHz), less CPU than handing it to the thread and its result back (8 WebRTC calls,
+#: ~4 windows a batch: 26-29 ms of CPU per call-second with every batch on the loop, 33-34 in the thread).
+INLINE_WINDOWS = 8
 
 
 class VadBatcher:
@@ -192,7 +196,8 @@ class VadBatcher:
     A stream's windows depend on each other through its recurrent state, so a batch holds at most one
     window per stream; the rest wait for the next batch. With `in_thread`, batches run in one worker
     thread (onnxruntime releases the GIL, so inference uses another core while the event loop does I/O)
-    and each probability is handed back on the event loop; while a batch runs, the next one fills up.
+    and each probability is handed back on the event loop; while a batch runs, the next one fills up. Batches
+    of at most `INLINE_WINDOWS` still run on the loop: for so few the hand-off costs more than it frees.
     Without, the event loop runs the inference itself (a few ms per batch): no hand-off between threads,
     which costs more than it gains when other workers' event loops already keep every core busy
     (bench/results/history.md). Either way, the busier the service, the larger (and cheaper per call)
@@ -270,7 +275,7 @@ class VadBatcher:
                 rows = np.fromiter((stream.row for stream, _ in items), np.intp, len(items))
                 x, state = state_rows.gather(rows, [window for _, window in items])
                 started = time.perf_counter()
-                if self._executor is not None:
+                if self._executor is not None and len(items) > INLINE_WINDOWS:
                     probabilities, new_state = await loop.run_in_executor(
                         self._executor, self.model.infer_rows, x, state, state_rows.sample_rate)
                 else:

@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from callbridge.core.vad import WINDOW_SAMPLES, VadBatcher, VadModel, model_file
+from callbridge.core.vad import INLINE_WINDOWS, WINDOW_SAMPLES, VadBatcher, VadModel, model_file
 from tests.speech import speech
 
 
@@ -162,3 +162,33 @@ async def test_on_the_event_loop_batches_give_the_same_results_and_let_the_loop_
     assert batcher.batches == len(audio)
     assert threading.active_count() == threads_before, "no inference thread"
     assert len({n for n in seen if 0 < n < len(audio)}) >= len(audio) // 2, "the loop ran between batches"
+
+
+class ThreadRecorder:
+    """The real model, noting which thread ran each batch and how many windows it held."""
+
+    def __init__(self, model: VadModel) -> None:
+        self.model = model
+        self.batches: list[tuple[int, str]] = []
+
+    def infer_rows(self, x: np.ndarray, state: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
+        self.batches.append((len(x), threading.current_thread().name))
+        return self.model.infer_rows(x, state, rate)
+
+
+async def test_with_a_thread_small_batches_still_run_on_the_loop(onnx_vad):
+    recorder = ThreadRecorder(onnx_vad)
+    batcher = VadBatcher(recorder, min_interval=0.0)
+    window = np.zeros(256, np.int16)
+    for calls in (INLINE_WINDOWS, INLINE_WINDOWS + 1):
+        streams = [batcher.stream(8000, lambda w, p: None) for _ in range(calls)]
+        for stream in streams:
+            stream.submit(window)
+        await batcher.idle()
+        for stream in streams:
+            stream.close()
+    await batcher.close()
+    loop_thread = threading.current_thread().name
+    assert recorder.batches[0] == (INLINE_WINDOWS, loop_thread)
+    size, thread = recorder.batches[1]
+    assert size == INLINE_WINDOWS + 1 and thread != loop_thread and thread.startswith("vad")
