@@ -3,6 +3,10 @@ ctypes (callbridge.edge.opus), on the load's speech, mono 32 kbps, complexity 5,
 
 Run: PYTHONPATH=. .venv/bin/python bench/opus_bench.py   (writes bench/results/opus.md)
 
+With the `pesq` package installed (`.venv/bin/pip install pesq`: ITU-T P.862, built from source, not in the
+bench extra), it adds what the encoder's application and complexity cost and how they sound: PESQ-WB of three
+espeak-ng voices coded at 16 kHz and decoded back.
+
 Encode: the bot's voice at 48 kHz (before) and at the Call's 16 kHz (now). Decode: what a browser sends (48 kHz
 speech, fullband) to the 48 kHz PyAV always yields, and with libopus straight to the Call's 16 kHz. Each cost
 is the mean over the whole utterance (~250 frames), the median of rounds that alternate the methods.
@@ -81,6 +85,46 @@ def per_frame_us(make: Callable[[], Callable], inputs: list) -> float:
     return 1e6 * (time.perf_counter() - started) / len(inputs)
 
 
+def quality_rows() -> list[str]:
+    """µs per frame and PESQ-WB for the encoder's applications and complexities (needs `pesq`)."""
+    try:
+        from pesq import pesq
+    except ImportError:
+        return ["", "(PESQ not measured: `pip install pesq` to add the quality table.)"]
+    from tests.speech import speech as espeak
+
+    texts = ("Once upon a time, in a small village by the sea, there lived an old fisherman and his clever cat.",
+             "Our opening hours are nine to five, Monday to Friday, and ten to two on Saturdays.",
+             "Thank you for calling. How can I help you today?")
+    refs = [espeak(text, 16000, voice=voice) for text, voice in zip(texts, ("en-us", "en-gb", "en-us+f1"),
+                                                                      strict=True)]
+    rows = ["", "Encoder application and complexity at 16 kHz, 32 kbps: cost and PESQ-WB (mean of 3 voices)", "",
+            "| application | complexity | µs per frame | PESQ-WB |", "|---|---|---|---|"]
+    default_application, default_complexity = opus._APPLICATION_VOIP, opus.COMPLEXITY
+    try:
+        for application, name in ((2048, "voip (SILK)"), (2049, "audio (CELT)"), (2051, "restricted low delay")):
+            for complexity in (5, 3, 1):
+                opus._APPLICATION_VOIP, opus.COMPLEXITY = application, complexity
+                scores, costs = [], []
+                for ref in refs:
+                    ref = ref[: len(ref) // 320 * 320]
+                    frames = [ref[k : k + 320] for k in range(0, len(ref), 320)]
+                    encode, decode = opus._Encoder(16000).encode, ctypes_decoder(16000)
+                    started = time.perf_counter()
+                    packets = [encode(f) for f in frames]
+                    costs.append(1e6 * (time.perf_counter() - started) / len(frames))
+                    heard = np.concatenate([decode(p) for p in packets])
+                    lag = max(0, int(np.argmax(np.correlate(heard[:16000].astype(float), ref[:16000].astype(float),
+                                                            "full"))) - 15999)
+                    out = heard[lag:]
+                    scores.append(pesq(16000, ref[: len(out)].astype(np.float32) / 32768,
+                                       out.astype(np.float32) / 32768, "wb"))
+                rows.append(f"| {name} | {complexity} | {statistics.median(costs):.0f} | {np.mean(scores):.2f} |")
+    finally:
+        opus._APPLICATION_VOIP, opus.COMPLEXITY = default_application, default_complexity
+    return rows
+
+
 def main() -> None:
     frames = {rate: speech(rate) for rate in (48000, 16000)}
     packets = [opus._Encoder(48000).encode(f) for f in frames[48000]]  # a browser's microphone
@@ -111,6 +155,9 @@ def main() -> None:
     ]
     for name, values in times.items():
         lines.append(f"| {name} | {statistics.median(values):.1f} | {min(values):.1f}-{max(values):.1f} |")
+    lines.append("")
+    lines.append("PyAV runs the libopus it bundles (1.6); the ctypes rows the system's (Debian's 1.3.1 here).")
+    lines += quality_rows()
     OUT.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -14,10 +14,12 @@ pays for one mono encode per frame of speech and nothing per frame of silence:
   silence before the shared packet takes over, and the next reply starts from the same state on both sides.
   The track sends that packet only now and then (`CallAudioTrack`, edge/webrtc.py).
 
-Why libopus through ctypes and not a binding: PyAV (FFmpeg's libopus wrapper) costs ~65 µs of Python and
-frame objects per 20 ms encode on top of libopus's own ~160 µs, and its decoder always yields 48 kHz (a
-resampling step to the VAD's 16 kHz); opuslib copies every decoded frame through a Python list (twice the
-decode's cost) and has not been released since 2018. Measured with bench/codec_bench.py --opus.
+Why libopus through ctypes and not a binding: through PyAV (FFmpeg's libopus wrapper) a 20 ms encode costs
+~230 µs at 48 kHz against ~150 µs here at 16 kHz, a decode ~51 µs to the 48 kHz it always yields against ~29 µs
+straight to 16 kHz (bench/opus_bench.py, bench/results/opus.md); opuslib copies every decoded frame through a
+Python list (twice the decode's cost, measured once) and has not been released since 2018.
+`COMPLEXITY` 5 stays: 3 saves ~35 µs a frame but costs 0.6 PESQ-WB on speech (4.25 -> 3.64; CELT modes are
+cheaper still and score ~3.2; measured on espeak-ng speech, bench/results/opus.md).
 libopus is the system's (`libopus0` on Debian and Ubuntu, `opus` on Homebrew), found with
 `ctypes.util.find_library`.
 """
