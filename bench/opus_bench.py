@@ -67,12 +67,9 @@ def pyav_decoder() -> Callable[[bytes], np.ndarray]:
 def ctypes_decoder(rate: int) -> Callable[[bytes], np.ndarray]:
     heard: list[np.ndarray] = []
     voice = opus.CallerVoice(heard.append, rate)
-    codec = type("Codec", (), {"name": "opus"})()
-    frame = type("Frame", (), {})()
 
     def decode(data: bytes) -> np.ndarray:
-        frame.data = data
-        voice.put((codec, frame))
+        voice.decode(data)
         return heard.pop()
     return decode
 

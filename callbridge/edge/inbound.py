@@ -120,7 +120,6 @@ class CallerAudio:
         self.receiver: Any = None
         self.shortcut_packets = 0  # packets taken by the shortcut
         self._order: ArrivalOrder | None = None
-        self._codec: Any = None
         self._stats: Any = None
 
     def install(self, receiver: Any) -> None:
@@ -167,7 +166,7 @@ class CallerAudio:
         stats = self.receiver._RTCRtpReceiver__remote_streams.get(self.jitter.ssrc)
         if codec is None or codec.name != "opus" or stats is None:
             return False
-        self._codec, self._stats = codec, stats
+        self._stats = stats
         self._order = ArrivalOrder(next_sequence)
         logger.debug("webrtc: the caller's audio (SSRC %d) now comes straight from the ICE connection",
                      self.jitter.ssrc)
@@ -194,4 +193,4 @@ class CallerAudio:
             if payload is None:
                 self.voice.conceal()
             else:
-                self.voice.put((self._codec, JitterFrame(payload, 0)))
+                self.voice.decode(payload)

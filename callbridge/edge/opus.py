@@ -195,13 +195,7 @@ class CallerVoice:
             return
         codec, encoded = task
         if codec.name == "opus":
-            data = encoded.data
-            size = self._lib.opus_decode(self._state, data, len(data), self._pcm, len(self._buffer), 0)
-            if size < 0:
-                logger.warning("caller audio: an Opus frame did not decode: %s",
-                               self._lib.opus_strerror(size).decode())
-                return
-            self._on_audio(self._buffer[:size].copy())
+            self.decode(encoded.data)
             return
         try:
             frames = self._decode_other(codec, encoded)
@@ -210,6 +204,14 @@ class CallerVoice:
             return
         for frame in frames:
             self._on_audio(frame.to_ndarray().reshape(-1))
+
+    def decode(self, data: bytes) -> None:
+        """One Opus packet, decoded to `on_audio`; one that does not decode is skipped."""
+        size = self._lib.opus_decode(self._state, data, len(data), self._pcm, len(self._buffer), 0)
+        if size < 0:
+            logger.warning("caller audio: an Opus frame did not decode: %s", self._lib.opus_strerror(size).decode())
+            return
+        self._on_audio(self._buffer[:size].copy())
 
     def conceal(self) -> None:
         """A lost 20 ms frame: libopus's concealment, so the Call's clock does not skip it."""
