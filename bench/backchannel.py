@@ -179,7 +179,7 @@ def speech_lengths(corpus: list[Utterance]) -> list[float]:
 
 
 async def run_all(corpus: list[Utterance], max_ms: int) -> list[Result]:
-    batcher = VadBatcher(load_vad("onnx"), in_thread=False, min_interval=0.0)
+    batcher = VadBatcher(load_vad("onnx"), in_thread=False, max_wait=0.0)
     stt = LocalWhisper()
     await asyncio.to_thread(stt.load)
     judge = AssistantBot(CallInfo("bench", "bench"), Stages(stt, ScriptBrain.from_file(), EspeakTTS()))

@@ -64,7 +64,7 @@ class Decision:
 def vad_probabilities(corpus: list[Utterance]) -> list[list[tuple[np.ndarray, float]]]:
     """Every utterance's (window, speech probability) in order; all utterances batched, as calls are."""
     async def run() -> list[list[tuple[np.ndarray, float]]]:
-        batcher = VadBatcher(load_vad("onnx"), in_thread=False, min_interval=0.0)
+        batcher = VadBatcher(load_vad("onnx"), in_thread=False, max_wait=0.0)
         results: list[list[tuple[np.ndarray, float]]] = [[] for _ in corpus]
         for u, result in zip(corpus, results, strict=True):
             stream = batcher.stream(u.rate, lambda window, p, result=result: result.append((window, p)))

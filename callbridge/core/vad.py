@@ -110,6 +110,7 @@ class BatchedVadStream:
         self.row = self.rows.take()  # this call's row of recurrent state and audio context
         self.on_probability = on_probability
         self.pending: deque[np.ndarray] = deque()
+        self.arrivals: deque[float] = deque()  # each pending window's arrival, on the event loop's clock
         self.closed = False
 
     @property
@@ -128,7 +129,9 @@ class BatchedVadStream:
         if not self.closed:
             self.closed = True
             self.pending.clear()
+            self.arrivals.clear()
             self.rows.give_back(self.row)
+            self.batcher.forget(self)
 
 
 class StateRows:
@@ -180,10 +183,13 @@ class StateRows:
         self.context[rows] = x[:, -self.context_samples :]
 
 
-#: Batches start at most this often: under load, windows gather into larger batches (fewer hand-offs to
-#: the inference thread, and inference run back to back is cheaper per window than now and then); a window
-#: waits at most this long for its turn, well inside the pause that ends a turn (bench/results/history.md).
-MIN_BATCH_INTERVAL = 0.016
+#: A batch waits for every open stream's next window, or until its oldest window has waited this long. Every
+#: call completes a window each 32 ms, so under load most batches hold one window of every call: at 8 WebRTC
+#: calls, 8-window batches every 32 ms cost ~14% less of the server's CPU than ~4-window batches every 16 ms
+#: (fewer inferences: each costs far more than its windows, bench/results/webrtc.md). A lone call never waits;
+#: under load a window waits 16 ms on average, well inside the pause that ends a turn. A stream that has stopped
+#: sending holds the others up by at most this much.
+MAX_BATCH_WAIT = 0.032
 #: Even with a thread, a batch of at most this many windows runs on the event loop: it takes ~0.2-0.6 ms (1-8
 #: windows at 16 kHz, less at 8 kHz), less CPU than handing it to the thread and its result back (8 WebRTC calls,
 #: ~4 windows a batch: 26-29 ms of CPU per call-second with every batch on the loop, 33-34 in the thread).
@@ -194,24 +200,28 @@ class VadBatcher:
     """Runs the next window of every call as one batched inference.
 
     A stream's windows depend on each other through its recurrent state, so a batch holds at most one
-    window per stream; the rest wait for the next batch. With `in_thread`, batches run in one worker
-    thread (onnxruntime releases the GIL, so inference uses another core while the event loop does I/O)
-    and each probability is handed back on the event loop; while a batch runs, the next one fills up. Batches
-    of at most `INLINE_WINDOWS` still run on the loop: for so few the hand-off costs more than it frees.
+    window per stream. A batch starts when every open stream has a window waiting, or once its oldest
+    window has waited `max_wait`, so a stream that is behind does not fall further behind. With
+    `in_thread`, batches run in one worker thread (onnxruntime releases the GIL, so inference uses another
+    core while the event loop does I/O) and each probability is handed back on the event loop; while a
+    batch runs, the next one fills up. Batches of at most `INLINE_WINDOWS` still run on the loop: for so
+    few the hand-off costs more than it frees.
     Without, the event loop runs the inference itself (a few ms per batch): no hand-off between threads,
     which costs more than it gains when other workers' event loops already keep every core busy
-    (bench/results/history.md). Either way, the busier the service, the larger (and cheaper per call)
-    the batches.
+    (bench/results/history.md).
     """
 
     def __init__(self, model: VadModel, on_batch: Callable[[float, int], None] | None = None, *,
-                 in_thread: bool = True, min_interval: float = MIN_BATCH_INTERVAL) -> None:
+                 in_thread: bool = True, max_wait: float = MAX_BATCH_WAIT) -> None:
         self.model = model
-        self.min_interval = min_interval  # tests that feed whole files at once need no pacing
+        self.max_wait = max_wait  # tests that feed whole files at once need no gathering
         self.on_batch = on_batch  # (inference seconds, windows) per batch, for metrics
         self._waiting: dict[BatchedVadStream, None] = {}  # insertion-ordered set
-        self._wake: asyncio.Event | None = None
+        self._open = 0  # streams not closed: when all of them are waiting, the batch is full
+        self._go: asyncio.Event | None = None  # the next batch may run
         self._idle: asyncio.Event | None = None
+        self._deadline: asyncio.TimerHandle | None = None  # when the oldest waiting window has waited max_wait
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
         # None: inference runs on the event loop, which waits for it.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vad") if in_thread else None
@@ -226,15 +236,29 @@ class VadBatcher:
         return self._rows[sample_rate]
 
     def stream(self, sample_rate: int, on_probability: ProbabilityCallback) -> BatchedVadStream:
+        self._open += 1
         return BatchedVadStream(self, sample_rate, on_probability)
 
     def wake(self, stream: BatchedVadStream) -> None:
+        """`stream` has a new window (in `pending`): note its arrival and start the batch if it is full."""
+        if self._worker is None or self._go is None or self._idle is None:
+            self._loop = asyncio.get_running_loop()
+            self._go, self._idle = asyncio.Event(), asyncio.Event()
+            self._worker = self._loop.create_task(self._run(), name="vad-batcher")
+        stream.arrivals.append(self._loop.time())
         self._waiting[stream] = None
-        if self._worker is None or self._wake is None or self._idle is None:
-            self._wake, self._idle = asyncio.Event(), asyncio.Event()
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name="vad-batcher")
         self._idle.clear()
-        self._wake.set()
+        if len(self._waiting) >= self._open:
+            self._go.set()
+        elif self._deadline is None:  # the first window waiting: no other waits longer
+            self._deadline = self._loop.call_at(stream.arrivals[0] + self.max_wait, self._go.set)
+
+    def forget(self, stream: BatchedVadStream) -> None:
+        """A closed stream: the others no longer wait for its windows."""
+        self._open -= 1
+        self._waiting.pop(stream, None)
+        if self._go is not None and self._waiting and len(self._waiting) >= self._open:
+            self._go.set()
 
     async def idle(self) -> None:
         """Wait until every submitted window has been answered."""
@@ -250,27 +274,32 @@ class VadBatcher:
             self._executor.shutdown(wait=False)
 
     async def _run(self) -> None:
-        assert self._wake is not None and self._idle is not None
-        loop = asyncio.get_running_loop()
-        next_batch = loop.time()
+        assert self._go is not None and self._idle is not None and self._loop is not None
+        loop = self._loop
         while True:
             if not self._waiting:
                 self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if (delay := next_batch - loop.time()) > 0 or self._executor is None:
-                await asyncio.sleep(max(0.0, delay))  # on the loop, let the loop run between batches
-            next_batch = loop.time() + self.min_interval
+            await self._go.wait()
+            self._go.clear()
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
             by_rows: dict[StateRows, list[tuple[BatchedVadStream, np.ndarray]]] = {}  # one batch per rate
             streams = list(self._waiting)
             self._waiting.clear()
+            oldest = None  # the arrival of the oldest window left waiting, by a stream that is behind
             for stream in streams:
                 if stream.closed or not stream.pending:
                     continue
                 by_rows.setdefault(stream.rows, []).append((stream, stream.pending.popleft()))
+                stream.arrivals.popleft()
                 if stream.pending:
                     self._waiting[stream] = None
+                    oldest = stream.arrivals[0] if oldest is None else min(oldest, stream.arrivals[0])
+            if self._waiting and len(self._waiting) >= self._open:
+                self._go.set()
+            elif oldest is not None:
+                self._deadline = loop.call_at(oldest + self.max_wait, self._go.set)
             for state_rows, items in by_rows.items():
                 rows = np.fromiter((stream.row for stream, _ in items), np.intp, len(items))
                 x, state = state_rows.gather(rows, [window for _, window in items])
@@ -297,3 +326,4 @@ class VadBatcher:
                         stream.on_probability(window, float(p))
                     except Exception:
                         logger.exception("VAD result handler failed")
+            await asyncio.sleep(0)  # let the loop run between batches (a backlog's run back to back)

@@ -23,7 +23,7 @@ RATE = 8000
 
 @pytest.fixture
 async def batcher(onnx_vad):
-    batcher = VadBatcher(onnx_vad, in_thread=False, min_interval=0.0)
+    batcher = VadBatcher(onnx_vad, in_thread=False, max_wait=0.0)
     yield batcher
     await batcher.close()
 

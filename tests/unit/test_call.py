@@ -83,7 +83,7 @@ class SlowTalker(Bot):
         self.turns.append(turn)
         try:
             # ~3 s: longer than the VAD takes to catch up with a test's audio pushed all at once (one window
-            # per stream per batch, a batch every MIN_BATCH_INTERVAL).
+            # per stream per batch).
             for _ in range(300):
                 yield Audio(np.full(800, 1000, np.int16), 8000)
                 await asyncio.sleep(0.01)

@@ -49,7 +49,7 @@ async def fast_vad(onnx_vad) -> AsyncIterator[VadBatcher]:
     """The VAD on the event loop with no pacing: what a test pushes is stepped through in a few ms, far sooner than
     the model's ~50 ms answer. So a question from a pause inside what was pushed is always stale (the caller spoke
     again), and one from the silence at its end is answered while that pause still goes on, as in a live call."""
-    batcher = VadBatcher(onnx_vad, in_thread=False, min_interval=0.0)
+    batcher = VadBatcher(onnx_vad, in_thread=False, max_wait=0.0)
     yield batcher
     await batcher.close()
 

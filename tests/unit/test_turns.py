@@ -28,7 +28,7 @@ class Turns:
     def __init__(self, model, rate: int, batcher: VadBatcher | None = None, **overrides) -> None:
         self.config = TurnConfig(sample_rate=rate, **overrides)
         self.machine = TurnDetector(self.config)
-        self.batcher = batcher or VadBatcher(model, in_thread=False, min_interval=0.0)
+        self.batcher = batcher or VadBatcher(model, in_thread=False, max_wait=0.0)
         self.events: list = []
         self.vad = self.batcher.stream(rate, self._step)
         self.windows = Rechunker(rate, VAD_WINDOW_MS)
@@ -171,7 +171,7 @@ async def test_interleaved_calls_decide_as_each_alone(onnx_vad):
     b = np.concatenate([speech(COMMAS, rate), silence(0.7, rate), speech(SHORT, rate), silence(1.0, rate)])
     alone_a = await feed(detector(onnx_vad, rate), a)
     alone_b = await feed(detector(onnx_vad, rate), b)
-    shared = VadBatcher(onnx_vad, in_thread=False, min_interval=0.0)  # one batcher for both calls, as in production
+    shared = VadBatcher(onnx_vad, in_thread=False, max_wait=0.0)  # one batcher for both calls, as in production
     da, db = Turns(onnx_vad, rate, shared), Turns(onnx_vad, rate, shared)
     mixed_a, mixed_b = [], []
     for start in range(0, max(len(a), len(b)), 160):

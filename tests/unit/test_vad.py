@@ -19,7 +19,7 @@ def windows(audio: np.ndarray, rate: int) -> list[np.ndarray]:
 
 async def alone(model: VadModel, rate: int, audio: list[np.ndarray]) -> list[float]:
     """The probabilities of one stream by itself, through the batcher production runs."""
-    batcher = VadBatcher(model, in_thread=False, min_interval=0.0)
+    batcher = VadBatcher(model, in_thread=False, max_wait=0.0)
     got: list[float] = []
     stream = batcher.stream(rate, lambda w, p: got.append(p))
     for window in audio:
@@ -97,6 +97,51 @@ async def test_a_closed_stream_gets_no_more_results(onnx_vad):
     assert got == []
 
 
+async def test_a_batch_waits_for_every_open_stream_but_no_longer_than_max_wait(onnx_vad):
+    """Under load a batch holds one window of every call (fewer inferences, each costing far more than its
+    windows); a call that sends nothing holds the others up by max_wait at most, a closed one not at all."""
+    batcher = VadBatcher(onnx_vad, in_thread=False, max_wait=0.5)
+    loop = asyncio.get_running_loop()
+    answered: dict[str, float] = {}
+    first = batcher.stream(8000, lambda w, p: answered.setdefault("first", loop.time()))
+    second = batcher.stream(8000, lambda w, p: answered.setdefault("second", loop.time()))
+    window = np.zeros(256, np.int16)
+
+    first.submit(window)
+    await asyncio.sleep(0.1)
+    assert answered == {}, "the first call's window waits for the second's"
+    second.submit(window)
+    await batcher.idle()
+    assert (batcher.batches, batcher.windows) == (1, 2)
+
+    answered.clear()
+    sent = loop.time()
+    first.submit(window)  # the second call sends nothing now
+    await batcher.idle()
+    assert 0.45 <= answered["first"] - sent < 2.0
+    assert (batcher.batches, batcher.windows) == (2, 3)
+
+    answered.clear()
+    sent = loop.time()
+    first.submit(window)
+    await asyncio.sleep(0.05)
+    second.close()  # nobody left to wait for
+    await batcher.idle()
+    assert answered["first"] - sent < 0.3
+    await batcher.close()
+
+
+async def test_a_lone_stream_never_waits(onnx_vad):
+    batcher = VadBatcher(onnx_vad, in_thread=False, max_wait=10.0)
+    got: list[float] = []
+    stream = batcher.stream(8000, lambda w, p: got.append(p))
+    for _ in range(3):
+        stream.submit(np.zeros(256, np.int16))
+    await asyncio.wait_for(batcher.idle(), 1.0)
+    await batcher.close()
+    assert len(got) == 3
+
+
 async def test_rows_grow_and_are_reused_without_leaking_state(onnx_vad):
     """Streams keep their state in rows of shared arrays: rows added while others are mid-speech, and a row
     freed by a call that hung up mid-speech, start clean; no stream's results change."""
@@ -141,7 +186,7 @@ async def test_on_the_event_loop_batches_give_the_same_results_and_let_the_loop_
     rate = 8000
     audio = windows(speech("Counting one two three on the event loop.", rate), rate)[:12]
     expected = await alone(onnx_vad, rate, audio)
-    batcher = VadBatcher(onnx_vad, in_thread=False, min_interval=0.0)
+    batcher = VadBatcher(onnx_vad, in_thread=False, max_wait=0.0)
     got: list[list[float]] = [[], []]
     streams = [batcher.stream(rate, lambda w, p, i=i: got[i].append(p)) for i in range(2)]
     threads_before = threading.active_count()
@@ -178,7 +223,7 @@ class ThreadRecorder:
 
 async def test_with_a_thread_small_batches_still_run_on_the_loop(onnx_vad):
     recorder = ThreadRecorder(onnx_vad)
-    batcher = VadBatcher(recorder, min_interval=0.0)
+    batcher = VadBatcher(recorder, max_wait=0.0)
     window = np.zeros(256, np.int16)
     for calls in (INLINE_WINDOWS, INLINE_WINDOWS + 1):
         streams = [batcher.stream(8000, lambda w, p: None) for _ in range(calls)]
