@@ -92,7 +92,7 @@ def _checked(lib: ctypes.CDLL, code: int, what: str) -> int:
 
 
 class _Encoder:
-    """A mono libopus encoder at `rate`: `encode(frame)` -> packet bytes, 20 ms of int16 in."""
+    """A mono libopus encoder at `rate`: `encode(frame)` -> packet bytes, 20 or 40 ms of int16 in."""
 
     def __init__(self, rate: int) -> None:
         lib = self._lib = libopus()
@@ -107,8 +107,7 @@ class _Encoder:
 
     def encode(self, frame: np.ndarray) -> bytes:
         frame = np.ascontiguousarray(frame, np.int16)
-        size = self._lib.opus_encode(self._state, frame.ctypes.data, self.frame_samples, self._out,
-                                     MAX_PACKET_BYTES)
+        size = self._lib.opus_encode(self._state, frame.ctypes.data, len(frame), self._out, MAX_PACKET_BYTES)
         return self._out.raw[: _checked(self._lib, size, "Opus encode")]
 
 
@@ -124,7 +123,8 @@ def _silence_packet(rate: int) -> bytes:
 
 
 class VoiceEncoder:
-    """One call's outbound Opus stream: `packet(samples)` for a 20 ms frame of speech, `packet(None)` for silence.
+    """One call's outbound Opus stream: `packet(samples)` for one or two 20 ms frames of speech, `packet(None)`
+    for one of silence.
 
     `rate` is the rate of the samples given (the bot's voice comes at VOICE_RATE; the bench's callers speak
     at 48 kHz, as a browser's microphone does)."""
@@ -141,7 +141,8 @@ class VoiceEncoder:
         return self._settle == 0
 
     def packet(self, samples: np.ndarray | None, pts: int) -> av.Packet:
-        """The packet for the frame at `pts` (on the RTP clock); `samples` is int16 mono, at most one frame."""
+        """The packet for the frames from `pts` (on the RTP clock) on: `samples` is int16 mono, one or two
+        frames (a short last frame is padded with silence), None for one frame of silence."""
         if samples is None:
             if self._settle == 0:
                 return self._stamp(self._silence, pts)
@@ -149,8 +150,9 @@ class VoiceEncoder:
             samples = np.zeros(self.frame_samples, np.int16)
         else:
             self._settle = SETTLE_FRAMES
-            if len(samples) < self.frame_samples:  # a reply's last, short frame
-                samples = np.concatenate([samples, np.zeros(self.frame_samples - len(samples), np.int16)])
+            size = self.frame_samples * max(1, -(-len(samples) // self.frame_samples))
+            if len(samples) < size:  # a reply's last, short frame
+                samples = np.concatenate([samples, np.zeros(size - len(samples), np.int16)])
         return self._stamp(self._encoder.encode(samples), pts)
 
     @staticmethod

@@ -29,7 +29,7 @@ from callbridge.edge.opus import (
     VoiceEncoder,
     libopus,
 )
-from callbridge.edge.webrtc import IDLE_PACKET_SECONDS, CallAudioTrack, PeerCall
+from callbridge.edge.webrtc import IDLE_PACKET_SECONDS, CallAudioTrack, PeerCall, packet_frames
 
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
 VOICE_FRAME = VOICE_RATE // 50  # 20 ms of the Call's audio
@@ -226,7 +226,7 @@ async def test_an_idle_track_sends_a_packet_every_idle_period_and_the_clock_skip
     assert len({payload for _, _, payload in sent}) == 1  # the shared silence packet
 
 
-async def test_a_reply_goes_out_at_once_then_every_20_ms_then_settles_and_idles() -> None:
+async def test_a_reply_goes_out_at_once_then_40_ms_a_packet_then_settles_and_idles() -> None:
     peer = TrackPeer()
     track = CallAudioTrack(peer)  # type: ignore[arg-type]
     loop = asyncio.get_running_loop()
@@ -238,7 +238,7 @@ async def test_a_reply_goes_out_at_once_then_every_20_ms_then_settles_and_idles(
         peer.call.outbox.put(AudioOut(reply[i : i + VOICE_FRAME]))
     mark = PlaybackMark("reply")
     peer.call.outbox.put(mark)
-    # The first frame goes out without waiting at all (recv completes in one step), in the slot that has
+    # The first packet goes out without waiting at all (recv completes in one step), in the slot that has
     # begun: not at the next 20 ms tick.
     pulling = track.recv()
     with pytest.raises(StopIteration) as completed:
@@ -246,19 +246,54 @@ async def test_a_reply_goes_out_at_once_then_every_20_ms_then_settles_and_idles(
     first = completed.value.value
     assert 0 <= queued - track._start - first.pts / RTP_RATE < RTP_FRAME / RTP_RATE  # type: ignore[operator]
     sent = [(queued, first.pts, bytes(first)), *await pull(track, queued + 0.6)]
-    speech = sent[:10]
-    assert [pts for _, pts, _ in speech] == [first.pts + i * RTP_FRAME for i in range(10)]
+    # The bot queued the whole reply: two frames a packet, half the packets (each costs the server more than
+    # its encoding), none of them later than a 20 ms packet of its first frame would have been.
+    speech = sent[:5]
+    assert [pts for _, pts, _ in speech] == [first.pts + 2 * i * RTP_FRAME for i in range(5)]
     gaps = np.diff([at for at, _, _ in speech])
-    assert gaps[0] <= 0.02 + 0.01 and np.all(np.abs(gaps[1:] - 0.02) < 0.01), gaps  # then on the 20 ms grid
+    assert gaps[0] <= 0.04 + 0.01 and np.all(np.abs(gaps[1:] - 0.04) < 0.01), gaps  # then on the 40 ms grid
     # Then SETTLE_FRAMES of real silence at 20 ms (the mark is reached with the frame after the reply's
     # last), then nothing until the next idle packet.
-    settling = sent[10 : 10 + SETTLE_FRAMES]
-    assert [pts for _, pts, _ in settling] == [speech[-1][1] + (i + 1) * RTP_FRAME for i in range(SETTLE_FRAMES)]
+    settling = sent[5 : 5 + SETTLE_FRAMES]
+    assert [pts for _, pts, _ in settling] == [speech[-1][1] + (i + 2) * RTP_FRAME for i in range(SETTLE_FRAMES)]
     assert peer.handled == [mark]
-    after = sent[10 + SETTLE_FRAMES :]
+    after = sent[5 + SETTLE_FRAMES :]
     assert after and after[0][0] - settling[-1][0] > IDLE_PACKET_SECONDS - 0.03
     decoded = decode_all([av.Packet(payload) for _, _, payload in speech])
+    assert len(decoded) == 10 * RTP_FRAME  # the whole reply, at 48 kHz
     assert peak_hz(decoded, HEARD_RATE) == pytest.approx(440, abs=10)
+
+
+async def test_a_frame_the_bot_has_not_followed_yet_goes_alone() -> None:
+    """A bot that speaks no faster than real time is not held back a frame to fill a packet."""
+    peer = TrackPeer()
+    track = CallAudioTrack(peer)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    await track.recv()
+    frame = tone(0.02)
+    peer.call.outbox.put(AudioOut(frame))
+    alone = await track.recv()
+    peer.call.outbox.put(AudioOut(frame))
+    started = loop.time()
+    following = await track.recv()
+    assert following.pts == alone.pts + RTP_FRAME
+    assert loop.time() - started < RTP_FRAME / RTP_RATE + 0.01
+    assert len(decode_all([alone])) == RTP_FRAME
+
+
+async def test_a_caller_whose_offer_limits_packets_to_20_ms_gets_one_frame_a_packet() -> None:
+    offer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
+    assert packet_frames(offer) == 2
+    assert packet_frames(offer + "a=maxptime:120\r\n") == 2
+    assert packet_frames(offer + "a=maxptime:20\r\n") == 1
+    peer = TrackPeer()
+    track = CallAudioTrack(peer, packet_frames(offer + "a=maxptime:20\r\n"))  # type: ignore[arg-type]
+    await track.recv()
+    for _ in range(2):
+        peer.call.outbox.put(AudioOut(tone(0.02)))
+    first, second = await track.recv(), await track.recv()
+    assert second.pts - first.pts == RTP_FRAME
+    assert len(decode_all([first])) == RTP_FRAME
 
 
 async def test_messages_queued_while_idle_are_handled_at_once() -> None:
