@@ -23,8 +23,8 @@ less than `REPLY_GAP` of quiet inside.
 
 Measured per call (`WebRTCResult`): turn latency (the frame that carried the end of the caller's speech left
 -> first reply frame) and audible latency, the old reply still heard after the barge-in's onset, stalls (a
-reply's frames arriving more than `STALL_GAP` apart), and failures (no answer to the offer, no connection,
-turn unanswered).
+reply's audio running out more than `STALL_SLACK` before its next packet arrives), and failures (no answer to
+the offer, no connection, turn unanswered).
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ SOUND_RMS = 1.0  # a reply frame at or above this RMS is not the digital silence
 AUDIBLE_RMS = 8.0  # a reply frame at or above this RMS is audible: the echo of the noise floor at least
 REPLY_GAP = 0.6  # seconds of quiet that end a reply
 SPLIT_GAP = 0.25  # seconds of quiet before the reply to a turn whose first reply began while the caller spoke
-STALL_GAP = 0.06  # seconds between two frames of a reply past which the caller's player ran dry
+#: A reply's next packet arriving this long after the audio of the last one has played out: the caller's
+#: player ran dry (with 20 ms packets: more than 60 ms between two).
+STALL_SLACK = 0.04
 TURN_TIMEOUT = 10.0
 TURNS = ("hello", "story", "interrupt")
 BARGE_IN_AFTER = 1.0
@@ -155,6 +157,7 @@ class WebRTCCaller:
         self.mic = Microphone()
         self.arrivals: list[float] = []
         self.loudness: list[float] = []
+        self.held: list[float] = []  # seconds of audio each arrival brought (a packet may hold several frames)
         self.marks: dict[str, int] = {}  # "<phrase>_onset" / "_end" -> microphone position
         self.failure: str | None = None
         self.started = 0.0
@@ -178,6 +181,7 @@ class WebRTCCaller:
     def _hear(self, samples: np.ndarray) -> None:
         """Each frame the caller hears, decoded (`CallerVoice`) the moment its packet is next in sequence."""
         self.arrivals.append(asyncio.get_running_loop().time())
+        self.held.append(len(samples) / RATE)
         pcm = samples.astype(np.float32)
         self.loudness.append(float(np.sqrt(np.mean(pcm * pcm))))
 
@@ -274,6 +278,7 @@ class WebRTCCaller:
             result.failure = result.failure or "the script did not finish"
             return result
         arrivals = np.array(self.arrivals)
+        held = np.array(self.held)
         loudness = np.array(self.loudness)
         loud_at = arrivals[loudness >= LOUD_RMS]
         ends = {name: self.mic.time_of(self.marks[name + "_end"]) for name in TURNS}
@@ -291,7 +296,7 @@ class WebRTCCaller:
         result.old_reply_after_onset = max(0.0, old[0] - onset) if old else 0.0
         for start, stop in replies:
             result.reply_seconds += stop - start + 0.02
-            inside = arrivals[(arrivals >= start) & (arrivals <= stop)]
-            gaps = np.diff(inside)
-            result.stall_seconds += float(np.sum(gaps[gaps > STALL_GAP] - 0.02))
+            inside = (arrivals >= start) & (arrivals <= stop)
+            dry = np.diff(arrivals[inside]) - held[inside][:-1]  # after the last packet's audio played out
+            result.stall_seconds += float(np.sum(dry[dry > STALL_SLACK]))
         return result

@@ -25,6 +25,7 @@ def caller_with(heard: list[tuple[float, float, float]], gaps: list[tuple[float,
         if any(start <= t < stop for start, stop in gaps):
             continue
         caller.arrivals.append(t)
+        caller.held.append(0.02)
         caller.loudness.append(next((rms for start, stop, rms in heard if start <= t < stop), 0.0))
     caller.started, caller.ended = 0.0, 30.0
     return caller
@@ -44,6 +45,18 @@ def test_a_call_is_read_as_a_phone_caller_would_hear_it() -> None:
     assert result.split_replies == 1
     assert result.old_reply_after_onset == pytest.approx(1.48, abs=0.011)
     assert result.stall_seconds == pytest.approx(0.2, abs=0.011)
+
+
+def test_a_stall_is_audio_running_out_whatever_the_packets_hold() -> None:
+    """40 ms packets: one 20 ms late still plays on (the player had 40 ms); one 100 ms after the last leaves the
+    player dry for 60 ms, as 20 ms packets 80 ms apart do."""
+    caller = caller_with(heard=[(9.6, 10.0, 1000.0)], gaps=[(2.6, 3.0), (6.6, 7.0)])
+    late = [2.6 + t for t in (0.0, 0.04, 0.08, 0.14, 0.18, 0.22, 0.26, 0.30, 0.34)]
+    dry = [6.6 + t for t in (0.0, 0.04, 0.14, 0.18, 0.22, 0.26, 0.30, 0.34)]
+    heard = sorted([*zip(caller.arrivals, caller.loudness, caller.held, strict=True),
+                    *((t, 1000.0, 0.04) for t in late + dry)])
+    caller.arrivals, caller.loudness, caller.held = (list(column) for column in zip(*heard, strict=True))
+    assert caller.analyse(0).stall_seconds == pytest.approx(0.06, abs=0.001)
 
 
 def test_an_unanswered_turn_and_an_unfinished_script() -> None:
