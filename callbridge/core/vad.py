@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import math
 import time
 import warnings
 from collections import deque
@@ -184,12 +185,16 @@ class StateRows:
 
 
 #: A batch waits for every open stream's next window, or until its oldest window has waited this long. Every
-#: call completes a window each 32 ms, so under load most batches hold one window of every call: at 8 WebRTC
-#: calls, 8-window batches every 32 ms cost ~14% less of the server's CPU than ~4-window batches every 16 ms
-#: (fewer inferences: each costs far more than its windows, bench/results/webrtc.md). A lone call never waits;
-#: under load a window waits 16 ms on average, well inside the pause that ends a turn. A stream that has stopped
-#: sending holds the others up by at most this much.
+#: call completes a window each 32 ms, so with a few calls most batches hold one window of each: at 8 WebRTC
+#: calls, 8-window batches every 32 ms cost ~15% less of the server's CPU than ~4-window batches every 16 ms
+#: (fewer inferences: each costs far more than its windows, bench/results/webrtc.md). A lone call never waits.
+#: A stream that has stopped sending holds the others up by at most this much.
 MAX_BATCH_WAIT = 0.032
+#: A batch of this many windows costs no less per window when larger (16 kHz: ~59 µs a window at 16, ~58 at
+#: 32; 8 kHz: ~35 and ~33), so it goes without waiting for every call, `BIG_BATCH_INTERVAL` after the last
+#: batch at the earliest: with many calls a window waits ~8 ms, as before batches waited for every call.
+BIG_BATCH = 16
+BIG_BATCH_INTERVAL = 0.016
 #: Even with a thread, a batch of at most this many windows runs on the event loop: it takes ~0.2-0.6 ms (1-8
 #: windows at 16 kHz, less at 8 kHz), less CPU than handing it to the thread and its result back (8 WebRTC calls,
 #: ~4 windows a batch: 26-29 ms of CPU per call-second with every batch on the loop, 33-34 in the thread).
@@ -200,8 +205,9 @@ class VadBatcher:
     """Runs the next window of every call as one batched inference.
 
     A stream's windows depend on each other through its recurrent state, so a batch holds at most one
-    window per stream. A batch starts when every open stream has a window waiting, or once its oldest
-    window has waited `max_wait`, so a stream that is behind does not fall further behind. With
+    window per stream. A batch starts when every open stream has a window waiting, once `BIG_BATCH` are
+    (`BIG_BATCH_INTERVAL` after the last batch), or once its oldest window has waited `max_wait`, so a
+    stream that is behind does not fall further behind. With
     `in_thread`, batches run in one worker thread (onnxruntime releases the GIL, so inference uses another
     core while the event loop does I/O) and each probability is handed back on the event loop; while a
     batch runs, the next one fills up. Batches of at most `INLINE_WINDOWS` still run on the loop: for so
@@ -220,7 +226,9 @@ class VadBatcher:
         self._open = 0  # streams not closed: when all of them are waiting, the batch is full
         self._go: asyncio.Event | None = None  # the next batch may run
         self._idle: asyncio.Event | None = None
-        self._deadline: asyncio.TimerHandle | None = None  # when the oldest waiting window has waited max_wait
+        self._deadline: asyncio.Handle | None = None  # the next batch's start if not full before, at:
+        self._deadline_at = math.inf
+        self._last_batch = -math.inf  # when the last batch started, on the loop's clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
         # None: inference runs on the event loop, which waits for it.
@@ -248,10 +256,20 @@ class VadBatcher:
         stream.arrivals.append(self._loop.time())
         self._waiting[stream] = None
         self._idle.clear()
-        if len(self._waiting) >= self._open:
+        waiting = len(self._waiting)
+        if waiting >= self._open:
             self._go.set()
         elif self._deadline is None:  # the first window waiting: no other waits longer
-            self._deadline = self._loop.call_at(stream.arrivals[0] + self.max_wait, self._go.set)
+            self._go_at(stream.arrivals[0] + self.max_wait)
+        elif waiting == BIG_BATCH and (sooner := self._last_batch + BIG_BATCH_INTERVAL) < self._deadline_at:
+            self._deadline.cancel()
+            self._go_at(sooner)
+
+    def _go_at(self, when: float) -> None:
+        """The next batch goes at `when` (loop time) unless full before; uvloop gives a past time no timer."""
+        assert self._loop is not None and self._go is not None
+        self._deadline = self._loop.call_at(when, self._go.set)
+        self._deadline_at = when
 
     def forget(self, stream: BatchedVadStream) -> None:
         """A closed stream: the others no longer wait for its windows."""
@@ -284,6 +302,7 @@ class VadBatcher:
             if self._deadline is not None:
                 self._deadline.cancel()
                 self._deadline = None
+            self._last_batch = loop.time()
             by_rows: dict[StateRows, list[tuple[BatchedVadStream, np.ndarray]]] = {}  # one batch per rate
             streams = list(self._waiting)
             self._waiting.clear()
@@ -299,7 +318,7 @@ class VadBatcher:
             if self._waiting and len(self._waiting) >= self._open:
                 self._go.set()
             elif oldest is not None:
-                self._deadline = loop.call_at(oldest + self.max_wait, self._go.set)
+                self._go_at(oldest + self.max_wait)
             for state_rows, items in by_rows.items():
                 rows = np.fromiter((stream.row for stream, _ in items), np.intp, len(items))
                 x, state = state_rows.gather(rows, [window for _, window in items])

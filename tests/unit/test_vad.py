@@ -7,8 +7,9 @@ import threading
 
 import numpy as np
 import pytest
+import uvloop
 
-from callbridge.core.vad import INLINE_WINDOWS, WINDOW_SAMPLES, VadBatcher, VadModel, model_file
+from callbridge.core.vad import BIG_BATCH, INLINE_WINDOWS, WINDOW_SAMPLES, VadBatcher, VadModel, model_file
 from tests.speech import speech
 
 
@@ -129,6 +130,40 @@ async def test_a_batch_waits_for_every_open_stream_but_no_longer_than_max_wait(o
     await batcher.idle()
     assert answered["first"] - sent < 0.3
     await batcher.close()
+
+
+async def test_a_big_batch_goes_without_waiting_for_every_stream(onnx_vad):
+    """With many calls a batch is cheap per window already: it goes once BIG_BATCH windows wait."""
+    batcher = VadBatcher(onnx_vad, in_thread=False, max_wait=10.0)
+    answered: list[int] = []
+    streams = [batcher.stream(8000, lambda w, p, i=i: answered.append(i)) for i in range(BIG_BATCH + 1)]
+    window = np.zeros(256, np.int16)
+    for stream in streams[: BIG_BATCH - 1]:
+        stream.submit(window)
+    await asyncio.sleep(0.1)
+    assert answered == [], "fewer wait for the others"
+    streams[BIG_BATCH - 1].submit(window)
+    await asyncio.wait_for(batcher.idle(), 1.0)
+    assert sorted(answered) == list(range(BIG_BATCH)) and batcher.batches == 1
+    for stream in streams:
+        stream.close()
+    await batcher.close()
+
+
+def test_on_uvloop_a_batch_due_at_once_is_rescheduled_without_a_timer(onnx_vad):
+    """uvloop (the service's loop) turns a `call_at` already due into a plain handle, with no `when()`."""
+    async def calls_behind() -> list[int]:
+        batcher = VadBatcher(onnx_vad, in_thread=False, max_wait=0.0)  # every deadline is due at once
+        answered: list[int] = []
+        streams = [batcher.stream(8000, lambda w, p, i=i: answered.append(i)) for i in range(BIG_BATCH + 1)]
+        for stream in streams[:BIG_BATCH]:
+            stream.submit(np.zeros(256, np.int16))
+            stream.submit(np.zeros(256, np.int16))
+        await asyncio.wait_for(batcher.idle(), 5.0)
+        await batcher.close()
+        return answered
+
+    assert sorted(uvloop.run(calls_behind())) == sorted(2 * list(range(BIG_BATCH)))
 
 
 async def test_a_lone_stream_never_waits(onnx_vad):
