@@ -192,7 +192,8 @@ class StateRows:
 MAX_BATCH_WAIT = 0.032
 #: A batch of this many windows costs no less per window when larger (16 kHz: ~59 µs a window at 16, ~58 at
 #: 32; 8 kHz: ~35 and ~33), so it goes without waiting for every call, `BIG_BATCH_INTERVAL` after the last
-#: batch at the earliest: with many calls a window waits ~8 ms, as before batches waited for every call.
+#: batch at the earliest: with many calls a window waits ~8 ms, not the ~16 ms that waiting for every call
+#: costs (the phone path at 144 calls: 20-30 ms more p95 turn latency, bench/results/webrtc.md).
 BIG_BATCH = 16
 BIG_BATCH_INTERVAL = 0.016
 #: Even with a thread, a batch of at most this many windows runs on the event loop: it takes ~0.2-0.6 ms (1-8
@@ -207,12 +208,11 @@ class VadBatcher:
     A stream's windows depend on each other through its recurrent state, so a batch holds at most one
     window per stream. A batch starts when every open stream has a window waiting, once `BIG_BATCH` are
     (`BIG_BATCH_INTERVAL` after the last batch), or once its oldest window has waited `max_wait`, so a
-    stream that is behind does not fall further behind. With
-    `in_thread`, batches run in one worker thread (onnxruntime releases the GIL, so inference uses another
-    core while the event loop does I/O) and each probability is handed back on the event loop; while a
-    batch runs, the next one fills up. Batches of at most `INLINE_WINDOWS` still run on the loop: for so
-    few the hand-off costs more than it frees.
-    Without, the event loop runs the inference itself (a few ms per batch): no hand-off between threads,
+    stream that is behind does not fall further behind. With `in_thread`, batches run in one worker thread
+    (onnxruntime releases the GIL, so inference uses another core while the event loop does I/O) and each
+    probability is handed back on the event loop; while a batch runs, the next one fills up. Batches of at
+    most `INLINE_WINDOWS` still run on the loop: for so few the hand-off costs more than it frees. Without,
+    the event loop runs the inference itself (a few ms per batch): no hand-off between threads,
     which costs more than it gains when other workers' event loops already keep every core busy
     (bench/results/history.md).
     """
