@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from aiortc import RTCSessionDescription
@@ -204,6 +206,20 @@ async def test_bad_requests_get_clear_errors(server):
         await peer.connect()
     finally:
         await peer.close()
+
+
+async def test_without_libopus_offers_get_a_503_that_says_what_to_install(server_factory):
+    server = server_factory(pythonpath=str(Path(__file__).parent / "no_libopus"))
+    peer = Peer(server.url, "webrtc-no-opus")
+    try:
+        response = await post_offer(server.url, await peer.offer_body())
+    finally:
+        await peer.close()
+    assert response.status_code == 503
+    assert "apt-get install libopus0" in response.json()["meta"]["error"]
+    await server.wait_for_log("webrtc offer webrtc-no-opus refused")
+    async with httpx.AsyncClient(base_url=server.url) as client:  # the rest of the service is unaffected
+        assert (await client.get("/healthz")).status_code == 200
 
 
 async def test_timeouts_and_status_200(server_factory):
