@@ -256,14 +256,21 @@ class VadBatcher:
         stream.arrivals.append(self._loop.time())
         self._waiting[stream] = None
         self._idle.clear()
-        waiting = len(self._waiting)
-        if waiting >= self._open:
-            self._go.set()
-        elif self._deadline is None:  # the first window waiting: no other waits longer
+        if self._go_if_full():
+            return
+        if self._deadline is None:  # the first window waiting: no other waits longer
             self._go_at(stream.arrivals[0] + self.max_wait)
-        elif waiting == BIG_BATCH and (sooner := self._last_batch + BIG_BATCH_INTERVAL) < self._deadline_at:
+        elif (len(self._waiting) == BIG_BATCH
+              and (sooner := self._last_batch + BIG_BATCH_INTERVAL) < self._deadline_at):
             self._deadline.cancel()
             self._go_at(sooner)
+
+    def _go_if_full(self) -> bool:
+        """Start the next batch now if every open stream has a window waiting."""
+        full = bool(self._waiting) and len(self._waiting) >= self._open
+        if full and self._go is not None:
+            self._go.set()
+        return full
 
     def _go_at(self, when: float) -> None:
         """The next batch goes at `when` (loop time) unless full before; uvloop gives a past time no timer."""
@@ -275,8 +282,7 @@ class VadBatcher:
         """A closed stream: the others no longer wait for its windows."""
         self._open -= 1
         self._waiting.pop(stream, None)
-        if self._go is not None and self._waiting and len(self._waiting) >= self._open:
-            self._go.set()
+        self._go_if_full()
 
     async def idle(self) -> None:
         """Wait until every submitted window has been answered."""
@@ -315,9 +321,7 @@ class VadBatcher:
                 if stream.pending:
                     self._waiting[stream] = None
                     oldest = stream.arrivals[0] if oldest is None else min(oldest, stream.arrivals[0])
-            if self._waiting and len(self._waiting) >= self._open:
-                self._go.set()
-            elif oldest is not None:
+            if not self._go_if_full() and oldest is not None:
                 self._go_at(oldest + self.max_wait)
             for state_rows, items in by_rows.items():
                 rows = np.fromiter((stream.row for stream, _ in items), np.intp, len(items))

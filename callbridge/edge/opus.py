@@ -92,7 +92,7 @@ def _checked(lib: ctypes.CDLL, code: int, what: str) -> int:
 
 
 class _Encoder:
-    """A mono libopus encoder at `rate`: `encode(frame)` -> packet bytes, 20 or 40 ms of int16 in."""
+    """A mono libopus encoder at `rate`: `encode(frame)` -> packet bytes, 20, 40 or 60 ms of int16 in."""
 
     def __init__(self, rate: int) -> None:
         lib = self._lib = libopus()
@@ -123,7 +123,7 @@ def _silence_packet(rate: int) -> bytes:
 
 
 class VoiceEncoder:
-    """One call's outbound Opus stream: `packet(samples)` for one or two 20 ms frames of speech, `packet(None)`
+    """One call's outbound Opus stream: `packet(samples)` for one or a few 20 ms frames of speech, `packet(None)`
     for one of silence.
 
     `rate` is the rate of the samples given (the bot's voice comes at VOICE_RATE; the bench's callers speak
@@ -141,8 +141,8 @@ class VoiceEncoder:
         return self._settle == 0
 
     def packet(self, samples: np.ndarray | None, pts: int) -> av.Packet:
-        """The packet for the frames from `pts` (on the RTP clock) on: `samples` is int16 mono, one or two
-        frames (a short last frame is padded with silence), None for one frame of silence."""
+        """The packet for the frames from `pts` (on the RTP clock) on: `samples` is int16 mono, one frame or a
+        few (up to Opus's 60 ms; a short last frame is padded with silence), None for one frame of silence."""
         if samples is None:
             if self._settle == 0:
                 return self._stamp(self._silence, pts)

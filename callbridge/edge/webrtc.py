@@ -124,12 +124,12 @@ class CallAudioTrack(MediaStreamTrack):
         else:
             await self._until_slot(loop)
             samples = self._peer.next_audio()
-        frames = 1
-        if (self._frames > 1 and samples is not None and len(samples) == self._encoder.frame_samples
-                and (following := self._peer.next_audio()) is not None):
-            samples, frames = np.concatenate([samples, following]), 2
-        packet = self._encoder.packet(samples, self._pts)
-        self._pts += frames * RTP_FRAME
+        frames = [samples] if samples is not None else []
+        while (0 < len(frames) < self._frames and len(frames[-1]) == self._encoder.frame_samples
+               and (following := self._peer.next_audio()) is not None):
+            frames.append(following)  # the reply's next frame is queued already: it goes in this packet
+        packet = self._encoder.packet(np.concatenate(frames) if len(frames) > 1 else samples, self._pts)
+        self._pts += max(1, len(frames)) * RTP_FRAME
         return packet
 
     async def _after_silence(self, loop: asyncio.AbstractEventLoop) -> np.ndarray | None:
